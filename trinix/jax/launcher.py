@@ -1,0 +1,129 @@
+"""Runs a `KernelCall` on jax arrays: jax-triton on a GPU, Triton's interpreter on the CPU.
+
+jax-triton imports only beside a CUDA jaxlib and torch is needed only by the interpreter, so
+both are imported on first use; `import trinix.jax` needs neither.
+"""
+
+import functools
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from trinix.kernels.call import KernelCall, Operand, row_major_strides
+
+BACKENDS = ("auto", "triton", "interpret", "xla")
+_GPU_PLATFORMS = ("gpu", "cuda", "rocm")
+
+
+def dtype_name(dtype) -> str:
+    return jnp.dtype(dtype).name
+
+
+def operand(x: jax.Array | None) -> Operand | None:
+    """Shape, row-major strides and dtype name of `x` (JAX arrays have no other strides)."""
+    if x is None:
+        return None
+    return Operand(tuple(x.shape), row_major_strides(tuple(x.shape)), dtype_name(x.dtype))
+
+
+def platform_of(x: jax.Array | None) -> str:
+    """The platform `x` lives on, or the default one for a traced (or absent) array."""
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+        return next(iter(x.devices())).platform
+    return jax.default_backend()
+
+
+def resolve_backend(backend: str, use_triton: bool, platform: str) -> str:
+    """The backend a call runs on: "triton", "interpret" or "xla"."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not use_triton:
+        if backend not in ("auto", "xla"):
+            raise ValueError(f"use_triton=False asks for the xla backend, but backend={backend!r}")
+        return "xla"
+    on_gpu = platform in _GPU_PLATFORMS
+    if backend == "auto":
+        return "triton" if on_gpu else "xla"
+    if backend == "triton" and not on_gpu:
+        raise ValueError(f"backend='triton' needs a GPU, got arrays on {platform}; "
+                         "backend='interpret' runs the same kernel on the CPU")
+    return backend
+
+
+def launch(call: KernelCall, arrays: dict[str, jax.Array | None], *, backend: str) -> tuple[jax.Array, ...]:
+    """Run `call` on `arrays` (by input name; None for an input the call does not read).
+
+    backend: "triton" (jax-triton) or "interpret" (Triton's interpreter in a host callback).
+    Returns the outputs as new arrays; an aliased output reuses its input's buffer on "triton".
+    """
+    missing = [name for name in call.inputs if arrays.get(name) is None]
+    placeholder = jnp.zeros((1,), jnp.float32) if missing else None
+    inputs = [placeholder if name in missing else arrays[name] for name in call.inputs]
+    if not all(call.grid):
+        # Nothing to launch: the outputs have no elements.
+        return tuple(inputs[call.inputs.index(out.alias)] if out.alias else jnp.zeros(out.shape, out.dtype)
+                     for out in call.outputs)
+    if backend == "triton":
+        return _launch_triton(call, inputs)
+    if backend == "interpret":
+        return _launch_interpreted(call, inputs)
+    raise ValueError(f"launch needs backend 'triton' or 'interpret', got {backend!r}")
+
+
+@functools.cache
+def _out_keyword(triton_call) -> str:
+    """jax-triton 0.4 renamed `out_shape` to `out_type`."""
+    return "out_type" if "out_type" in inspect.signature(triton_call).parameters else "out_shape"
+
+
+def _launch_triton(call: KernelCall, inputs: list[jax.Array]) -> tuple[jax.Array, ...]:
+    import jax_triton
+
+    out_types = [jax.ShapeDtypeStruct(out.shape, out.dtype) for out in call.outputs]
+    aliases = {call.inputs.index(out.alias): i for i, out in enumerate(call.outputs) if out.alias}
+    outputs = jax_triton.triton_call(
+        *inputs,
+        # jax-triton takes only Python scalars as scalars (an np.int64 would be an operand).
+        *(int(s) for s in call.scalars),
+        kernel=call.kernel,
+        grid=call.grid,
+        num_warps=call.num_warps,
+        num_stages=call.num_stages,
+        input_output_aliases=aliases,
+        **{_out_keyword(jax_triton.triton_call): out_types},
+        **call.constexprs,
+    )
+    return tuple(outputs)
+
+
+def _launch_interpreted(call: KernelCall, inputs: list[jax.Array]) -> tuple[jax.Array, ...]:
+    out_types = [jax.ShapeDtypeStruct(out.shape, out.dtype) for out in call.outputs]
+
+    def run_on_host(*buffers: np.ndarray) -> tuple[np.ndarray, ...]:
+        from trinix.torch.launcher import launch as torch_launch
+
+        tensors = {name: _as_torch(buffer) for name, buffer in zip(call.inputs, buffers)}
+        return tuple(_as_numpy(t) for t in torch_launch(call, tensors, interpret=True))
+
+    return tuple(jax.pure_callback(run_on_host, out_types, *inputs))
+
+
+def _as_torch(buffer: np.ndarray):
+    """A writable, C-contiguous torch CPU tensor holding `buffer` (copied if needed)."""
+    import torch
+
+    buffer = np.require(buffer, requirements="CW")
+    if buffer.dtype == jnp.bfloat16:
+        # torch.from_numpy cannot take ml_dtypes' bfloat16; reinterpret its bits.
+        return torch.from_numpy(buffer.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(buffer)
+
+
+def _as_numpy(tensor) -> np.ndarray:
+    import torch
+
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(jnp.bfloat16)
+    return tensor.numpy()

@@ -1,0 +1,92 @@
+"""Runs a `KernelCall` on torch tensors: compiled Triton on CUDA, Triton's interpreter on CPU."""
+
+import functools
+import types
+
+import torch
+from torch.library import wrap_triton
+from triton.runtime.interpreter import InterpretedFunction
+from triton.runtime.jit import JITFunction
+
+from trinix.kernels.call import KernelCall, Operand
+
+BACKENDS = ("auto", "triton", "interpret", "torch")
+
+DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def operand(t: torch.Tensor | None) -> Operand | None:
+    if t is None:
+        return None
+    return Operand(tuple(t.shape), tuple(t.stride()), dtype_name(t.dtype))
+
+
+def resolve_backend(backend: str, use_triton: bool, device: torch.device) -> str:
+    """The backend a call runs on: "triton", "interpret" or "torch"."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not use_triton:
+        if backend not in ("auto", "torch"):
+            raise ValueError(f"use_triton=False asks for the torch backend, but backend={backend!r}")
+        return "torch"
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    if backend == "triton" and device.type != "cuda":
+        raise ValueError(f"backend='triton' needs CUDA tensors, got tensors on {device}; "
+                         "backend='interpret' runs the same kernel on the CPU")
+    return backend
+
+
+def _rebind(fn: types.FunctionType, namespace: dict) -> types.FunctionType:
+    return types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+@functools.cache
+def _interpreted(kernel: JITFunction) -> InterpretedFunction:
+    """`kernel` for Triton's interpreter, the @triton.jit helpers it calls included.
+
+    The interpreter runs a kernel's Python source, where a call to a @triton.jit helper fails
+    unless TRITON_INTERPRET was set before import; so the kernel runs in a copy of its
+    module's namespace in which every @triton.jit function is an InterpretedFunction.
+    """
+    namespace = dict(kernel.fn.__globals__)
+    for name, value in kernel.fn.__globals__.items():
+        if isinstance(value, JITFunction):
+            namespace[name] = InterpretedFunction(_rebind(value.fn, namespace))
+    return InterpretedFunction(_rebind(kernel.fn, namespace))
+
+
+def launch(call: KernelCall, arrays: dict[str, torch.Tensor | None], *, interpret: bool):
+    """Run `call` on `arrays` (by input name; None for an input the call does not read).
+
+    Returns the outputs: new tensors, or the aliased inputs for in-place outputs.
+    """
+    given = [arrays[name] for name in call.inputs if arrays.get(name) is not None]
+    device = given[0].device
+    placeholder = None
+    inputs = []
+    for name in call.inputs:
+        tensor = arrays.get(name)
+        if tensor is None:
+            if placeholder is None:
+                placeholder = torch.empty(1, device=device)
+            tensor = placeholder
+        inputs.append(tensor)
+    outputs = [
+        arrays[out.alias] if out.alias else torch.empty(out.shape, dtype=DTYPES[out.dtype], device=device)
+        for out in call.outputs
+    ]
+    if all(size > 0 for size in call.grid):
+        kernel = _interpreted(call.kernel) if interpret else wrap_triton(call.kernel)
+        kernel[call.grid](*inputs, *call.scalars, *outputs, **call.constexprs,
+                          num_warps=call.num_warps, num_stages=call.num_stages)
+    return tuple(outputs)

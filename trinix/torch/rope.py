@@ -1,0 +1,302 @@
+"""RoPE for PyTorch: torch.library ops over the Triton kernels, autograd, functional forms
+and the seed's `FastRoPEPositionEmbedding` module.
+
+Shapes: q (batch, seq, heads_q, head_dim) and k (batch, seq, heads_k, head_dim) in layout
+"bshd", or (batch, heads, seq, head_dim) in layout "bhsd"; cos and sin (rows, head_dim) or
+(batch, rows, head_dim); position_ids (batch, seq) or (1, seq) integers.
+"""
+
+import functools
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.library import triton_op
+
+from trinix import rope as host
+from trinix.kernels.rope import rope_apply_call, rope_table_call
+from trinix.torch.launcher import DTYPES, dtype_name, launch, operand, resolve_backend
+
+
+def _launch_apply(q, k, cos, sin, freq_turns, positions, offset, layout, conjugate, interpret,
+                  inplace):
+    call = rope_apply_call(
+        operand(q), operand(k), layout=layout, cos=operand(cos), sin=operand(sin),
+        positions=operand(positions), position_offset=offset, conjugate=conjugate, inplace=inplace,
+    )
+    arrays = dict(q=q, k=k, cos=cos, sin=sin, freq_turns=freq_turns, positions=positions)
+    return launch(call, arrays, interpret=interpret)
+
+
+@triton_op("trinix::rope_apply", mutates_args=())
+def _rope_apply_op(
+    q: Tensor, k: Tensor, cos: Tensor | None, sin: Tensor | None, freq_turns: Tensor | None,
+    positions: Tensor | None, offset: int, layout: str, conjugate: bool, interpret: bool,
+) -> tuple[Tensor, Tensor]:
+    return _launch_apply(q, k, cos, sin, freq_turns, positions, offset, layout, conjugate,
+                         interpret, inplace=False)
+
+
+@triton_op("trinix::rope_apply_", mutates_args=("q", "k"))
+def _rope_apply_inplace_op(
+    q: Tensor, k: Tensor, cos: Tensor | None, sin: Tensor | None, freq_turns: Tensor | None,
+    positions: Tensor | None, offset: int, layout: str, interpret: bool,
+) -> None:
+    _launch_apply(q, k, cos, sin, freq_turns, positions, offset, layout, False, interpret,
+                  inplace=True)
+
+
+class _RopeApply(torch.autograd.Function):
+    """Rotation by the kernel; its backward is the same kernel, conjugated."""
+
+    @staticmethod
+    def forward(ctx, q, k, cos, sin, freq_turns, positions, offset, layout, interpret, inplace):
+        if inplace:
+            _rope_apply_inplace_op(q, k, cos, sin, freq_turns, positions, offset, layout, interpret)
+            ctx.mark_dirty(q, k)
+            out = (q, k)
+        else:
+            out = _rope_apply_op(q, k, cos, sin, freq_turns, positions, offset, layout, False, interpret)
+        ctx.save_for_backward(cos, sin, freq_turns, positions)
+        ctx.config = (offset, layout, interpret)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_q, grad_k):
+        cos, sin, freq_turns, positions = ctx.saved_tensors
+        offset, layout, interpret = ctx.config
+        grad_q, grad_k = _rope_apply_op(grad_q, grad_k, cos, sin, freq_turns, positions, offset,
+                                        layout, True, interpret)
+        return grad_q, grad_k, None, None, None, None, None, None, None, None
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _rotate_torch(q, k, cos, sin, layout):
+    """The torch backend: cos/sin (batch or 1, seq, head_dim) already per token."""
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    head_axis = 2 if layout == "bshd" else 1
+    cos = cos.to(compute).unsqueeze(head_axis)
+    sin = sin.to(compute).unsqueeze(head_axis)
+
+    def rotate(x):
+        x32 = x.to(compute)
+        return (x32 * cos + _rotate_half(x32) * sin).to(x.dtype)
+
+    return rotate(q), rotate(k)
+
+
+def _token_positions(positions, offset, seq_len, device):
+    """(batch or 1, seq) positions of each token."""
+    if positions is not None:
+        return positions
+    return torch.arange(offset, offset + seq_len, device=device)[None]
+
+
+def _rows(table: Tensor, positions: Tensor) -> Tensor:
+    """table[positions] for a (rows, dim) table, table[b, positions[b]] for (batch, rows, dim)."""
+    if table.ndim == 2:
+        return table[positions]
+    return table[torch.arange(table.shape[0], device=table.device)[:, None], positions]
+
+
+def _check_table_positions(positions: Tensor | None, rows: int) -> None:
+    """Positions outside a cos/sin table are refused; costs one sync, so only on the table
+    path, and not while torch.compile traces (the kernel then yields NaN for such rows)."""
+    if positions is None or positions.numel() == 0 or torch.compiler.is_compiling():
+        return
+    low, high = torch.aminmax(positions)
+    if low.item() < 0 or high.item() >= rows:
+        raise ValueError(f"position_ids must lie in [0, {rows}) to index cos/sin of {rows} rows, "
+                         f"got values in [{low.item()}, {high.item()}]")
+
+
+def _check_positions_arg(position_ids):
+    if position_ids is not None and not isinstance(position_ids, Tensor):
+        raise TypeError(f"position_ids must be a tensor, got {type(position_ids).__name__}")
+
+
+def _check_tensors(**tensors):
+    for name, value in tensors.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def _check_inplace(inplace, *tensors):
+    """In place is refused where autograd would lose the inputs: a leaf that requires grad."""
+    if inplace and torch.is_grad_enabled() and any(t.is_leaf and t.requires_grad for t in tensors):
+        raise ValueError("inplace=True cannot rotate a leaf tensor that requires grad; "
+                         "use inplace=False or rotate a non-leaf (e.g. a projection's output)")
+
+
+def apply_rotary_pos_emb(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor,
+                         position_ids: Tensor | None = None, *, layout: str = "bshd",
+                         inplace: bool = False, backend: str = "auto", use_triton: bool = True):
+    """Rotate q and k by given cos/sin tables (rows, head_dim) or (batch, rows, head_dim).
+
+    Token s of batch b reads row position_ids[b, s], or row s without position_ids. Returns
+    (q_rot, k_rot) in the layout and dtype of q and k (q and k themselves if `inplace`).
+    cos and sin are constants to autograd: pass tensors that do not require grad.
+    """
+    _check_tensors(q=q, k=k, cos=cos, sin=sin)
+    _check_positions_arg(position_ids)
+    host.check_rope_apply(operand(q), operand(k), layout=layout, cos=operand(cos), sin=operand(sin),
+                          positions=operand(position_ids))
+    if cos.requires_grad or sin.requires_grad:
+        raise ValueError("cos and sin must not require grad: trinix rotates by them as constants")
+    _check_inplace(inplace, q, k)
+    _check_table_positions(position_ids, cos.shape[-2])
+    backend = resolve_backend(backend, use_triton, q.device)
+    if backend == "torch":
+        seq_len = host.split_bshd(q.shape, layout)[1]
+        positions = _token_positions(position_ids, 0, seq_len, q.device)
+        q_rot, k_rot = _rotate_torch(q, k, _rows(cos, positions), _rows(sin, positions), layout)
+        if inplace:
+            return q.copy_(q_rot), k.copy_(k_rot)
+        return q_rot, k_rot
+    return _RopeApply.apply(q, k, cos, sin, None, position_ids, 0, layout, backend == "interpret", inplace)
+
+
+@functools.cache
+def _frequency_turns(inv_freq_bytes: bytes, device: torch.device) -> Tensor:
+    inv_freq = np.frombuffer(inv_freq_bytes, dtype=np.float64)
+    return torch.from_numpy(host.frequency_turns(inv_freq)).to(device)
+
+
+def _inv_freq64(inv_freq) -> np.ndarray:
+    if isinstance(inv_freq, Tensor):
+        inv_freq = inv_freq.detach().cpu().numpy()
+    inv_freq = np.ascontiguousarray(inv_freq, dtype=np.float64)
+    if inv_freq.ndim != 1 or inv_freq.size == 0:
+        raise ValueError(f"inv_freq must be a non-empty 1-dim array, got shape {inv_freq.shape}")
+    return inv_freq
+
+
+def _angles_torch(inv_freq, positions, compute):
+    """cos/sin (*positions.shape, dim) from float64 angles, in `compute` dtype."""
+    inv = torch.from_numpy(inv_freq).to(positions.device)
+    angles = positions.to(torch.float64)[..., None] * inv
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos().to(compute), angles.sin().to(compute)
+
+
+def rope_rotate(q: Tensor, k: Tensor, inv_freq, *, position_ids: Tensor | None = None,
+                offset: int = 0, layout: str = "bshd", inplace: bool = False,
+                backend: str = "auto", use_triton: bool = True):
+    """Rotate q and k with cos/sin computed in the kernel from positions x inv_freq.
+
+    inv_freq: (head_dim / 2,) frequencies (numpy float64 is exact; a tensor is read once).
+    Positions are position_ids (batch or 1, seq), or offset + s. No cos/sin table exists.
+    """
+    _check_tensors(q=q, k=k)
+    _check_positions_arg(position_ids)
+    inv_freq = _inv_freq64(inv_freq)
+    host.check_rope_apply(operand(q), operand(k), layout=layout, positions=operand(position_ids),
+                          position_offset=offset, dim=2 * inv_freq.size)
+    _check_inplace(inplace, q, k)
+    backend = resolve_backend(backend, use_triton, q.device)
+    if backend == "torch":
+        seq_len = host.split_bshd(q.shape, layout)[1]
+        positions = _token_positions(position_ids, offset, seq_len, q.device)
+        compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+        cos, sin = _angles_torch(inv_freq, positions, compute)
+        q_rot, k_rot = _rotate_torch(q, k, cos, sin, layout)
+        if inplace:
+            return q.copy_(q_rot), k.copy_(k_rot)
+        return q_rot, k_rot
+    freq_turns = _frequency_turns(inv_freq.tobytes(), q.device)
+    return _RopeApply.apply(q, k, None, None, freq_turns, position_ids, offset, layout,
+                            backend == "interpret", inplace)
+
+
+def rope_cos_sin(inv_freq, seq_len: int, *, offset: int = 0, dtype: torch.dtype = torch.float32,
+                 device=None, backend: str = "auto", use_triton: bool = True):
+    """cos and sin tables, each (seq_len, 2 * len(inv_freq)) of `dtype`, for positions
+    offset .. offset + seq_len - 1; one kernel launch on the Triton backends."""
+    host.check_seq_len(seq_len)
+    inv_freq = _inv_freq64(inv_freq)
+    if dtype not in DTYPES.values():
+        raise TypeError(f"dtype must be one of {list(DTYPES.values())}, got {dtype}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    backend = resolve_backend(backend, use_triton, device)
+    if backend == "torch":
+        positions = torch.arange(offset, offset + seq_len, device=device)
+        cos, sin = _angles_torch(inv_freq, positions, torch.float64)
+        return cos.to(dtype), sin.to(dtype)
+    call = rope_table_call(seq_len, 2 * inv_freq.size, dtype_name(dtype), position_offset=offset)
+    freq_turns = _frequency_turns(inv_freq.tobytes(), device)
+    return launch(call, dict(freq_turns=freq_turns), interpret=backend == "interpret")
+
+
+class FastRoPEPositionEmbedding(torch.nn.Module):
+    """Rotary position embedding (half-split, GPT-NeoX / LLaMA style) on Triton kernels.
+
+    Example::
+
+        rope = FastRoPEPositionEmbedding(dim=128, max_position_embeddings=32768)
+        cos, sin = rope(q, seq_len)                               # each (seq_len, 128)
+        q_rot, k_rot = rope.apply_rotary_pos_emb(q, k, cos, sin)  # q, k: (batch, seq, heads, 128)
+        q_rot, k_rot = rope.rotate(q, k, offset=past_len)         # cos/sin computed in the kernel
+
+    Args:
+        dim: rotary dim, the head_dim of q and k (even).
+        max_position_embeddings: the context the model was trained for. Longer sequences
+            work too: cos/sin are computed for any position, there is no cache to outgrow.
+        base: RoPE base (theta).
+        use_triton: False runs plain torch ops (the "torch" backend).
+        backend: "auto" (Triton for CUDA tensors, torch ops otherwise), "triton",
+            "interpret" (the Triton kernel on the CPU through Triton's interpreter) or "torch".
+        layout: "bshd" (batch, seq, heads, head_dim) or "bhsd" (batch, heads, seq, head_dim).
+    """
+
+    def __init__(self, dim: int, max_position_embeddings: int = 2048, base: float = 10000.0,
+                 use_triton: bool = True, *, backend: str = "auto", layout: str = "bshd"):
+        super().__init__()
+        host.check_layout(layout)
+        resolve_backend(backend, use_triton, torch.device("cuda"))
+        self.dim = dim
+        self.max_position_embeddings = max_position_embeddings
+        self.base = base
+        self.use_triton = use_triton
+        self.backend = backend
+        self.layout = layout
+        self.inv_freq = host.default_inv_freq(dim, base)
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, max_position_embeddings={self.max_position_embeddings}, "
+                f"base={self.base}, backend={self.backend!r}, layout={self.layout!r}")
+
+    def _seq_len(self, x: Tensor) -> int:
+        if x.ndim != 4:
+            raise ValueError(f"x must have 4 dims in layout {self.layout!r}, got shape {tuple(x.shape)}")
+        return host.split_bshd(x.shape, self.layout)[1]
+
+    def forward(self, x: Tensor, seq_len: int | None = None, *, offset: int = 0):
+        """cos and sin for positions offset .. offset + seq_len - 1, each (seq_len, dim) in the
+        dtype and on the device of x; seq_len defaults to x's sequence length."""
+        _check_tensors(x=x)
+        if seq_len is None:
+            seq_len = self._seq_len(x)
+        return rope_cos_sin(self.inv_freq, seq_len, offset=offset, dtype=x.dtype, device=x.device,
+                            backend=self.backend, use_triton=self.use_triton)
+
+    def apply_rotary_pos_emb(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor,
+                             position_ids: Tensor | None = None, *, inplace: bool = False,
+                             backend: str | None = None):
+        """Rotate q and k by cos/sin from `forward` (see the module-level apply_rotary_pos_emb)."""
+        _check_tensors(q=q)
+        if q.ndim == 4 and host.split_bshd(q.shape, self.layout)[3] != self.dim:
+            raise ValueError(f"head_dim of q ({host.split_bshd(q.shape, self.layout)[3]}) differs "
+                             f"from the module's dim ({self.dim})")
+        return apply_rotary_pos_emb(q, k, cos, sin, position_ids, layout=self.layout, inplace=inplace,
+                                    backend=backend or self.backend, use_triton=self.use_triton)
+
+    def rotate(self, q: Tensor, k: Tensor, *, position_ids: Tensor | None = None, offset: int = 0,
+               inplace: bool = False, backend: str | None = None):
+        """Rotate q and k at position_ids, or at offset + s, with cos/sin computed in the kernel."""
+        return rope_rotate(q, k, self.inv_freq, position_ids=position_ids, offset=offset,
+                           layout=self.layout, inplace=inplace, backend=backend or self.backend,
+                           use_triton=self.use_triton)
