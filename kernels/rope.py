@@ -151,13 +151,15 @@ def _bshd(values: tuple[int, ...], layout: str) -> tuple[int, ...]:
     return tuple(values[i] for i in _LAYOUT_TO_BSHD[layout])
 
 
-def _table_strides(table: Operand | None) -> tuple[int, int, int]:
-    """(batch, row, column) strides of a (rows, dim) or (batch, rows, dim) table."""
-    if table is None:
-        return (0, 0, 0)
-    if len(table.shape) == 2:
-        return (0, *table.strides)
-    return tuple(table.strides)
+def _batched_strides(array: Operand | None, ndim: int) -> tuple[int, ...]:
+    """Strides of `array` as `ndim` dims whose first is batch: 0 for a missing or size-1 batch,
+    so that (rows, dim) and (1, rows, dim) tables, (1, seq) positions, serve every batch."""
+    if array is None:
+        return (0,) * ndim
+    strides = (0,) * (ndim - len(array.shape)) + tuple(array.strides)
+    if array.shape[0] == 1 and len(array.shape) == ndim:
+        strides = (0, *strides[1:])
+    return strides
 
 
 def _compute_dtype(dtype: str):
@@ -207,8 +209,7 @@ def rope_apply_call(
         cos.shape[-2] if from_table else 0,
         *_bshd(q.strides, layout), *_bshd(k.strides, layout),
         *_bshd(q_out_strides, layout), *_bshd(k_out_strides, layout),
-        *_table_strides(cos), *_table_strides(sin),
-        *(positions.strides if positions is not None else (0, 0)),
+        *_batched_strides(cos, 3), *_batched_strides(sin, 3), *_batched_strides(positions, 2),
     )
     return KernelCall(
         kernel=_rope_apply_kernel,

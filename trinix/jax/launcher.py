@@ -6,6 +6,7 @@ both are imported on first use; `import trinix.jax` needs neither.
 
 import functools
 import inspect
+import os
 
 import jax
 import jax.numpy as jnp
@@ -78,12 +79,26 @@ def _out_keyword(triton_call) -> str:
     return "out_type" if "out_type" in inspect.signature(triton_call).parameters else "out_shape"
 
 
-def _launch_triton(call: KernelCall, inputs: list[jax.Array]) -> tuple[jax.Array, ...]:
-    import jax_triton
+@functools.cache
+def jax_triton():
+    """The jax_triton module. It sets TRITON_CACHE_DIR to "" on import, which leaves Triton,
+    and torch's Triton launches in the same process, without a cache directory ("Could not
+    create or locate cache dir"): the variable is put back as it was."""
+    saved = os.environ.get("TRITON_CACHE_DIR")
+    import jax_triton as module
 
+    if saved is None:
+        os.environ.pop("TRITON_CACHE_DIR", None)
+    else:
+        os.environ["TRITON_CACHE_DIR"] = saved
+    return module
+
+
+def _launch_triton(call: KernelCall, inputs: list[jax.Array]) -> tuple[jax.Array, ...]:
     out_types = [jax.ShapeDtypeStruct(out.shape, out.dtype) for out in call.outputs]
     aliases = {call.inputs.index(out.alias): i for i, out in enumerate(call.outputs) if out.alias}
-    outputs = jax_triton.triton_call(
+    triton_call = jax_triton().triton_call
+    outputs = triton_call(
         *inputs,
         # jax-triton takes only Python scalars as scalars (an np.int64 would be an operand).
         *(int(s) for s in call.scalars),
@@ -92,7 +107,7 @@ def _launch_triton(call: KernelCall, inputs: list[jax.Array]) -> tuple[jax.Array
         num_warps=call.num_warps,
         num_stages=call.num_stages,
         input_output_aliases=aliases,
-        **{_out_keyword(jax_triton.triton_call): out_types},
+        **{_out_keyword(triton_call): out_types},
         **call.constexprs,
     )
     return tuple(outputs)

@@ -160,12 +160,6 @@ def apply_rotary_pos_emb(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor,
     return _RopeApply.apply(q, k, cos, sin, None, position_ids, 0, layout, backend == "interpret", inplace)
 
 
-@functools.cache
-def _frequency_turns(inv_freq_bytes: bytes, device: torch.device) -> Tensor:
-    inv_freq = np.frombuffer(inv_freq_bytes, dtype=np.float64)
-    return torch.from_numpy(host.frequency_turns(inv_freq)).to(device)
-
-
 def _inv_freq64(inv_freq) -> np.ndarray:
     if isinstance(inv_freq, Tensor):
         inv_freq = inv_freq.detach().cpu().numpy()
@@ -175,12 +169,44 @@ def _inv_freq64(inv_freq) -> np.ndarray:
     return inv_freq
 
 
-def _angles_torch(inv_freq, positions, compute):
+@functools.cache
+def _cached_frequency_turns(inv_freq_bytes: bytes, device: torch.device) -> Tensor:
+    inv_freq = np.frombuffer(inv_freq_bytes, dtype=np.float64)
+    return torch.from_numpy(host.frequency_turns(inv_freq)).to(device)
+
+
+def frequency_turns(inv_freq, device) -> Tensor:
+    """The kernels' frequency operand (2, dim / 2) float32 on `device` (see
+    trinix.rope.frequency_turns), made once per inv_freq and device."""
+    return _cached_frequency_turns(_inv_freq64(inv_freq).tobytes(), torch.device(device))
+
+
+def _angles_torch(freq_turns: Tensor, positions: Tensor, compute: torch.dtype):
     """cos/sin (*positions.shape, dim) from float64 angles, in `compute` dtype."""
-    inv = torch.from_numpy(inv_freq).to(positions.device)
-    angles = positions.to(torch.float64)[..., None] * inv
+    turns = freq_turns[0].double() + freq_turns[1].double()
+    angles = positions.to(torch.float64)[..., None] * turns * (2 * np.pi)
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos().to(compute), angles.sin().to(compute)
+
+
+def _rotate(q, k, freq_turns, position_ids, offset, layout, inplace, backend, use_triton):
+    """rope_rotate after its checks, with the frequencies already a tensor on q's device."""
+    _check_positions_arg(position_ids)
+    host.check_rope_apply(operand(q), operand(k), layout=layout, positions=operand(position_ids),
+                          position_offset=offset, dim=2 * freq_turns.shape[1])
+    _check_inplace(inplace, q, k)
+    backend = resolve_backend(backend, use_triton, q.device)
+    if backend == "torch":
+        seq_len = host.split_bshd(q.shape, layout)[1]
+        positions = _token_positions(position_ids, offset, seq_len, q.device)
+        compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+        cos, sin = _angles_torch(freq_turns, positions, compute)
+        q_rot, k_rot = _rotate_torch(q, k, cos, sin, layout)
+        if inplace:
+            return q.copy_(q_rot), k.copy_(k_rot)
+        return q_rot, k_rot
+    return _RopeApply.apply(q, k, None, None, freq_turns, position_ids, offset, layout,
+                            backend == "interpret", inplace)
 
 
 def rope_rotate(q: Tensor, k: Tensor, inv_freq, *, position_ids: Tensor | None = None,
@@ -188,47 +214,34 @@ def rope_rotate(q: Tensor, k: Tensor, inv_freq, *, position_ids: Tensor | None =
                 backend: str = "auto", use_triton: bool = True):
     """Rotate q and k with cos/sin computed in the kernel from positions x inv_freq.
 
-    inv_freq: (head_dim / 2,) frequencies (numpy float64 is exact; a tensor is read once).
+    inv_freq: (head_dim / 2,) frequencies, numpy float64 (or a tensor, read to the host once).
     Positions are position_ids (batch or 1, seq), or offset + s. No cos/sin table exists.
+    Under torch.compile use FastRoPEPositionEmbedding.rotate, whose frequencies are a buffer.
     """
     _check_tensors(q=q, k=k)
-    _check_positions_arg(position_ids)
-    inv_freq = _inv_freq64(inv_freq)
-    host.check_rope_apply(operand(q), operand(k), layout=layout, positions=operand(position_ids),
-                          position_offset=offset, dim=2 * inv_freq.size)
-    _check_inplace(inplace, q, k)
-    backend = resolve_backend(backend, use_triton, q.device)
+    return _rotate(q, k, frequency_turns(inv_freq, q.device), position_ids, offset, layout,
+                   inplace, backend, use_triton)
+
+
+def _cos_sin(freq_turns, seq_len, offset, dtype, backend, use_triton):
+    host.check_seq_len(seq_len)
+    if dtype not in DTYPES.values():
+        raise TypeError(f"dtype must be one of {list(DTYPES.values())}, got {dtype}")
+    backend = resolve_backend(backend, use_triton, freq_turns.device)
     if backend == "torch":
-        seq_len = host.split_bshd(q.shape, layout)[1]
-        positions = _token_positions(position_ids, offset, seq_len, q.device)
-        compute = torch.float64 if q.dtype == torch.float64 else torch.float32
-        cos, sin = _angles_torch(inv_freq, positions, compute)
-        q_rot, k_rot = _rotate_torch(q, k, cos, sin, layout)
-        if inplace:
-            return q.copy_(q_rot), k.copy_(k_rot)
-        return q_rot, k_rot
-    freq_turns = _frequency_turns(inv_freq.tobytes(), q.device)
-    return _RopeApply.apply(q, k, None, None, freq_turns, position_ids, offset, layout,
-                            backend == "interpret", inplace)
+        positions = torch.arange(offset, offset + seq_len, device=freq_turns.device)
+        cos, sin = _angles_torch(freq_turns, positions, torch.float64)
+        return cos.to(dtype), sin.to(dtype)
+    call = rope_table_call(seq_len, 2 * freq_turns.shape[1], dtype_name(dtype), position_offset=offset)
+    return launch(call, dict(freq_turns=freq_turns), interpret=backend == "interpret")
 
 
 def rope_cos_sin(inv_freq, seq_len: int, *, offset: int = 0, dtype: torch.dtype = torch.float32,
                  device=None, backend: str = "auto", use_triton: bool = True):
     """cos and sin tables, each (seq_len, 2 * len(inv_freq)) of `dtype`, for positions
     offset .. offset + seq_len - 1; one kernel launch on the Triton backends."""
-    host.check_seq_len(seq_len)
-    inv_freq = _inv_freq64(inv_freq)
-    if dtype not in DTYPES.values():
-        raise TypeError(f"dtype must be one of {list(DTYPES.values())}, got {dtype}")
     device = torch.device(device) if device is not None else torch.device("cpu")
-    backend = resolve_backend(backend, use_triton, device)
-    if backend == "torch":
-        positions = torch.arange(offset, offset + seq_len, device=device)
-        cos, sin = _angles_torch(inv_freq, positions, torch.float64)
-        return cos.to(dtype), sin.to(dtype)
-    call = rope_table_call(seq_len, 2 * inv_freq.size, dtype_name(dtype), position_offset=offset)
-    freq_turns = _frequency_turns(inv_freq.tobytes(), device)
-    return launch(call, dict(freq_turns=freq_turns), interpret=backend == "interpret")
+    return _cos_sin(frequency_turns(inv_freq, device), seq_len, offset, dtype, backend, use_triton)
 
 
 class FastRoPEPositionEmbedding(torch.nn.Module):
@@ -264,10 +277,24 @@ class FastRoPEPositionEmbedding(torch.nn.Module):
         self.backend = backend
         self.layout = layout
         self.inv_freq = host.default_inv_freq(dim, base)
+        # The kernels' frequencies, kept as the int32 bits of their float32 values: a buffer
+        # moves with .to(device) and is visible to torch.compile, and integer bits are left
+        # alone by .half() / .to(dtype), which would round the frequencies.
+        bits = host.frequency_turns(self.inv_freq).view(np.int32)
+        self.register_buffer("frequency_bits", torch.from_numpy(bits), persistent=False)
+        self._frequency_turns_on: dict[torch.device, Tensor] = {}
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, max_position_embeddings={self.max_position_embeddings}, "
                 f"base={self.base}, backend={self.backend!r}, layout={self.layout!r}")
+
+    def frequency_turns(self, device: torch.device) -> Tensor:
+        """The kernels' frequency operand (2, dim / 2) float32, on `device`."""
+        if self.frequency_bits.device == device:
+            return self.frequency_bits.view(torch.float32)
+        if device not in self._frequency_turns_on:  # the module was left on another device
+            self._frequency_turns_on[device] = self.frequency_bits.to(device).view(torch.float32)
+        return self._frequency_turns_on[device]
 
     def _seq_len(self, x: Tensor) -> int:
         if x.ndim != 4:
@@ -280,8 +307,8 @@ class FastRoPEPositionEmbedding(torch.nn.Module):
         _check_tensors(x=x)
         if seq_len is None:
             seq_len = self._seq_len(x)
-        return rope_cos_sin(self.inv_freq, seq_len, offset=offset, dtype=x.dtype, device=x.device,
-                            backend=self.backend, use_triton=self.use_triton)
+        return _cos_sin(self.frequency_turns(x.device), seq_len, offset, x.dtype, self.backend,
+                        self.use_triton)
 
     def apply_rotary_pos_emb(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor,
                              position_ids: Tensor | None = None, *, inplace: bool = False,
@@ -297,6 +324,6 @@ class FastRoPEPositionEmbedding(torch.nn.Module):
     def rotate(self, q: Tensor, k: Tensor, *, position_ids: Tensor | None = None, offset: int = 0,
                inplace: bool = False, backend: str | None = None):
         """Rotate q and k at position_ids, or at offset + s, with cos/sin computed in the kernel."""
-        return rope_rotate(q, k, self.inv_freq, position_ids=position_ids, offset=offset,
-                           layout=self.layout, inplace=inplace, backend=backend or self.backend,
-                           use_triton=self.use_triton)
+        _check_tensors(q=q, k=k)
+        return _rotate(q, k, self.frequency_turns(q.device), position_ids, offset, self.layout,
+                       inplace, backend or self.backend, self.use_triton)
