@@ -10,6 +10,8 @@ cos/sin come either from tables (any strides, optionally gathered by position id
 computed in the kernel from positions and frequencies, so the fast path needs no table.
 """
 
+import functools
+
 import triton
 import triton.language as tl
 
@@ -167,6 +169,9 @@ def _compute_dtype(dtype: str):
     return tl.float64 if dtype == "float64" else tl.float32
 
 
+# Builders are pure functions of hashable shapes and options, called on every launch: caching
+# them takes the tile arithmetic off the per-call host time.
+@functools.lru_cache(maxsize=4096)
 def rope_apply_call(
     q: Operand,
     k: Operand,
@@ -226,6 +231,7 @@ def rope_apply_call(
     )
 
 
+@functools.lru_cache(maxsize=1024)
 def rope_table_call(n_rows: int, dim: int, dtype: str, *, position_offset: int = 0) -> KernelCall:
     """Write cos and sin tables, each (n_rows, dim) of `dtype`, for positions
     position_offset .. position_offset + n_rows - 1. Input: "freq_turns" (2, dim/2) float32."""
