@@ -5,6 +5,7 @@
 # jax-triton is not on that machine: carry its wheel in .whl/ (see README).
 set -uo pipefail
 OUT=${OUT:-/tmp/trinix-out}
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
 mkdir -p "$OUT"
 steps=("${@:-tests bench}")
 if compgen -G ".whl/*.whl" >/dev/null; then

@@ -7,7 +7,10 @@ framework until a name that needs one is used.
 
 __version__ = "0.2.0"
 
-_TORCH_NAMES = {"FastRoPEPositionEmbedding": "trinix.torch.rope"}
+_TORCH_NAMES = {
+    "FastRoPEPositionEmbedding": "trinix.torch.rope",
+    "FastALiBiPositionEmbedding": "trinix.torch.alibi",
+}
 
 
 def __getattr__(name: str):

@@ -1,5 +1,7 @@
-"""trinix for JAX: RoPE as functional forms and a Flax NNX module (Linen: trinix.jax.linen)."""
+"""trinix for JAX: RoPE and ALiBi as functional forms and Flax NNX modules (Linen: trinix.jax.linen)."""
 
+from trinix.jax.alibi import FastALiBiPositionEmbedding, alibi_add, alibi_bias, alibi_slopes, alibi_softmax
 from trinix.jax.rope import FastRoPEPositionEmbedding, apply_rotary_pos_emb, rope_cos_sin, rope_rotate
 
-__all__ = ["FastRoPEPositionEmbedding", "apply_rotary_pos_emb", "rope_cos_sin", "rope_rotate"]
+__all__ = ["FastALiBiPositionEmbedding", "FastRoPEPositionEmbedding", "alibi_add", "alibi_bias", "alibi_slopes",
+           "alibi_softmax", "apply_rotary_pos_emb", "rope_cos_sin", "rope_rotate"]

@@ -205,7 +205,8 @@ def alibi_bias(slopes, seq_len: int, key_len: int | None = None, *, causal: bool
     backend = resolve_backend(backend, use_triton, platform_of(slopes))
     slopes = jax.lax.stop_gradient(slopes)
     if backend == "xla":
-        return _bias_xla(slopes, _distance(seq_len, seqlen_k, q_offset), causal, jnp.float32).astype(dtype)
+        compute = _compute_dtype(jnp.dtype(dtype))
+        return _bias_xla(slopes, _distance(seq_len, seqlen_k, q_offset), causal, compute).astype(dtype)
     return _batchable_bias(_Alibi(q_offset, causal, backend), (seq_len, seqlen_k), dtype)(slopes)
 
 

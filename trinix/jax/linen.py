@@ -8,8 +8,12 @@
     >>> q_rot, k_rot = rope.apply({}, q, k, cos, sin, method="apply_rotary_pos_emb")
 """
 
+from typing import Any
+
+import jax.numpy as jnp
 from flax import linen as nn
 
+from trinix.jax.alibi import ALiBiMethods
 from trinix.jax.rope import RoPEMethods
 
 
@@ -23,6 +27,30 @@ class FastRoPEPositionEmbedding(RoPEMethods, nn.Module):
     use_triton: bool = True
     backend: str = "auto"
     layout: str = "bshd"
+
+    def __post_init__(self):
+        self._check_config()
+        super().__post_init__()
+
+
+class FastALiBiPositionEmbedding(ALiBiMethods, nn.Module):
+    """ALiBi for Linen; has no variables. Fields and methods as
+    `trinix.jax.FastALiBiPositionEmbedding`::
+
+        alibi = FastALiBiPositionEmbedding(num_heads=8)
+        bias = alibi.apply({}, 16, 2)                                  # (2, 8, 16, 16)
+        probs = alibi.apply({}, scores, method="softmax", causal=True)
+    """
+
+    num_heads: int
+    max_seq_len: int = 2048
+    use_triton: bool = True
+    backend: str = "auto"
+    causal: bool = False
+    dtype: Any = jnp.float32
+    max_bias: float = 8.0
+    head_offset: int = 0
+    total_heads: int | None = None
 
     def __post_init__(self):
         self._check_config()

@@ -19,13 +19,13 @@ from trinix.torch.launcher import DTYPES, dtype_name, launch, operand, resolve_b
 
 
 def _launch_apply(q, k, cos, sin, freq_turns, positions, offset, layout, conjugate, interpret,
-                  inplace):
+                  inplace, traceable=False):
     call = rope_apply_call(
         operand(q), operand(k), layout=layout, cos=operand(cos), sin=operand(sin),
         positions=operand(positions), position_offset=offset, conjugate=conjugate, inplace=inplace,
     )
     arrays = dict(q=q, k=k, cos=cos, sin=sin, freq_turns=freq_turns, positions=positions)
-    return launch(call, arrays, interpret=interpret)
+    return launch(call, arrays, interpret=interpret, traceable=traceable)
 
 
 @triton_op("trinix::rope_apply", mutates_args=())
@@ -34,7 +34,7 @@ def _rope_apply_op(
     positions: Tensor | None, offset: int, layout: str, conjugate: bool, interpret: bool,
 ) -> tuple[Tensor, Tensor]:
     return _launch_apply(q, k, cos, sin, freq_turns, positions, offset, layout, conjugate,
-                         interpret, inplace=False)
+                         interpret, inplace=False, traceable=True)
 
 
 @triton_op("trinix::rope_apply_", mutates_args=("q", "k"))
@@ -43,7 +43,7 @@ def _rope_apply_inplace_op(
     positions: Tensor | None, offset: int, layout: str, interpret: bool,
 ) -> None:
     _launch_apply(q, k, cos, sin, freq_turns, positions, offset, layout, False, interpret,
-                  inplace=True)
+                  inplace=True, traceable=True)
 
 
 class _RopeApply(torch.autograd.Function):
@@ -245,7 +245,8 @@ def _cos_sin(freq_turns, seq_len, offset, dtype, backend, use_triton):
         cos, sin = _angles_torch(freq_turns, positions, torch.float64)
         return cos.to(dtype), sin.to(dtype)
     call = rope_table_call(seq_len, 2 * freq_turns.shape[1], dtype_name(dtype), position_offset=offset)
-    return launch(call, dict(freq_turns=freq_turns), interpret=backend == "interpret")
+    return launch(call, dict(freq_turns=freq_turns), interpret=backend == "interpret",
+                  traceable=torch.compiler.is_compiling())
 
 
 def rope_cos_sin(inv_freq, seq_len: int, *, offset: int = 0, dtype: torch.dtype = torch.float32,

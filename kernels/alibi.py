@@ -1,0 +1,311 @@
+"""ALiBi (attention with linear biases) kernels and their call builders.
+
+Slopes (Press et al., "Train Short, Test Long"): global head g of n heads, p the largest
+power of two <= n,
+
+    m_g = 2 ** (-max_bias * (g + 1) / p)              g < p
+    m_g = 2 ** (-max_bias * (2 (g - p) + 1) / (2 p))  g >= p   (every other entry of the 2p series)
+
+Bias of query i and key j, with the query at key position i + q_offset and
+d = j - i - q_offset: symmetric -m |d|, causal m d (the caller masks d > 0; the softmax
+kernel masks them itself). Bias arithmetic is float32 (float64 for float64 scores): a
+float16 bias at long context cannot tell neighbouring keys apart.
+"""
+
+import functools
+
+import triton
+import triton.language as tl
+
+from .call import KernelCall, Operand, Output, cdiv, next_power_of_2, row_major_strides
+from .rope import _batched_strides, _compute_dtype
+
+# Elements of one (BLOCK_Q, BLOCK_K) tile a program writes; rows of at most _BLOCK_K keys
+# keep each thread's stores 16-byte vectors along the contiguous key axis.
+_TILE_ELEMENTS = 8192
+_BLOCK_K = 256
+# The fused softmax keeps a row of up to this many keys in registers (one read); longer
+# rows are read twice, the second time mostly from L2.
+_SOFTMAX_BLOCK_K = 8192
+_BLOCK_HEADS = 1024
+
+
+@triton.jit
+def _alibi_slopes_kernel(MAX_BIAS, n_heads, head_offset, power, SLOPES, BLOCK_H: tl.constexpr):
+    """SLOPES[h] = slope of global head head_offset + h, for h < n_heads; `power` is the
+    largest power of two <= the total head count, MAX_BIAS a (1,) array."""
+    offs = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    g = offs + head_offset
+    numerator = tl.where(g < power, g + 1, 2 * (g - power) + 1).to(tl.float32)
+    denominator = tl.where(g < power, power, 2 * power).to(tl.float32)
+    max_bias = tl.load(MAX_BIAS).to(tl.float32)
+    # numerator / denominator is exact: the denominator is a power of two.
+    tl.store(SLOPES + offs, tl.exp2(-max_bias * (numerator / denominator)), mask=offs < n_heads)
+
+
+@triton.jit
+def _distance(offs_q, offs_k, q_offset):
+    """d = key position - query position, (BLOCK_Q, BLOCK_K) int."""
+    return offs_k[None, :] - (offs_q[:, None] + q_offset)
+
+
+@triton.jit
+def _alibi_tile(slope, distance, CAUSAL: tl.constexpr):
+    """Bias of a tile of distances, in slope's dtype: m d (causal) or -m |d|."""
+    distance = distance.to(slope.dtype)
+    if CAUSAL:
+        bias = slope * distance
+    else:
+        bias = -slope * tl.abs(distance)
+    return bias
+
+
+@triton.jit
+def _row_max(x):
+    # What tl.max does; tl.max itself is a @jit function of triton.language, which Triton's
+    # interpreter cannot call when started without TRITON_INTERPRET, as trinix's launchers do.
+    return tl.reduce(x, 1, tl.standard._elementwise_max)
+
+
+@triton.jit
+def _row_sum(x):
+    # What tl.sum does (see _row_max).
+    return tl.reduce(x, 1, tl.standard._sum_combine)
+
+
+@triton.jit
+def _finite(row_max):
+    """row_max with -inf (a row with no key yet) as 0: exp(-inf - 0) = 0, never NaN."""
+    return tl.where(row_max == float("-inf"), 0.0, row_max)
+
+
+@triton.jit
+def _alibi_kernel(
+    SCORES, SLOPES,
+    n_heads, seqlen_q, seqlen_k, q_offset, n_q_blocks, n_k_blocks,
+    stride_b, stride_h, stride_q, stride_k,
+    stride_mb, stride_mh,
+    stride_ob, stride_oh, stride_oq, stride_ok,
+    OUT,
+    HAS_SCORES: tl.constexpr, CAUSAL: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr,
+):
+    """OUT = SCORES + bias (logical (batch, heads, seqlen_q, seqlen_k)), or OUT = bias
+    without SCORES. OUT may be SCORES itself (in place): each element is read, then written,
+    by one program.
+
+    Grid: (batch * n_heads * n_q_blocks * n_k_blocks,), one (BLOCK_Q, BLOCK_K) tile each.
+    """
+    pid = tl.program_id(0)
+    pid_k = pid % n_k_blocks
+    pid_q = (pid // n_k_blocks) % n_q_blocks
+    bh = pid // (n_k_blocks * n_q_blocks)
+    b = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
+    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask = (offs_q < seqlen_q)[:, None] & (offs_k < seqlen_k)[None, :]
+    row = offs_q.to(tl.int64)[:, None]
+    col = offs_k.to(tl.int64)[None, :]
+
+    slope = tl.load(SLOPES + b * stride_mb + h * stride_mh).to(COMPUTE)
+    out = _alibi_tile(slope, _distance(offs_q, offs_k, q_offset), CAUSAL)
+    if HAS_SCORES:
+        x_ptr = SCORES + b * stride_b + h * stride_h + row * stride_q + col * stride_k
+        out += tl.load(x_ptr, mask=mask, other=0.0).to(COMPUTE)
+    o_ptr = OUT + b * stride_ob + h * stride_oh + row * stride_oq + col * stride_ok
+    tl.store(o_ptr, out.to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _scaled_biased_block(x_base, offs_q, k0, seqlen_q, seqlen_k, key_end, q_offset, slope,
+                         stride_q, stride_k, SCALE: tl.constexpr, CAUSAL: tl.constexpr,
+                         BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr):
+    """SCALE * scores + bias for keys k0 .. k0 + BLOCK_K of rows offs_q, -inf where there is
+    no key (past seqlen_k, or after the query when CAUSAL). A block at or past key_end (no
+    row of the block sees it) is not read."""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    # The causal condition stays out of the load mask: a mask that is uniform along the
+    # contiguous key axis keeps the loads 16-byte vectors.
+    in_bounds = (offs_q < seqlen_q)[:, None] & (offs_k < seqlen_k)[None, :]
+    x_ptr = x_base + offs_q.to(tl.int64)[:, None] * stride_q + offs_k.to(tl.int64)[None, :] * stride_k
+    x = tl.load(x_ptr, mask=in_bounds & (k0 < key_end), other=0.0).to(COMPUTE)
+    distance = _distance(offs_q, offs_k, q_offset)
+    valid = in_bounds & (distance <= 0) if CAUSAL else in_bounds
+    return tl.where(valid, x * SCALE + _alibi_tile(slope, distance, CAUSAL), float("-inf"))
+
+
+@triton.jit
+def _store_probabilities(o_base, z, shift, inv_sum, offs_q, k0, seqlen_q, seqlen_k,
+                         stride_oq, stride_ok, BLOCK_K: tl.constexpr):
+    """Write exp(z - shift) / sum for keys k0 .. k0 + BLOCK_K of rows offs_q."""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    o_ptr = o_base + offs_q.to(tl.int64)[:, None] * stride_oq + offs_k.to(tl.int64)[None, :] * stride_ok
+    y = tl.exp(z - shift[:, None]) * inv_sum[:, None]
+    mask = (offs_q < seqlen_q)[:, None] & (offs_k < seqlen_k)[None, :]
+    tl.store(o_ptr, y.to(o_base.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _alibi_softmax_kernel(
+    SCORES, SLOPES,
+    n_heads, seqlen_q, seqlen_k, q_offset, n_q_blocks,
+    stride_b, stride_h, stride_q, stride_k,
+    stride_mb, stride_mh,
+    stride_ob, stride_oh, stride_oq, stride_ok,
+    OUT,
+    SCALE: tl.constexpr, CAUSAL: tl.constexpr, ONE_BLOCK: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr,
+):
+    """OUT = softmax over keys of SCALE * SCORES + bias; with CAUSAL the keys after each
+    query are masked, and a row with no key left is 0.
+
+    Grid: (batch * n_heads * n_q_blocks,); a program owns BLOCK_Q whole rows. With ONE_BLOCK
+    a row fits in BLOCK_K and is read once; otherwise a first pass keeps the running max and
+    sum over key blocks (online softmax) and a second pass reads the row again and writes.
+    """
+    pid = tl.program_id(0)
+    pid_q = pid % n_q_blocks
+    bh = pid // n_q_blocks
+    b = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
+    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    slope = tl.load(SLOPES + b * stride_mb + h * stride_mh).to(COMPUTE)
+    x_base = SCORES + b * stride_b + h * stride_h
+    o_base = OUT + b * stride_ob + h * stride_oh
+    if CAUSAL:  # keys past the block's last query are masked for every row of it
+        key_end = tl.minimum(seqlen_k, tl.minimum((pid_q + 1) * BLOCK_Q, seqlen_q) + q_offset)
+    else:
+        key_end = seqlen_k
+
+    z = _scaled_biased_block(x_base, offs_q, 0, seqlen_q, seqlen_k, key_end, q_offset, slope,
+                             stride_q, stride_k, SCALE, CAUSAL, BLOCK_K, COMPUTE)
+    row_max = _row_max(z)
+    row_sum = _row_sum(tl.exp(z - _finite(row_max)[:, None]))
+    # `while`, not `for k0 in range(...)`: Triton 3.6's interpreter cannot take a runtime
+    # bound in range() under NumPy 2 (its scalars are 1-element arrays).
+    if not ONE_BLOCK:
+        k0 = BLOCK_K
+        while k0 < key_end:
+            z = _scaled_biased_block(x_base, offs_q, k0, seqlen_q, seqlen_k, key_end, q_offset,
+                                     slope, stride_q, stride_k, SCALE, CAUSAL, BLOCK_K, COMPUTE)
+            new_max = tl.maximum(row_max, _row_max(z))
+            shift = _finite(new_max)
+            row_sum = row_sum * tl.exp(row_max - shift) + _row_sum(tl.exp(z - shift[:, None]))
+            row_max = new_max
+            k0 += BLOCK_K
+    shift = _finite(row_max)
+    inv_sum = 1.0 / tl.where(row_sum > 0, row_sum, 1.0)  # a row with no key: exp(z) = 0
+
+    if ONE_BLOCK:
+        _store_probabilities(o_base, z, shift, inv_sum, offs_q, 0, seqlen_q, seqlen_k,
+                             stride_oq, stride_ok, BLOCK_K)
+    else:
+        k0 = 0
+        while k0 < seqlen_k:
+            z = _scaled_biased_block(x_base, offs_q, k0, seqlen_q, seqlen_k, key_end, q_offset, slope,
+                                     stride_q, stride_k, SCALE, CAUSAL, BLOCK_K, COMPUTE)
+            _store_probabilities(o_base, z, shift, inv_sum, offs_q, k0, seqlen_q, seqlen_k,
+                                 stride_oq, stride_ok, BLOCK_K)
+            k0 += BLOCK_K
+
+
+def largest_power_of_two(n: int) -> int:
+    """The largest power of two <= n (n >= 1)."""
+    return 1 << (n.bit_length() - 1)
+
+
+# Builders are pure functions of hashable shapes and options, called on every launch: cached,
+# as RoPE's, to take the tile arithmetic off the per-call host time.
+@functools.lru_cache(maxsize=256)
+def alibi_slopes_call(num_heads: int, *, head_offset: int = 0, total_heads: int | None = None) -> KernelCall:
+    """Slopes of heads head_offset .. head_offset + num_heads - 1 of `total_heads` (default
+    num_heads). Input "max_bias": (1,) float32. Output: (num_heads,) float32."""
+    power = largest_power_of_two(total_heads or num_heads)
+    block_h = min(next_power_of_2(num_heads), _BLOCK_HEADS)
+    return KernelCall(
+        kernel=_alibi_slopes_kernel,
+        grid=(cdiv(num_heads, block_h),),
+        inputs=("max_bias",),
+        scalars=(num_heads, head_offset, power),
+        outputs=(Output((num_heads,), "float32"),),
+        constexprs=dict(BLOCK_H=block_h),
+        num_warps=1,
+    )
+
+
+def _tile(seqlen_q: int, seqlen_k: int, max_block_k: int) -> tuple[int, int]:
+    """(BLOCK_Q, BLOCK_K) of about _TILE_ELEMENTS elements (fewer for small inputs)."""
+    block_k = min(next_power_of_2(seqlen_k), max_block_k)
+    block_q = min(next_power_of_2(seqlen_q), max(1, _TILE_ELEMENTS // block_k))
+    return block_q, block_k
+
+
+def _elementwise_call(scores: Operand | None, slopes: Operand, shape: tuple[int, int, int, int],
+                      out: Output, out_strides: tuple[int, ...], *, q_offset: int, causal: bool,
+                      compute: str) -> KernelCall:
+    """`_alibi_kernel` over `shape` (batch, heads, seqlen_q, seqlen_k): scores + bias, or the
+    bias alone without scores."""
+    batch, n_heads, seqlen_q, seqlen_k = shape
+    block_q, block_k = _tile(seqlen_q, seqlen_k, _BLOCK_K)
+    n_q_blocks, n_k_blocks = cdiv(seqlen_q, block_q), cdiv(seqlen_k, block_k)
+    return KernelCall(
+        kernel=_alibi_kernel,
+        grid=(batch * n_heads * n_q_blocks * n_k_blocks,),
+        inputs=("scores", "slopes"),
+        scalars=(n_heads, seqlen_q, seqlen_k, q_offset, n_q_blocks, n_k_blocks,
+                 *(scores.strides if scores is not None else (0, 0, 0, 0)),
+                 *_batched_strides(slopes, 2), *out_strides),
+        outputs=(out,),
+        constexprs=dict(HAS_SCORES=scores is not None, CAUSAL=causal, BLOCK_Q=block_q,
+                        BLOCK_K=block_k, COMPUTE=_compute_dtype(compute)),
+        num_warps=4,
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def alibi_bias_call(slopes: Operand, seqlen_q: int, seqlen_k: int, *, q_offset: int,
+                    causal: bool, dtype: str = "float32") -> KernelCall:
+    """The bias (heads, seqlen_q, seqlen_k) of `dtype`, row-major, for slopes (heads,).
+    Input: "slopes"."""
+    shape = (slopes.shape[-1], seqlen_q, seqlen_k)
+    return _elementwise_call(None, slopes, (1, *shape), Output(shape, dtype),
+                             (0, *row_major_strides(shape)), q_offset=q_offset, causal=causal,
+                             compute=dtype)
+
+
+@functools.lru_cache(maxsize=1024)
+def alibi_add_call(scores: Operand, slopes: Operand, *, q_offset: int, causal: bool,
+                   inplace: bool = False) -> KernelCall:
+    """scores (batch, heads, seqlen_q, seqlen_k), any strides, plus the bias of slopes
+    (heads,) or (batch or 1, heads). Inputs: "scores", "slopes". Output: like scores,
+    row-major, or written into scores when `inplace`."""
+    if inplace:
+        out, out_strides = Output(scores.shape, scores.dtype, alias="scores"), scores.strides
+    else:
+        out, out_strides = Output(scores.shape, scores.dtype), row_major_strides(scores.shape)
+    return _elementwise_call(scores, slopes, scores.shape, out, out_strides, q_offset=q_offset,
+                             causal=causal, compute=scores.dtype)
+
+
+@functools.lru_cache(maxsize=1024)
+def alibi_softmax_call(scores: Operand, slopes: Operand, *, scale: float, q_offset: int,
+                       causal: bool) -> KernelCall:
+    """softmax over keys of scale * scores + bias (causal: keys after the query masked), for
+    scores (batch, heads, seqlen_q, seqlen_k), any strides, and slopes (heads,) or (batch or
+    1, heads). `scale` is compiled in (one compilation per value). Inputs: "scores",
+    "slopes". Output: like scores, row-major."""
+    batch, n_heads, seqlen_q, seqlen_k = scores.shape
+    block_q, block_k = _tile(seqlen_q, seqlen_k, _SOFTMAX_BLOCK_K)
+    n_q_blocks = cdiv(seqlen_q, block_q)
+    return KernelCall(
+        kernel=_alibi_softmax_kernel,
+        grid=(batch * n_heads * n_q_blocks if seqlen_k else 0,),
+        inputs=("scores", "slopes"),
+        scalars=(n_heads, seqlen_q, seqlen_k, q_offset, n_q_blocks, *scores.strides,
+                 *_batched_strides(slopes, 2), *row_major_strides(scores.shape)),
+        outputs=(Output(scores.shape, scores.dtype),),
+        constexprs=dict(SCALE=float(scale), CAUSAL=causal, ONE_BLOCK=seqlen_k <= block_k,
+                        BLOCK_Q=block_q, BLOCK_K=block_k, COMPUTE=_compute_dtype(scores.dtype)),
+        num_warps=8 if block_k >= 2048 else 4,
+    )

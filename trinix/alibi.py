@@ -1,0 +1,122 @@
+"""Host-side ALiBi logic shared by the PyTorch and JAX bindings: slopes, the query offset and
+the input contract. Works on numbers, shapes and dtype names only; never touches a tensor."""
+
+import math
+import os
+
+import numpy as np
+
+from trinix.kernels.alibi import largest_power_of_two
+from trinix.kernels.call import Operand
+from trinix.rope import check_float
+
+_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+BIAS_DTYPES = tuple(_ITEMSIZE)
+
+
+def alibi_slopes(num_heads: int, *, max_bias: float = 8.0, head_offset: int = 0,
+                 total_heads: int | None = None) -> np.ndarray:
+    """Slopes of heads head_offset .. head_offset + num_heads - 1 of a model with
+    `total_heads` heads (default num_heads: all of them), (num_heads,) float64.
+
+    Each head's slope from its index alone (the closed form in trinix.kernels.alibi), so a
+    tensor-parallel shard of heads gets the slopes its heads have in the whole model.
+    """
+    check_alibi_config(num_heads, max_bias=max_bias, head_offset=head_offset, total_heads=total_heads)
+    power = largest_power_of_two(total_heads or num_heads)
+    g = np.arange(head_offset, head_offset + num_heads, dtype=np.float64)
+    exponent = np.where(g < power, (g + 1) / power, (2 * (g - power) + 1) / (2 * power))
+    return 2.0 ** (-max_bias * exponent)
+
+
+def query_offset(q_offset: int | None, seqlen_q: int, seqlen_k: int) -> int:
+    """Key position of query 0; None means seqlen_k - seqlen_q (bottom-right alignment)."""
+    if q_offset is None:
+        return seqlen_k - seqlen_q
+    if isinstance(q_offset, bool) or not isinstance(q_offset, (int, np.integer)):
+        raise TypeError(f"q_offset must be an int or None, got {type(q_offset).__name__}")
+    return int(q_offset)
+
+
+def _check_int(name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
+def check_size(name: str, value) -> None:
+    """seq_len, key_len, batch_size: an int >= 0."""
+    _check_int(name, value, 0)
+
+
+def check_alibi_config(num_heads, *, max_bias=8.0, head_offset=0, total_heads=None,
+                       max_seq_len=None) -> None:
+    """Raise ValueError/TypeError, naming the argument, for a configuration ALiBi can't take."""
+    _check_int("num_heads", num_heads, 1)
+    if isinstance(max_bias, bool) or not isinstance(max_bias, (int, float, np.integer, np.floating)):
+        raise TypeError(f"max_bias must be a number, got {type(max_bias).__name__}")
+    if not math.isfinite(max_bias) or max_bias <= 0:
+        raise ValueError(f"max_bias must be a finite number > 0, got {max_bias}")
+    _check_int("head_offset", head_offset, 0)
+    if total_heads is not None:
+        _check_int("total_heads", total_heads, 1)
+    if head_offset + num_heads > (total_heads or num_heads):
+        raise ValueError(f"head_offset + num_heads ({head_offset} + {num_heads}) must be <= "
+                         f"total_heads, the model's head count ({total_heads or num_heads})")
+    if max_seq_len is not None:
+        _check_int("max_seq_len", max_seq_len, 1)
+
+
+def check_bias_dtype(dtype: str) -> None:
+    if dtype not in BIAS_DTYPES:
+        raise TypeError(f"dtype must be one of {BIAS_DTYPES}, got {dtype}")
+
+
+def check_scale(scale) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)):
+        raise TypeError(f"scale must be a number, got {type(scale).__name__}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+
+
+def check_scores(scores: Operand, slopes: Operand, *, num_heads: int | None = None) -> None:
+    """scores: float (batch, heads, seqlen_q, seqlen_k); slopes: float (heads,) or (batch or
+    1, heads); num_heads: the module's, if any."""
+    if len(scores.shape) != 4:
+        raise ValueError(f"scores must have 4 dims (batch, heads, seqlen_q, seqlen_k), got shape "
+                         f"{tuple(scores.shape)}")
+    check_float("scores", scores.dtype)
+    batch, heads = scores.shape[:2]
+    if num_heads is not None and heads != num_heads:
+        raise ValueError(f"scores has {heads} heads (dim 1 of shape {tuple(scores.shape)}), the "
+                         f"module has num_heads={num_heads}")
+    check_float("slopes", slopes.dtype)
+    shape = tuple(slopes.shape)
+    if shape not in ((heads,), (1, heads), (batch, heads)):
+        raise ValueError(f"slopes must be ({heads},), (1, {heads}) or ({batch}, {heads}) for scores "
+                         f"of shape {tuple(scores.shape)}, got shape {shape}")
+
+
+def check_slopes(slopes: Operand) -> None:
+    """slopes of a materialized bias: float (heads,)."""
+    check_float("slopes", slopes.dtype)
+    if len(slopes.shape) != 1:
+        raise ValueError(f"slopes must be (heads,) for a bias, got shape {tuple(slopes.shape)}")
+
+
+def host_memory_bytes() -> int:
+    """Physical memory of this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_bias_fits(shape: tuple[int, ...], dtype: str, available_bytes: int | None) -> None:
+    """Refuse, before anything is allocated, a bias of `shape` that cannot fit in
+    `available_bytes` (None: unknown, not checked)."""
+    nbytes = math.prod(shape) * _ITEMSIZE[dtype]
+    if available_bytes is not None and nbytes > available_bytes:
+        raise ValueError(
+            f"an ALiBi bias of shape {tuple(shape)} in {dtype} needs {nbytes / 1e9:.1f} GB, more "
+            f"than the {available_bytes / 1e9:.1f} GB of memory available (seq_len too long to "
+            "materialize); use add_to_scores, which adds ALiBi to the scores in place, or softmax, "
+            "which fuses it into softmax(scale * scores + bias): neither creates the bias")

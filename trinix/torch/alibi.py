@@ -1,0 +1,365 @@
+"""ALiBi for PyTorch: torch.library ops over the Triton kernels, autograd, functional forms
+and the seed's `FastALiBiPositionEmbedding` module.
+
+Shapes: scores (batch, heads, seqlen_q, seqlen_k), any strides; slopes (heads,) float32, or
+(batch or 1, heads) for the scores ops; a bias (heads, seqlen_q, seqlen_k). Query i sits at
+key position i + q_offset, by default seqlen_k - seqlen_q (bottom-right, as a KV cache needs).
+Bias forms: symmetric -m|j - i'| and causal m(j - i') (= -m(i' - j) where j <= i'; the caller
+masks j > i', and the fused softmax does).
+
+Gradients: adding ALiBi passes the scores' gradient through unchanged; the fused softmax's
+backward, scale * y * (g - sum(g * y)), is torch ops (not a kernel). Slopes are constants.
+"""
+
+import functools
+
+import torch
+from torch import Tensor
+from torch.library import triton_op
+
+from trinix import alibi as host
+from trinix.kernels.alibi import alibi_add_call, alibi_bias_call, alibi_slopes_call, alibi_softmax_call
+from trinix.torch.launcher import DTYPES, dtype_name, launch, operand, resolve_backend
+
+
+def _launch_slopes(max_bias, num_heads, head_offset, total_heads, interpret, traceable=False):
+    call = alibi_slopes_call(num_heads, head_offset=head_offset, total_heads=total_heads)
+    return launch(call, dict(max_bias=max_bias), interpret=interpret, traceable=traceable)[0]
+
+
+def _launch_bias(slopes, seqlen_q, seqlen_k, q_offset, causal, dtype, interpret, traceable=False):
+    call = alibi_bias_call(operand(slopes), seqlen_q, seqlen_k, q_offset=q_offset, causal=causal,
+                           dtype=dtype_name(dtype))
+    return launch(call, dict(slopes=slopes), interpret=interpret, traceable=traceable)[0]
+
+
+def _launch_add(scores, slopes, q_offset, causal, interpret, inplace=False, traceable=False):
+    call = alibi_add_call(operand(scores), operand(slopes), q_offset=q_offset, causal=causal,
+                          inplace=inplace)
+    return launch(call, dict(scores=scores, slopes=slopes), interpret=interpret, traceable=traceable)[0]
+
+
+def _launch_softmax(scores, slopes, scale, q_offset, causal, interpret, traceable=False):
+    call = alibi_softmax_call(operand(scores), operand(slopes), scale=scale, q_offset=q_offset,
+                              causal=causal)
+    return launch(call, dict(scores=scores, slopes=slopes), interpret=interpret, traceable=traceable)[0]
+
+
+@triton_op("trinix::alibi_slopes", mutates_args=())
+def _slopes_op(max_bias: Tensor, num_heads: int, head_offset: int, total_heads: int,
+               interpret: bool) -> Tensor:
+    return _launch_slopes(max_bias, num_heads, head_offset, total_heads, interpret, traceable=True)
+
+
+@triton_op("trinix::alibi_bias", mutates_args=())
+def _bias_op(slopes: Tensor, seqlen_q: int, seqlen_k: int, q_offset: int, causal: bool,
+             dtype: torch.dtype, interpret: bool) -> Tensor:
+    return _launch_bias(slopes, seqlen_q, seqlen_k, q_offset, causal, dtype, interpret, traceable=True)
+
+
+@triton_op("trinix::alibi_add", mutates_args=())
+def _add_op(scores: Tensor, slopes: Tensor, q_offset: int, causal: bool, interpret: bool) -> Tensor:
+    return _launch_add(scores, slopes, q_offset, causal, interpret, traceable=True)
+
+
+@triton_op("trinix::alibi_add_", mutates_args=("scores",))
+def _add_inplace_op(scores: Tensor, slopes: Tensor, q_offset: int, causal: bool, interpret: bool) -> None:
+    _launch_add(scores, slopes, q_offset, causal, interpret, inplace=True, traceable=True)
+
+
+@triton_op("trinix::alibi_softmax", mutates_args=())
+def _softmax_op(scores: Tensor, slopes: Tensor, scale: float, q_offset: int, causal: bool,
+                interpret: bool) -> Tensor:
+    return _launch_softmax(scores, slopes, scale, q_offset, causal, interpret, traceable=True)
+
+
+def _run(op, launch_kernel, *args):
+    """The kernel launched directly when eager; under torch.compile the torch.library op,
+    which the compiler traces (its dispatch costs tens of microseconds per eager call)."""
+    return op(*args) if torch.compiler.is_compiling() else launch_kernel(*args)
+
+
+class _AlibiAdd(torch.autograd.Function):
+    """scores + bias by the kernel; the gradient of scores is the output's, unchanged."""
+
+    @staticmethod
+    def forward(ctx, scores, slopes, q_offset, causal, interpret, inplace):
+        args = (scores, slopes, q_offset, causal, interpret)
+        if inplace:
+            _run(_add_inplace_op, functools.partial(_launch_add, inplace=True), *args)
+            ctx.mark_dirty(scores)
+            return scores
+        return _run(_add_op, _launch_add, *args)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None, None, None, None
+
+
+def _softmax_backward(y: Tensor, grad: Tensor, scale: float) -> Tensor:
+    """scale * y * (g - sum_k g * y), in float32 registers (float64 for float64)."""
+    compute = _compute_dtype(y.dtype)
+    y32, g32 = y.to(compute), grad.to(compute)
+    return (scale * y32 * (g32 - (g32 * y32).sum(-1, keepdim=True))).to(y.dtype)
+
+
+class _AlibiSoftmax(torch.autograd.Function):
+    """softmax(scale * scores + bias) by the kernel; backward by torch ops from the output."""
+
+    @staticmethod
+    def forward(ctx, scores, slopes, scale, q_offset, causal, interpret):
+        y = _run(_softmax_op, _launch_softmax, scores, slopes, scale, q_offset, causal, interpret)
+        ctx.save_for_backward(y)
+        ctx.scale = scale
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return _softmax_backward(y, grad, ctx.scale), None, None, None, None, None
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _distance(seqlen_q: int, seqlen_k: int, q_offset: int, device) -> Tensor:
+    """(seqlen_q, seqlen_k) int64 key position - query position."""
+    keys = torch.arange(seqlen_k, device=device)
+    queries = torch.arange(q_offset, q_offset + seqlen_q, device=device)
+    return keys[None, :] - queries[:, None]
+
+
+def _bias_torch(slopes: Tensor, distance: Tensor, causal: bool, compute: torch.dtype) -> Tensor:
+    """The torch backend's bias, (*slopes.shape, seqlen_q, seqlen_k) in `compute`."""
+    m = slopes.to(compute)[..., None, None]
+    d = distance.to(compute)
+    return m * d if causal else -m * d.abs()
+
+
+def _per_batch(slopes: Tensor) -> Tensor:
+    """(heads,) or (batch or 1, heads) slopes as (batch or 1, heads)."""
+    return slopes if slopes.ndim == 2 else slopes[None]
+
+
+def _softmax_torch(scores, slopes, scale, q_offset, causal):
+    seqlen_q, seqlen_k = scores.shape[-2:]
+    compute = _compute_dtype(scores.dtype)
+    distance = _distance(seqlen_q, seqlen_k, q_offset, scores.device)
+    z = scale * scores.to(compute) + _bias_torch(_per_batch(slopes), distance, causal, compute)
+    if causal:
+        hidden = distance > 0
+        # A row with no key (a query before every key) is 0, as the kernel gives; filling it
+        # with 0 before softmax keeps its gradient finite.
+        z = z.masked_fill(hidden, float("-inf")).masked_fill(hidden.all(-1, keepdim=True), 0.0)
+        return torch.softmax(z, -1).masked_fill(hidden, 0.0).to(scores.dtype)
+    return torch.softmax(z, -1).to(scores.dtype)
+
+
+def _check_tensor(name: str, value) -> None:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def _check_constant(slopes: Tensor) -> None:
+    if slopes.requires_grad:
+        raise ValueError("slopes must not require grad: trinix applies ALiBi with constant slopes")
+
+
+def _check_bias_fits(shape, dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse a bias that cannot fit in the memory of `device` (not while torch.compile traces)."""
+    if torch.compiler.is_compiling():
+        return
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        available = free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    elif device.type == "cpu":
+        available = host.host_memory_bytes()
+    else:
+        available = None
+    host.check_bias_fits(shape, dtype_name(dtype), available)
+
+
+def alibi_slopes(num_heads: int, *, max_bias: float = 8.0, head_offset: int = 0,
+                 total_heads: int | None = None, device=None, backend: str = "auto",
+                 use_triton: bool = True) -> Tensor:
+    """ALiBi slopes of heads head_offset .. head_offset + num_heads - 1 of a model with
+    `total_heads` heads (default num_heads), (num_heads,) float32; one kernel launch on the
+    Triton backends."""
+    host.check_alibi_config(num_heads, max_bias=max_bias, head_offset=head_offset, total_heads=total_heads)
+    device = torch.device(device) if device is not None else torch.get_default_device()
+    backend = resolve_backend(backend, use_triton, device)
+    if backend == "torch":
+        slopes = host.alibi_slopes(num_heads, max_bias=max_bias, head_offset=head_offset,
+                                   total_heads=total_heads)
+        return torch.from_numpy(slopes).to(device=device, dtype=torch.float32)
+    max_bias = torch.full((1,), float(max_bias), dtype=torch.float32, device=device)
+    return _run(_slopes_op, _launch_slopes, max_bias, num_heads, head_offset, total_heads or num_heads,
+                backend == "interpret")
+
+
+def alibi_bias(slopes: Tensor, seq_len: int, key_len: int | None = None, *, causal: bool = False,
+               q_offset: int | None = None, dtype: torch.dtype = torch.float32, backend: str = "auto",
+               use_triton: bool = True) -> Tensor:
+    """The ALiBi bias (heads, seq_len, key_len) of `dtype` for slopes (heads,), key_len
+    defaulting to seq_len, on the slopes' device. A bias too big for that device's memory is
+    refused (ValueError) before anything is allocated."""
+    _check_tensor("slopes", slopes)
+    host.check_slopes(operand(slopes))
+    _check_constant(slopes)
+    host.check_size("seq_len", seq_len)
+    seqlen_q, seqlen_k = seq_len, seq_len if key_len is None else key_len
+    host.check_size("key_len", seqlen_k)
+    q_offset = host.query_offset(q_offset, seqlen_q, seqlen_k)
+    if dtype not in DTYPES.values():
+        raise TypeError(f"dtype must be one of {list(DTYPES.values())}, got {dtype}")
+    _check_bias_fits((slopes.shape[0], seqlen_q, seqlen_k), dtype, slopes.device)
+    backend = resolve_backend(backend, use_triton, slopes.device)
+    if backend == "torch":
+        distance = _distance(seqlen_q, seqlen_k, q_offset, slopes.device)
+        return _bias_torch(slopes, distance, causal, _compute_dtype(dtype)).to(dtype)
+    return _run(_bias_op, _launch_bias, slopes, seqlen_q, seqlen_k, q_offset, causal, dtype,
+                backend == "interpret")
+
+
+def _checked_scores(scores, slopes, q_offset, num_heads=None) -> int:
+    """Check scores and slopes (and scores' heads against a module's); return the query offset."""
+    _check_tensor("scores", scores)
+    _check_tensor("slopes", slopes)
+    host.check_scores(operand(scores), operand(slopes), num_heads=num_heads)
+    _check_constant(slopes)
+    return host.query_offset(q_offset, *scores.shape[-2:])
+
+
+def alibi_add(scores: Tensor, slopes: Tensor, *, causal: bool = False, q_offset: int | None = None,
+              inplace: bool = False, backend: str = "auto", use_triton: bool = True) -> Tensor:
+    """scores + ALiBi bias, without a bias tensor: one kernel reads and writes each score once.
+
+    Returns a new tensor like scores (row-major), or scores itself when `inplace` (refused for
+    a leaf that requires grad). The gradient of scores passes through unchanged.
+    """
+    q_offset = _checked_scores(scores, slopes, q_offset)
+    if inplace and torch.is_grad_enabled() and scores.is_leaf and scores.requires_grad:
+        raise ValueError("inplace=True cannot add to a leaf tensor that requires grad (scores); "
+                         "use inplace=False or add to a non-leaf (e.g. q @ k^T)")
+    backend = resolve_backend(backend, use_triton, scores.device)
+    slopes = slopes.to(scores.device)
+    if backend == "torch":
+        distance = _distance(*scores.shape[-2:], q_offset, scores.device)
+        bias = _bias_torch(_per_batch(slopes), distance, causal, _compute_dtype(scores.dtype))
+        if inplace:
+            return scores.add_(bias)
+        return (scores + bias).to(scores.dtype)
+    return _AlibiAdd.apply(scores, slopes, q_offset, causal, backend == "interpret", inplace)
+
+
+def alibi_softmax(scores: Tensor, slopes: Tensor, *, scale: float = 1.0, causal: bool = False,
+                  q_offset: int | None = None, backend: str = "auto", use_triton: bool = True) -> Tensor:
+    """softmax over keys of scale * scores + ALiBi bias in one kernel, like scores (row-major).
+
+    causal=False adds the symmetric bias; causal=True masks the keys after each query (either
+    form then gives the same) and returns 0 for a query before every key. `scale` is compiled
+    into the kernel (one compilation per value).
+    """
+    q_offset = _checked_scores(scores, slopes, q_offset)
+    host.check_scale(scale)
+    backend = resolve_backend(backend, use_triton, scores.device)
+    slopes = slopes.to(scores.device)
+    if backend == "torch":
+        return _softmax_torch(scores, slopes, scale, q_offset, causal)
+    return _AlibiSoftmax.apply(scores, slopes, float(scale), q_offset, causal, backend == "interpret")
+
+
+class FastALiBiPositionEmbedding(torch.nn.Module):
+    """ALiBi (attention with linear biases, Press et al.) on Triton kernels.
+
+    Example::
+
+        alibi = FastALiBiPositionEmbedding(num_heads=64, max_seq_len=32768, use_triton=True)
+        bias = alibi(seq_len, batch_size)        # (batch, 64, seq, seq), batch a stride-0 view
+        scores = alibi.add_to_scores(scores)     # scores (batch, 64, seq_q, seq_k) + ALiBi
+        probs = alibi.softmax(scores, scale=head_dim ** -0.5, causal=True)
+
+    Args:
+        num_heads: heads of this module (of the shard, under tensor parallelism).
+        max_seq_len: the context the model was trained for. Longer sequences are served,
+            not refused: ALiBi extrapolates and there is no table to outgrow. Only a bias too
+            big for the device's memory is refused (use add_to_scores or softmax then).
+        use_triton: False runs plain torch ops (the "torch" backend).
+        backend: "auto" (Triton for CUDA tensors, torch ops otherwise), "triton", "interpret"
+            (the Triton kernels on the CPU through Triton's interpreter) or "torch".
+        causal: the bias form, causal m(j - i') instead of symmetric -m|j - i'|; also the
+            default mask of `softmax`.
+        dtype: dtype of the bias `forward` returns (float32; float16/bfloat16 lose the
+            difference between neighbouring keys at long context).
+        max_bias: the 8 of the paper's slopes 2^(-8h/n) (MPT's alibi_bias_max).
+        head_offset, total_heads: this module's heads are heads head_offset ..
+            head_offset + num_heads - 1 of a model with total_heads heads, and get their slopes.
+        device: where the slopes (and so the biases) live; moves with the module.
+
+    `slopes` is a (num_heads,) float32 buffer; it stays float32 when the module is cast.
+    """
+
+    def __init__(self, num_heads: int, max_seq_len: int = 2048, use_triton: bool = True, *,
+                 backend: str = "auto", causal: bool = False, dtype: torch.dtype = torch.float32,
+                 max_bias: float = 8.0, head_offset: int = 0, total_heads: int | None = None,
+                 device=None):
+        super().__init__()
+        host.check_alibi_config(num_heads, max_bias=max_bias, head_offset=head_offset,
+                                total_heads=total_heads, max_seq_len=max_seq_len)
+        resolve_backend(backend, use_triton, torch.device("cuda"))
+        if dtype not in DTYPES.values():
+            raise TypeError(f"dtype must be one of {list(DTYPES.values())}, got {dtype}")
+        self.num_heads = num_heads
+        self.max_seq_len = max_seq_len
+        self.use_triton = use_triton
+        self.backend = backend
+        self.causal = causal
+        self.dtype = dtype
+        self.max_bias = max_bias
+        self.head_offset = head_offset
+        self.total_heads = total_heads or num_heads
+        self.register_buffer("slopes", self._slopes(device), persistent=False)
+
+    def _slopes(self, device) -> Tensor:
+        return alibi_slopes(self.num_heads, max_bias=self.max_bias, head_offset=self.head_offset,
+                            total_heads=self.total_heads, device=device, backend=self.backend,
+                            use_triton=self.use_triton)
+
+    def _apply(self, fn, recurse=True):
+        # Follow the module's moves, but not its casts (model.half()): slopes rounded to
+        # float16 would misplace far keys, so they are recomputed in float32.
+        super()._apply(fn, recurse)
+        self.slopes = self._slopes(self.slopes.device)
+        return self
+
+    def extra_repr(self) -> str:
+        return (f"num_heads={self.num_heads}, max_seq_len={self.max_seq_len}, backend={self.backend!r}, "
+                f"causal={self.causal}, dtype={self.dtype}, max_bias={self.max_bias}, "
+                f"head_offset={self.head_offset}, total_heads={self.total_heads}")
+
+    def forward(self, seq_len: int, batch_size: int = 1, *, key_len: int | None = None,
+                q_offset: int | None = None) -> Tensor:
+        """The bias (batch_size, num_heads, seq_len, key_len) of the module's dtype, key_len
+        defaulting to seq_len; the batch dim is a broadcast (stride 0) view of one bias."""
+        host.check_size("batch_size", batch_size)
+        bias = alibi_bias(self.slopes, seq_len, key_len, causal=self.causal, q_offset=q_offset,
+                          dtype=self.dtype, backend=self.backend, use_triton=self.use_triton)
+        return bias.expand(batch_size, *bias.shape)
+
+    def add_to_scores(self, scores: Tensor, *, q_offset: int | None = None, inplace: bool = False,
+                      backend: str | None = None) -> Tensor:
+        """scores (batch, num_heads, seqlen_q, seqlen_k) + ALiBi, in one pass and no bias
+        tensor (see `alibi_add`)."""
+        _checked_scores(scores, self.slopes, q_offset, self.num_heads)
+        return alibi_add(scores, self.slopes, causal=self.causal, q_offset=q_offset, inplace=inplace,
+                         backend=backend or self.backend, use_triton=self.use_triton)
+
+    def softmax(self, scores: Tensor, *, scale: float = 1.0, causal: bool | None = None,
+                q_offset: int | None = None, backend: str | None = None) -> Tensor:
+        """softmax(scale * scores + ALiBi) over keys in one kernel (see `alibi_softmax`);
+        causal (masking the keys after each query) defaults to the module's."""
+        _checked_scores(scores, self.slopes, q_offset, self.num_heads)
+        return alibi_softmax(scores, self.slopes, scale=scale,
+                             causal=self.causal if causal is None else causal, q_offset=q_offset,
+                             backend=backend or self.backend, use_triton=self.use_triton)
