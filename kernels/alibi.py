@@ -17,8 +17,8 @@ import functools
 import triton
 import triton.language as tl
 
-from .call import KernelCall, Operand, Output, cdiv, next_power_of_2, row_major_strides
-from .rope import _batched_strides, _compute_dtype
+from .call import (KernelCall, Operand, Output, batched_strides, cdiv, compute_dtype, next_power_of_2,
+                   row_major_strides)
 
 # Elements of one (BLOCK_Q, BLOCK_K) tile a program writes; rows of at most _BLOCK_K keys
 # keep each thread's stores 16-byte vectors along the contiguous key axis.
@@ -255,10 +255,10 @@ def _elementwise_call(scores: Operand | None, slopes: Operand, shape: tuple[int,
         inputs=("scores", "slopes"),
         scalars=(n_heads, seqlen_q, seqlen_k, q_offset, n_q_blocks, n_k_blocks,
                  *(scores.strides if scores is not None else (0, 0, 0, 0)),
-                 *_batched_strides(slopes, 2), *out_strides),
+                 *batched_strides(slopes, 2), *out_strides),
         outputs=(out,),
         constexprs=dict(HAS_SCORES=scores is not None, CAUSAL=causal, BLOCK_Q=block_q,
-                        BLOCK_K=block_k, COMPUTE=_compute_dtype(compute)),
+                        BLOCK_K=block_k, COMPUTE=compute_dtype(compute)),
         num_warps=4,
     )
 
@@ -303,9 +303,9 @@ def alibi_softmax_call(scores: Operand, slopes: Operand, *, scale: float, q_offs
         grid=(batch * n_heads * n_q_blocks if seqlen_k else 0,),
         inputs=("scores", "slopes"),
         scalars=(n_heads, seqlen_q, seqlen_k, q_offset, n_q_blocks, *scores.strides,
-                 *_batched_strides(slopes, 2), *row_major_strides(scores.shape)),
+                 *batched_strides(slopes, 2), *row_major_strides(scores.shape)),
         outputs=(Output(scores.shape, scores.dtype),),
         constexprs=dict(SCALE=float(scale), CAUSAL=causal, ONE_BLOCK=seqlen_k <= block_k,
-                        BLOCK_Q=block_q, BLOCK_K=block_k, COMPUTE=_compute_dtype(scores.dtype)),
+                        BLOCK_Q=block_q, BLOCK_K=block_k, COMPUTE=compute_dtype(scores.dtype)),
         num_warps=8 if block_k >= 2048 else 4,
     )

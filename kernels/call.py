@@ -9,6 +9,8 @@ them positionally: input pointers, runtime scalars and strides, output pointers,
 from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple
 
+import triton.language as tl
+
 
 class Operand(NamedTuple):
     """Shape, strides (in elements) and dtype name ("float16", ...) of one array."""
@@ -57,6 +59,22 @@ def row_major_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
         strides.append(step)
         step *= max(size, 1)
     return tuple(reversed(strides))
+
+
+def batched_strides(array: Operand | None, ndim: int) -> tuple[int, ...]:
+    """Strides of `array` as `ndim` dims whose first is batch: 0 for a missing or size-1 batch,
+    so that e.g. (rows, dim) and (1, rows, dim) tables or (1, seq) positions serve every batch."""
+    if array is None:
+        return (0,) * ndim
+    strides = (0,) * (ndim - len(array.shape)) + tuple(array.strides)
+    if array.shape[0] == 1 and len(array.shape) == ndim:
+        strides = (0, *strides[1:])
+    return strides
+
+
+def compute_dtype(dtype: str):
+    """The kernels' register dtype: float32, float64 only for float64 inputs (gradient checks)."""
+    return tl.float64 if dtype == "float64" else tl.float32
 
 
 def next_power_of_2(n: int) -> int:

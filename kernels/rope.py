@@ -15,7 +15,8 @@ import functools
 import triton
 import triton.language as tl
 
-from .call import KernelCall, Operand, Output, cdiv, next_power_of_2, row_major_strides
+from .call import (KernelCall, Operand, Output, batched_strides, cdiv, compute_dtype, next_power_of_2,
+                   row_major_strides)
 
 # Elements of one half-tile (tokens x heads x half head_dim) a program rotates.
 _TILE_ELEMENTS = 4096
@@ -153,22 +154,6 @@ def _bshd(values: tuple[int, ...], layout: str) -> tuple[int, ...]:
     return tuple(values[i] for i in _LAYOUT_TO_BSHD[layout])
 
 
-def _batched_strides(array: Operand | None, ndim: int) -> tuple[int, ...]:
-    """Strides of `array` as `ndim` dims whose first is batch: 0 for a missing or size-1 batch,
-    so that (rows, dim) and (1, rows, dim) tables, (1, seq) positions, serve every batch."""
-    if array is None:
-        return (0,) * ndim
-    strides = (0,) * (ndim - len(array.shape)) + tuple(array.strides)
-    if array.shape[0] == 1 and len(array.shape) == ndim:
-        strides = (0, *strides[1:])
-    return strides
-
-
-def _compute_dtype(dtype: str):
-    """Registers are float32, float64 only for float64 inputs (gradient checks)."""
-    return tl.float64 if dtype == "float64" else tl.float32
-
-
 # Builders are pure functions of hashable shapes and options, called on every launch: caching
 # them takes the tile arithmetic off the per-call host time.
 @functools.lru_cache(maxsize=4096)
@@ -214,7 +199,7 @@ def rope_apply_call(
         cos.shape[-2] if from_table else 0,
         *_bshd(q.strides, layout), *_bshd(k.strides, layout),
         *_bshd(q_out_strides, layout), *_bshd(k_out_strides, layout),
-        *_batched_strides(cos, 3), *_batched_strides(sin, 3), *_batched_strides(positions, 2),
+        *batched_strides(cos, 3), *batched_strides(sin, 3), *batched_strides(positions, 2),
     )
     return KernelCall(
         kernel=_rope_apply_kernel,
@@ -225,7 +210,7 @@ def rope_apply_call(
         constexprs=dict(
             HALF=half, BLOCK_S=block_s, BLOCK_H=block_h, BLOCK_HALF=block_half,
             FROM_TABLE=from_table, HAS_POSITIONS=positions is not None, CONJUGATE=conjugate,
-            COMPUTE=_compute_dtype(q.dtype),
+            COMPUTE=compute_dtype(q.dtype),
         ),
         num_warps=4,
     )

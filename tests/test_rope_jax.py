@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 from jax.test_util import check_grads
 
+from tests.runners import BAD_ROPE_CONFIGS
 from trinix import reference as ref
 from trinix.jax import FastRoPEPositionEmbedding, apply_rotary_pos_emb, rope_cos_sin, rope_rotate
 from trinix.jax import linen
@@ -354,26 +355,12 @@ LROPE = linen.FastRoPEPositionEmbedding(dim=8, backend="interpret")
 ON_CPU_ONLY = pytest.mark.skipif(ON_GPU, reason="backend='triton' is refused only without a GPU")
 
 
-@pytest.mark.parametrize("make, error, name", [
-    (lambda: FastRoPEPositionEmbedding(dim=7), ValueError, "dim"),
-    (lambda: FastRoPEPositionEmbedding(dim=0), ValueError, "dim"),
-    (lambda: FastRoPEPositionEmbedding(dim=8.0), TypeError, "dim"),
-    (lambda: FastRoPEPositionEmbedding(dim=8, base=0.0), ValueError, "base"),
-    (lambda: FastRoPEPositionEmbedding(dim=8, base=-2.0), ValueError, "base"),
-    (lambda: FastRoPEPositionEmbedding(dim=8, layout="sbhd"), ValueError, "layout"),
-    (lambda: FastRoPEPositionEmbedding(dim=8, backend="cuda"), ValueError, "backend"),
-    (lambda: FastRoPEPositionEmbedding(dim=8, use_triton=False, backend="triton"), ValueError, "backend"),
-    (lambda: FastRoPEPositionEmbedding(dim=8, use_triton=False, backend="interpret"), ValueError, "use_triton"),
-    (lambda: linen.FastRoPEPositionEmbedding(dim=7), ValueError, "dim"),
-    (lambda: linen.FastRoPEPositionEmbedding(dim=0), ValueError, "dim"),
-    (lambda: linen.FastRoPEPositionEmbedding(dim=8, base=-1.0), ValueError, "base"),
-    (lambda: linen.FastRoPEPositionEmbedding(dim=8, layout="bsd"), ValueError, "layout"),
-    (lambda: linen.FastRoPEPositionEmbedding(dim=8, backend="gpu"), ValueError, "backend"),
-    (lambda: linen.FastRoPEPositionEmbedding(dim=8, use_triton=False, backend="triton"), ValueError, "backend"),
-])
-def test_bad_configuration_is_refused(make, error, name):
+@pytest.mark.parametrize("module", [FastRoPEPositionEmbedding, linen.FastRoPEPositionEmbedding],
+                         ids=["nnx", "linen"])
+@pytest.mark.parametrize("kwargs, error, name", BAD_ROPE_CONFIGS)
+def test_bad_configuration_is_refused(module, kwargs, error, name):
     with pytest.raises(error, match=name):
-        make()
+        module(**kwargs)
 
 
 @pytest.mark.parametrize("call, error, name", [
@@ -500,3 +487,11 @@ def test_import_needs_no_jax_triton():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["torch after import: False", "jax_triton: False []"]
+
+
+def test_int64_positions_that_int32_cannot_hold_are_refused_not_wrapped():
+    """Without x64, JAX holds integers as int32: 2**32 + 1 would silently become 1."""
+    q, k = np.zeros((1, 2, 2, 8), np.float32), np.zeros((1, 2, 1, 8), np.float32)
+    positions = np.array([[2**32 + 1, 1]], dtype=np.int64)
+    with pytest.raises(ValueError, match="position_ids"):
+        rope_rotate(q, k, INV8, position_ids=positions, backend="xla")

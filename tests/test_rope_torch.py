@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.runners import HAS_CUDA
+from tests.runners import BAD_ROPE_CONFIGS, HAS_CUDA
 from trinix import FastRoPEPositionEmbedding
 from trinix import reference as ref
 from trinix.torch import apply_rotary_pos_emb, rope_cos_sin, rope_rotate
@@ -117,19 +117,10 @@ K = torch.zeros(2, 5, 2, 8)
 COS = torch.zeros(5, 8)
 
 
-@pytest.mark.parametrize("make, error, name", [
-    (lambda: FastRoPEPositionEmbedding(dim=7), ValueError, "dim"),
-    (lambda: FastRoPEPositionEmbedding(dim=0), ValueError, "dim"),
-    (lambda: FastRoPEPositionEmbedding(dim=8.0), TypeError, "dim"),
-    (lambda: FastRoPEPositionEmbedding(dim=8, base=0.0), ValueError, "base"),
-    (lambda: FastRoPEPositionEmbedding(dim=8, base=-2.0), ValueError, "base"),
-    (lambda: FastRoPEPositionEmbedding(dim=8, layout="sbhd"), ValueError, "layout"),
-    (lambda: FastRoPEPositionEmbedding(dim=8, backend="cuda"), ValueError, "backend"),
-    (lambda: FastRoPEPositionEmbedding(dim=8, use_triton=False, backend="triton"), ValueError, "backend"),
-])
-def test_bad_configuration_is_refused(make, error, name):
+@pytest.mark.parametrize("kwargs, error, name", BAD_ROPE_CONFIGS)
+def test_bad_configuration_is_refused(kwargs, error, name):
     with pytest.raises(error, match=name):
-        make()
+        FastRoPEPositionEmbedding(**kwargs)
 
 
 ROPE = FastRoPEPositionEmbedding(dim=8, backend="interpret")

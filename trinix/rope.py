@@ -99,7 +99,8 @@ def check_rope_apply(
         raise ValueError(f"q and k must have the same batch and seq, got q {tuple(q.shape)} and k "
                          f"{tuple(k.shape)} in layout {layout!r}")
     if dim is not None and qd != dim:
-        raise ValueError(f"head_dim of q ({qd}) differs from the module's dim ({dim})")
+        raise ValueError(f"head_dim of q ({qd}) differs from the rotary dim ({dim}: the module's dim, "
+                         "or 2 * len(inv_freq))")
     if not isinstance(position_offset, (int, np.integer)) or isinstance(position_offset, bool):
         raise TypeError(f"offset must be an int, got {type(position_offset).__name__}")
 

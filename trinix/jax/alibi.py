@@ -21,8 +21,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from trinix import alibi as host
-from trinix.jax.launcher import dtype_name, launch, operand, platform_of, resolve_backend
-from trinix.jax.rope import _as_arrays, _compute_dtype
+from trinix.jax.launcher import (as_arrays, compute_dtype, dtype_name, launch, operand, platform_of,
+                                 resolve_backend)
 from trinix.kernels.alibi import alibi_add_call, alibi_bias_call, alibi_slopes_call, alibi_softmax_call
 
 
@@ -119,7 +119,7 @@ def _softmax_fwd(scores, slopes, op):
 
 def _softmax_bwd(op, y, grad):
     """scale * y * (g - sum_k g * y), in float32 (float64 for float64)."""
-    compute = _compute_dtype(y.dtype)
+    compute = compute_dtype(y.dtype)
     y32, g32 = y.astype(compute), grad.astype(compute)
     dscores = op.scale * y32 * (g32 - (g32 * y32).sum(-1, keepdims=True))
     return dscores.astype(y.dtype), None
@@ -147,7 +147,7 @@ def _per_batch(slopes):
 
 def _softmax_xla(scores, slopes, scale, q_offset, causal):
     seqlen_q, seqlen_k = scores.shape[-2:]
-    compute = _compute_dtype(scores.dtype)
+    compute = compute_dtype(scores.dtype)
     distance = _distance(seqlen_q, seqlen_k, q_offset)
     z = scale * scores.astype(compute) + _bias_xla(_per_batch(slopes), distance, causal, compute)
     if not causal:
@@ -194,7 +194,7 @@ def alibi_bias(slopes, seq_len: int, key_len: int | None = None, *, causal: bool
     """The ALiBi bias (heads, seq_len, key_len) of `dtype` for slopes (heads,), key_len
     defaulting to seq_len. A bias too big for the device's memory is refused (ValueError)
     before anything is allocated."""
-    (slopes,) = _as_arrays(slopes=slopes)
+    (slopes,) = as_arrays(slopes=slopes)
     host.check_slopes(operand(slopes))
     host.check_size("seq_len", seq_len)
     seqlen_k = seq_len if key_len is None else key_len
@@ -205,7 +205,7 @@ def alibi_bias(slopes, seq_len: int, key_len: int | None = None, *, causal: bool
     backend = resolve_backend(backend, use_triton, platform_of(slopes))
     slopes = jax.lax.stop_gradient(slopes)
     if backend == "xla":
-        compute = _compute_dtype(jnp.dtype(dtype))
+        compute = compute_dtype(jnp.dtype(dtype))
         return _bias_xla(slopes, _distance(seq_len, seqlen_k, q_offset), causal, compute).astype(dtype)
     return _batchable_bias(_Alibi(q_offset, causal, backend), (seq_len, seqlen_k), dtype)(slopes)
 
@@ -213,7 +213,7 @@ def alibi_bias(slopes, seq_len: int, key_len: int | None = None, *, causal: bool
 def _checked_scores(scores, slopes, q_offset, num_heads=None):
     """scores and slopes as arrays, checked (scores' heads against a module's), and the query
     offset."""
-    scores, slopes = _as_arrays(scores=scores, slopes=slopes)
+    scores, slopes = as_arrays(scores=scores, slopes=slopes)
     host.check_scores(operand(scores), operand(slopes), num_heads=num_heads)
     return scores, jax.lax.stop_gradient(slopes), host.query_offset(q_offset, *scores.shape[-2:])
 
@@ -226,7 +226,7 @@ def alibi_add(scores, slopes, *, causal: bool = False, q_offset: int | None = No
     backend = resolve_backend(backend, use_triton, platform_of(scores))
     if backend == "xla":
         bias = _bias_xla(_per_batch(slopes), _distance(*scores.shape[-2:], q_offset), causal,
-                         _compute_dtype(scores.dtype))
+                         compute_dtype(scores.dtype))
         return (scores.astype(bias.dtype) + bias).astype(scores.dtype)
     return _add(scores, slopes, _Alibi(q_offset, causal, backend))
 

@@ -18,6 +18,30 @@ BACKENDS = ("auto", "triton", "interpret", "xla")
 _GPU_PLATFORMS = ("gpu", "cuda", "rocm")
 
 
+def compute_dtype(dtype) -> jnp.dtype:
+    """The dtype XLA fallbacks compute in: float32, or float64 for float64 inputs (which exist
+    only with jax_enable_x64)."""
+    return jnp.dtype(jnp.float64 if dtype == jnp.float64 else jnp.float32)
+
+
+def as_arrays(**arrays) -> list:
+    """The arguments as jax arrays (None stays None). TypeError naming one that is not an
+    array; ValueError naming a numpy integer array whose values the jax integer dtype it
+    becomes cannot hold (int64 ids past 2**31 would wrap to other positions without x64)."""
+    converted = []
+    for name, value in arrays.items():
+        if value is not None and not isinstance(value, (jax.Array, np.ndarray)):
+            raise TypeError(f"{name} must be a jax or numpy array, got {type(value).__name__}")
+        array = None if value is None else jnp.asarray(value)
+        if isinstance(value, np.ndarray) and value.dtype.kind in "iu" and value.size:
+            bounds = np.iinfo(array.dtype)
+            if value.min() < bounds.min or value.max() > bounds.max:
+                raise ValueError(f"{name} holds values in [{value.min()}, {value.max()}], outside "
+                                 f"{array.dtype}, the integer dtype JAX gives it here")
+        converted.append(array)
+    return converted
+
+
 def dtype_name(dtype) -> str:
     return jnp.dtype(dtype).name
 

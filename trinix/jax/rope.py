@@ -22,7 +22,8 @@ import numpy as np
 from flax import nnx
 
 from trinix import rope as host
-from trinix.jax.launcher import dtype_name, launch, operand, platform_of, resolve_backend
+from trinix.jax.launcher import (as_arrays, compute_dtype, dtype_name, launch, operand, platform_of,
+                                 resolve_backend)
 from trinix.kernels.rope import rope_apply_call, rope_table_call
 
 
@@ -101,14 +102,9 @@ def _rotate_bwd(rotation, residuals, grads):
 _rotate.defvjp(_rotate_fwd, _rotate_bwd)
 
 
-def _compute_dtype(dtype) -> jnp.dtype:
-    """float32, or float64 for float64 inputs (which exist only with jax_enable_x64)."""
-    return jnp.dtype(jnp.float64 if dtype == jnp.float64 else jnp.float32)
-
-
 def _rotate_xla(q, k, cos, sin, layout):
     """The xla backend: cos/sin (batch or 1, seq, head_dim), already per token."""
-    compute = _compute_dtype(q.dtype)
+    compute = compute_dtype(q.dtype)
     head_axis = 2 if layout == "bshd" else 1
     cos = jnp.expand_dims(cos.astype(compute), head_axis)
     sin = jnp.expand_dims(sin.astype(compute), head_axis)
@@ -152,14 +148,6 @@ def _token_positions(position_ids, offset, seq_len):
     return jnp.arange(offset, offset + seq_len)[None]
 
 
-def _as_arrays(**arrays):
-    """The arguments as jax arrays; TypeError naming one that is not an array."""
-    for name, value in arrays.items():
-        if value is not None and not isinstance(value, (jax.Array, np.ndarray)):
-            raise TypeError(f"{name} must be a jax or numpy array, got {type(value).__name__}")
-    return [None if value is None else jnp.asarray(value) for value in arrays.values()]
-
-
 def _check_table_positions(position_ids, rows: int) -> None:
     """Concrete position_ids outside a cos/sin table are refused; traced ones can't be read
     (the rotation then yields NaN for such rows)."""
@@ -196,7 +184,7 @@ def apply_rotary_pos_emb(q, k, cos, sin, position_ids=None, *, layout: str = "bs
 
 def _apply_table(q, k, cos, sin, position_ids, *, layout, backend, use_triton, dim=None):
     """`apply_rotary_pos_emb`, checking head_dim against a module's `dim` if given."""
-    q, k, cos, sin, position_ids = _as_arrays(q=q, k=k, cos=cos, sin=sin, position_ids=position_ids)
+    q, k, cos, sin, position_ids = as_arrays(q=q, k=k, cos=cos, sin=sin, position_ids=position_ids)
     host.check_rope_apply(operand(q), operand(k), layout=layout, cos=operand(cos), sin=operand(sin),
                           positions=operand(position_ids), dim=dim)
     _check_table_positions(position_ids, cos.shape[-2])
@@ -215,7 +203,7 @@ def rope_rotate(q, k, inv_freq, *, position_ids=None, offset: int = 0, layout: s
     inv_freq: (head_dim / 2,) frequencies, concrete (numpy float64 is exact). Positions are
     position_ids (batch or 1, seq), or offset + s. Returns (q_rot, k_rot) like q and k.
     """
-    q, k, position_ids = _as_arrays(q=q, k=k, position_ids=position_ids)
+    q, k, position_ids = as_arrays(q=q, k=k, position_ids=position_ids)
     inv_freq = _inv_freq64(inv_freq)
     host.check_rope_apply(operand(q), operand(k), layout=layout, positions=operand(position_ids),
                           position_offset=offset, dim=2 * inv_freq.size)
@@ -223,7 +211,7 @@ def rope_rotate(q, k, inv_freq, *, position_ids=None, offset: int = 0, layout: s
     freq_turns = jnp.asarray(host.frequency_turns(inv_freq))
     if backend == "xla":
         positions = _token_positions(position_ids, offset, host.split_bshd(q.shape, layout)[1])
-        cos, sin = _cos_sin_xla(freq_turns, positions, _compute_dtype(q.dtype))
+        cos, sin = _cos_sin_xla(freq_turns, positions, compute_dtype(q.dtype))
         return _rotate_xla(q, k, cos, sin, layout)
     return _rotate(q, k, None, None, freq_turns, position_ids, _Rotation(layout, offset, backend))
 
@@ -241,7 +229,7 @@ def rope_cos_sin(inv_freq, seq_len: int, *, offset: int = 0, dtype=jnp.float32,
     freq_turns = jnp.asarray(host.frequency_turns(inv_freq))
     if backend == "xla":
         positions = jnp.arange(offset, offset + seq_len)
-        cos, sin = _cos_sin_xla(freq_turns, positions, _compute_dtype(dtype))
+        cos, sin = _cos_sin_xla(freq_turns, positions, compute_dtype(dtype))
         return cos.astype(dtype), sin.astype(dtype)
     call = rope_table_call(seq_len, 2 * inv_freq.size, dtype_name(dtype), position_offset=offset)
     return launch(call, dict(freq_turns=freq_turns), backend=backend)
@@ -264,7 +252,7 @@ class RoPEMethods:
     def __call__(self, x, seq_len: int | None = None, *, offset: int = 0):
         """cos and sin, each (seq_len, dim) in x's dtype, for positions offset .. offset +
         seq_len - 1; seq_len defaults to x's seq dim (x 4 dims in the module's layout)."""
-        (x,) = _as_arrays(x=x)
+        (x,) = as_arrays(x=x)
         if seq_len is None:
             if x.ndim != 4:
                 raise ValueError(f"x must have 4 dims in layout {self.layout!r} to give seq_len, "

@@ -19,7 +19,7 @@ from torch.library import triton_op
 
 from trinix import alibi as host
 from trinix.kernels.alibi import alibi_add_call, alibi_bias_call, alibi_slopes_call, alibi_softmax_call
-from trinix.torch.launcher import DTYPES, dtype_name, launch, operand, resolve_backend
+from trinix.torch.launcher import DTYPES, compute_dtype, dtype_name, launch, operand, resolve_backend
 
 
 def _launch_slopes(max_bias, num_heads, head_offset, total_heads, interpret, traceable=False):
@@ -98,7 +98,7 @@ class _AlibiAdd(torch.autograd.Function):
 
 def _softmax_backward(y: Tensor, grad: Tensor, scale: float) -> Tensor:
     """scale * y * (g - sum_k g * y), in float32 registers (float64 for float64)."""
-    compute = _compute_dtype(y.dtype)
+    compute = compute_dtype(y.dtype)
     y32, g32 = y.to(compute), grad.to(compute)
     return (scale * y32 * (g32 - (g32 * y32).sum(-1, keepdim=True))).to(y.dtype)
 
@@ -117,10 +117,6 @@ class _AlibiSoftmax(torch.autograd.Function):
     def backward(ctx, grad):
         (y,) = ctx.saved_tensors
         return _softmax_backward(y, grad, ctx.scale), None, None, None, None, None
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _distance(seqlen_q: int, seqlen_k: int, q_offset: int, device) -> Tensor:
@@ -144,7 +140,7 @@ def _per_batch(slopes: Tensor) -> Tensor:
 
 def _softmax_torch(scores, slopes, scale, q_offset, causal):
     seqlen_q, seqlen_k = scores.shape[-2:]
-    compute = _compute_dtype(scores.dtype)
+    compute = compute_dtype(scores.dtype)
     distance = _distance(seqlen_q, seqlen_k, q_offset, scores.device)
     z = scale * scores.to(compute) + _bias_torch(_per_batch(slopes), distance, causal, compute)
     if causal:
@@ -217,7 +213,7 @@ def alibi_bias(slopes: Tensor, seq_len: int, key_len: int | None = None, *, caus
     backend = resolve_backend(backend, use_triton, slopes.device)
     if backend == "torch":
         distance = _distance(seqlen_q, seqlen_k, q_offset, slopes.device)
-        return _bias_torch(slopes, distance, causal, _compute_dtype(dtype)).to(dtype)
+        return _bias_torch(slopes, distance, causal, compute_dtype(dtype)).to(dtype)
     return _run(_bias_op, _launch_bias, slopes, seqlen_q, seqlen_k, q_offset, causal, dtype,
                 backend == "interpret")
 
@@ -246,7 +242,7 @@ def alibi_add(scores: Tensor, slopes: Tensor, *, causal: bool = False, q_offset:
     slopes = slopes.to(scores.device)
     if backend == "torch":
         distance = _distance(*scores.shape[-2:], q_offset, scores.device)
-        bias = _bias_torch(_per_batch(slopes), distance, causal, _compute_dtype(scores.dtype))
+        bias = _bias_torch(_per_batch(slopes), distance, causal, compute_dtype(scores.dtype))
         if inplace:
             return scores.add_(bias)
         return (scores + bias).to(scores.dtype)

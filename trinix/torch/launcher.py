@@ -20,6 +20,11 @@ DTYPES = {
 }
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype framework-op fallbacks compute in: float32, float64 for float64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 

@@ -15,7 +15,7 @@ from torch.library import triton_op
 
 from trinix import rope as host
 from trinix.kernels.rope import rope_apply_call, rope_table_call
-from trinix.torch.launcher import DTYPES, dtype_name, launch, operand, resolve_backend
+from trinix.torch.launcher import DTYPES, compute_dtype, dtype_name, launch, operand, resolve_backend
 
 
 def _launch_apply(q, k, cos, sin, freq_turns, positions, offset, layout, conjugate, interpret,
@@ -89,7 +89,7 @@ def _rotate_half(x: Tensor) -> Tensor:
 
 def _rotate_torch(q, k, cos, sin, layout):
     """The torch backend: cos/sin (batch or 1, seq, head_dim) already per token."""
-    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    compute = compute_dtype(q.dtype)
     head_axis = 2 if layout == "bshd" else 1
     cos = cos.to(compute).unsqueeze(head_axis)
     sin = sin.to(compute).unsqueeze(head_axis)
@@ -211,7 +211,7 @@ def _rotate(q, k, freq_turns, position_ids, offset, layout, inplace, backend, us
     if backend == "torch":
         seq_len = host.split_bshd(q.shape, layout)[1]
         positions = _token_positions(position_ids, offset, seq_len, q.device)
-        compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+        compute = compute_dtype(q.dtype)
         cos, sin = _angles_torch(freq_turns, positions, compute)
         q_rot, k_rot = _rotate_torch(q, k, cos, sin, layout)
         if inplace:
