@@ -87,7 +87,7 @@ def _rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def _rotate_torch(q, k, cos, sin, layout):
+def _rotate_torch(q, k, cos, sin, layout, inplace):
     """The torch backend: cos/sin (batch or 1, seq, head_dim) already per token."""
     compute = compute_dtype(q.dtype)
     head_axis = 2 if layout == "bshd" else 1
@@ -98,6 +98,8 @@ def _rotate_torch(q, k, cos, sin, layout):
         x32 = x.to(compute)
         return (x32 * cos + _rotate_half(x32) * sin).to(x.dtype)
 
+    if inplace:
+        return q.copy_(rotate(q)), k.copy_(rotate(k))
     return rotate(q), rotate(k)
 
 
@@ -120,10 +122,10 @@ def _check_table_positions(positions: Tensor | None, rows: int) -> None:
     path, and not while torch.compile traces (the kernel then yields NaN for such rows)."""
     if positions is None or positions.numel() == 0 or torch.compiler.is_compiling():
         return
-    low, high = torch.aminmax(positions)
-    if low.item() < 0 or high.item() >= rows:
+    low, high = torch.stack(torch.aminmax(positions)).tolist()
+    if low < 0 or high >= rows:
         raise ValueError(f"position_ids must lie in [0, {rows}) to index cos/sin of {rows} rows, "
-                         f"got values in [{low.item()}, {high.item()}]")
+                         f"got values in [{low}, {high}]")
 
 
 def _check_positions_arg(position_ids):
@@ -165,10 +167,7 @@ def apply_rotary_pos_emb(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor,
     if backend == "torch":
         seq_len = host.split_bshd(q.shape, layout)[1]
         positions = _token_positions(position_ids, 0, seq_len, q.device)
-        q_rot, k_rot = _rotate_torch(q, k, _rows(cos, positions), _rows(sin, positions), layout)
-        if inplace:
-            return q.copy_(q_rot), k.copy_(k_rot)
-        return q_rot, k_rot
+        return _rotate_torch(q, k, _rows(cos, positions), _rows(sin, positions), layout, inplace)
     return _RopeApply.apply(q, k, cos, sin, None, position_ids, 0, layout, backend == "interpret", inplace)
 
 
@@ -211,12 +210,8 @@ def _rotate(q, k, freq_turns, position_ids, offset, layout, inplace, backend, us
     if backend == "torch":
         seq_len = host.split_bshd(q.shape, layout)[1]
         positions = _token_positions(position_ids, offset, seq_len, q.device)
-        compute = compute_dtype(q.dtype)
-        cos, sin = _angles_torch(freq_turns, positions, compute)
-        q_rot, k_rot = _rotate_torch(q, k, cos, sin, layout)
-        if inplace:
-            return q.copy_(q_rot), k.copy_(k_rot)
-        return q_rot, k_rot
+        cos, sin = _angles_torch(freq_turns, positions, compute_dtype(q.dtype))
+        return _rotate_torch(q, k, cos, sin, layout, inplace)
     return _RopeApply.apply(q, k, None, None, freq_turns, position_ids, offset, layout,
                             backend == "interpret", inplace)
 
