@@ -23,47 +23,69 @@ _TILE_ELEMENTS = 4096
 
 
 @triton.jit
-def _cos_sin_from_frequencies(FREQ_TURNS, positions, offs_d, d_mask, HALF: tl.constexpr,
-                              COMPUTE: tl.constexpr):
-    """cos and sin of positions x frequencies, (BLOCK_S, BLOCK_HALF) in COMPUTE dtype.
-
-    FREQ_TURNS holds each frequency in turns per position (inv_freq / 2pi) as float32 high
-    and low parts. The angle is formed and reduced to one turn in float64, so the position
-    survives at any context length; only the final [0, 2pi) angle is rounded.
-    """
-    hi = tl.load(FREQ_TURNS + offs_d, mask=d_mask, other=0.0).to(tl.float64)
-    lo = tl.load(FREQ_TURNS + HALF + offs_d, mask=d_mask, other=0.0).to(tl.float64)
-    turns = positions.to(tl.float64)[:, None] * (hi + lo)[None, :]
-    turns = turns - tl.floor(turns)
-    angle = turns.to(COMPUTE) * tl.full([1, 1], 6.283185307179586, COMPUTE)
-    return tl.cos(angle), tl.sin(angle)
+def _pair_columns(offs_d, HALF: tl.constexpr, INTERLEAVED: tl.constexpr):
+    """Columns of the two elements of each rotated pair: (i, i + HALF) in half-split style,
+    (2i, 2i + 1) interleaved (GPT-J / RoFormer)."""
+    if INTERLEAVED:
+        first = 2 * offs_d
+        second = first + 1
+    else:
+        first = offs_d
+        second = offs_d + HALF
+    return first.to(tl.int64), second.to(tl.int64)
 
 
 @triton.jit
-def _rotate_heads(X, X_OUT, b, offs_s, s_mask, h0, n_heads,
-                  stride_b, stride_s, stride_h, stride_d,
-                  stride_ob, stride_os, stride_oh, stride_od,
+def _cos_sin_from_frequencies(FREQUENCIES, positions, offs_d, d_mask, HALF: tl.constexpr,
+                              COMPUTE: tl.constexpr):
+    """cos and sin of positions x frequencies, (BLOCK_S, BLOCK_HALF) in COMPUTE dtype.
+
+    FREQUENCIES (3, HALF) float32 holds each frequency in turns per position (inv_freq / 2pi)
+    as high and low parts, then the amplitude cos and sin carry (the attention factor of
+    scaled RoPE). The angle is formed and reduced to one turn in float64, so the position
+    survives at any context length; only the final [0, 2pi) angle is rounded.
+    """
+    hi = tl.load(FREQUENCIES + offs_d, mask=d_mask, other=0.0).to(tl.float64)
+    lo = tl.load(FREQUENCIES + HALF + offs_d, mask=d_mask, other=0.0).to(tl.float64)
+    amplitude = tl.load(FREQUENCIES + 2 * HALF + offs_d, mask=d_mask, other=0.0).to(COMPUTE)[None, :]
+    turns = positions.to(tl.float64)[:, None] * (hi + lo)[None, :]
+    turns = turns - tl.floor(turns)
+    angle = turns.to(COMPUTE) * tl.full([1, 1], 6.283185307179586, COMPUTE)
+    return tl.cos(angle) * amplitude, tl.sin(angle) * amplitude
+
+
+@triton.jit
+def _rotate_heads(X, X_OUT, x_base, o_base, rows, s_mask, h0, n_heads,
+                  stride_s, stride_h, stride_d, stride_os, stride_oh, stride_od,
                   c1, c2, s1, s2, offs_d, d_mask,
-                  HALF: tl.constexpr, BLOCK_H: tl.constexpr, COMPUTE: tl.constexpr):
-    """Rotate heads h0 .. h0+BLOCK_H of tokens offs_s of batch b."""
+                  HALF: tl.constexpr, PASS: tl.constexpr, BLOCK_H: tl.constexpr,
+                  BLOCK_PASS: tl.constexpr, INTERLEAVED: tl.constexpr, INPLACE: tl.constexpr,
+                  COMPUTE: tl.constexpr):
+    """Rotate heads h0 .. h0+BLOCK_H of token rows `rows` (element offsets x_base / o_base
+    already hold the batch); the PASS columns after the rotary ones are copied unchanged."""
     offs_h = (h0 + tl.arange(0, BLOCK_H)).to(tl.int64)
-    mask = s_mask[:, None, None] & (offs_h < n_heads)[None, :, None] & d_mask[None, None, :]
-    row = offs_s.to(tl.int64)[:, None, None]
-    head = offs_h[None, :, None]
-    col = offs_d.to(tl.int64)[None, None, :]
-    x_ptr = X + b * stride_b + row * stride_s + head * stride_h + col * stride_d
-    x1 = tl.load(x_ptr, mask=mask, other=0.0).to(COMPUTE)
-    x2 = tl.load(x_ptr + HALF * stride_d, mask=mask, other=0.0).to(COMPUTE)
+    head_mask = s_mask[:, None, None] & (offs_h < n_heads)[None, :, None]
+    mask = head_mask & d_mask[None, None, :]
+    x_row = X + x_base + rows[:, None, None] * stride_s + offs_h[None, :, None] * stride_h
+    o_row = X_OUT + o_base + rows[:, None, None] * stride_os + offs_h[None, :, None] * stride_oh
+    first, second = _pair_columns(offs_d, HALF, INTERLEAVED)
+    x1 = tl.load(x_row + first[None, None, :] * stride_d, mask=mask, other=0.0).to(COMPUTE)
+    x2 = tl.load(x_row + second[None, None, :] * stride_d, mask=mask, other=0.0).to(COMPUTE)
     o1 = x1 * c1[:, None, :] - x2 * s1[:, None, :]
     o2 = x2 * c2[:, None, :] + x1 * s2[:, None, :]
-    o_ptr = X_OUT + b * stride_ob + row * stride_os + head * stride_oh + col * stride_od
-    tl.store(o_ptr, o1.to(X_OUT.dtype.element_ty), mask=mask)
-    tl.store(o_ptr + HALF * stride_od, o2.to(X_OUT.dtype.element_ty), mask=mask)
+    tl.store(o_row + first[None, None, :] * stride_od, o1.to(X_OUT.dtype.element_ty), mask=mask)
+    tl.store(o_row + second[None, None, :] * stride_od, o2.to(X_OUT.dtype.element_ty), mask=mask)
+    if PASS > 0 and not INPLACE:
+        offs_p = tl.arange(0, BLOCK_PASS)
+        pass_mask = head_mask & (offs_p < PASS)[None, None, :]
+        tail = (2 * HALF + offs_p).to(tl.int64)[None, None, :]
+        x_tail = tl.load(x_row + tail * stride_d, mask=pass_mask, other=0.0)
+        tl.store(o_row + tail * stride_od, x_tail.to(X_OUT.dtype.element_ty), mask=pass_mask)
 
 
 @triton.jit
 def _rope_apply_kernel(
-    Q, K, COS, SIN, FREQ_TURNS, POSITIONS,
+    Q, K, COS, SIN, FREQUENCIES, POSITIONS, CU_SEQLENS,
     seq_len, n_heads_q, n_heads_k, n_seq_blocks, n_q_head_blocks, position_offset, table_rows,
     stride_qb, stride_qs, stride_qh, stride_qd,
     stride_kb, stride_ks, stride_kh, stride_kd,
@@ -73,85 +95,112 @@ def _rope_apply_kernel(
     stride_sb, stride_ss, stride_sd,
     stride_pb, stride_ps,
     Q_OUT, K_OUT,
-    HALF: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
-    FROM_TABLE: tl.constexpr, HAS_POSITIONS: tl.constexpr, CONJUGATE: tl.constexpr,
-    COMPUTE: tl.constexpr,
+    HALF: tl.constexpr, PASS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr,
+    FROM_TABLE: tl.constexpr, POSITION_IDS: tl.constexpr, BATCH_OFFSETS: tl.constexpr,
+    VARLEN: tl.constexpr, INTERLEAVED: tl.constexpr, CONJUGATE: tl.constexpr,
+    INPLACE: tl.constexpr, COMPUTE: tl.constexpr,
 ):
     """Rotate q and k, logical layout (batch, seq, heads, head_dim), in one launch.
 
     Grid: (batch * n_seq_blocks, n_q_head_blocks + n_k_head_blocks); a program takes
     BLOCK_S tokens and BLOCK_H heads of q or of k, and shares their cos/sin across heads.
+    Position of token s of batch b: POSITIONS[b, s] (POSITION_IDS), else position_offset + s,
+    plus POSITIONS[b] (BATCH_OFFSETS). With VARLEN, "batch" b is sequence b of packed tokens:
+    its tokens are rows CU_SEQLENS[b] .. CU_SEQLENS[b + 1] - 1 and seq_len is the longest.
     """
     pid_bs = tl.program_id(0)
     pid_h = tl.program_id(1)
     b = (pid_bs // n_seq_blocks).to(tl.int64)
     offs_s = (pid_bs % n_seq_blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
-    s_mask = offs_s < seq_len
     offs_d = tl.arange(0, BLOCK_HALF)
     d_mask = offs_d < HALF
+    if VARLEN:
+        start = tl.load(CU_SEQLENS + b).to(tl.int64)
+        s_mask = offs_s < tl.load(CU_SEQLENS + b + 1).to(tl.int64) - start
+        rows = start + offs_s.to(tl.int64)
+    else:
+        s_mask = offs_s < seq_len
+        rows = offs_s.to(tl.int64)
 
-    if HAS_POSITIONS:
-        positions = tl.load(POSITIONS + b * stride_pb + offs_s.to(tl.int64) * stride_ps,
-                            mask=s_mask, other=0).to(tl.int64)
+    if POSITION_IDS:
+        positions = tl.load(POSITIONS + b * stride_pb + rows * stride_ps, mask=s_mask, other=0).to(tl.int64)
     else:
         positions = (offs_s + position_offset).to(tl.int64)
+        if BATCH_OFFSETS:
+            positions += tl.load(POSITIONS + b * stride_pb).to(tl.int64)
 
     if FROM_TABLE:
         # A position outside the table reads nothing and yields NaN, never a neighbour's row.
         row_ok = s_mask & (positions >= 0) & (positions < table_rows)
         mask = row_ok[:, None] & d_mask[None, :]
-        col = offs_d[None, :].to(tl.int64)
-        cos_ptr = COS + b * stride_cb + (positions * stride_cs)[:, None] + col * stride_cd
-        sin_ptr = SIN + b * stride_sb + (positions * stride_ss)[:, None] + col * stride_sd
-        c1 = tl.load(cos_ptr, mask=mask, other=float("nan")).to(COMPUTE)
-        c2 = tl.load(cos_ptr + HALF * stride_cd, mask=mask, other=float("nan")).to(COMPUTE)
-        s1 = tl.load(sin_ptr, mask=mask, other=float("nan")).to(COMPUTE)
-        s2 = tl.load(sin_ptr + HALF * stride_sd, mask=mask, other=float("nan")).to(COMPUTE)
+        first, second = _pair_columns(offs_d, HALF, INTERLEAVED)
+        cos_ptr = COS + b * stride_cb + (positions * stride_cs)[:, None]
+        sin_ptr = SIN + b * stride_sb + (positions * stride_ss)[:, None]
+        c1 = tl.load(cos_ptr + first[None, :] * stride_cd, mask=mask, other=float("nan")).to(COMPUTE)
+        c2 = tl.load(cos_ptr + second[None, :] * stride_cd, mask=mask, other=float("nan")).to(COMPUTE)
+        s1 = tl.load(sin_ptr + first[None, :] * stride_sd, mask=mask, other=float("nan")).to(COMPUTE)
+        s2 = tl.load(sin_ptr + second[None, :] * stride_sd, mask=mask, other=float("nan")).to(COMPUTE)
     else:
-        c1, s1 = _cos_sin_from_frequencies(FREQ_TURNS, positions, offs_d, d_mask, HALF, COMPUTE)
+        c1, s1 = _cos_sin_from_frequencies(FREQUENCIES, positions, offs_d, d_mask, HALF, COMPUTE)
         c2 = c1
         s2 = s1
     if CONJUGATE:
         s1, s2 = -s2, -s1
 
     if pid_h < n_q_head_blocks:
-        _rotate_heads(Q, Q_OUT, b, offs_s, s_mask, pid_h * BLOCK_H, n_heads_q,
-                      stride_qb, stride_qs, stride_qh, stride_qd,
-                      stride_qob, stride_qos, stride_qoh, stride_qod,
-                      c1, c2, s1, s2, offs_d, d_mask, HALF, BLOCK_H, COMPUTE)
+        _rotate_heads(Q, Q_OUT, b * stride_qb, b * stride_qob, rows, s_mask, pid_h * BLOCK_H,
+                      n_heads_q, stride_qs, stride_qh, stride_qd, stride_qos, stride_qoh, stride_qod,
+                      c1, c2, s1, s2, offs_d, d_mask,
+                      HALF, PASS, BLOCK_H, BLOCK_PASS, INTERLEAVED, INPLACE, COMPUTE)
     else:
-        _rotate_heads(K, K_OUT, b, offs_s, s_mask, (pid_h - n_q_head_blocks) * BLOCK_H, n_heads_k,
-                      stride_kb, stride_ks, stride_kh, stride_kd,
-                      stride_kob, stride_kos, stride_koh, stride_kod,
-                      c1, c2, s1, s2, offs_d, d_mask, HALF, BLOCK_H, COMPUTE)
+        _rotate_heads(K, K_OUT, b * stride_kb, b * stride_kob, rows, s_mask,
+                      (pid_h - n_q_head_blocks) * BLOCK_H,
+                      n_heads_k, stride_ks, stride_kh, stride_kd, stride_kos, stride_koh, stride_kod,
+                      c1, c2, s1, s2, offs_d, d_mask,
+                      HALF, PASS, BLOCK_H, BLOCK_PASS, INTERLEAVED, INPLACE, COMPUTE)
 
 
 @triton.jit
 def _rope_table_kernel(
-    FREQ_TURNS, n_rows, position_offset, COS, SIN,
+    FREQUENCIES, n_rows, position_offset, COS, SIN,
     HALF: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    INTERLEAVED: tl.constexpr,
 ):
-    """Write cos and sin tables (n_rows, 2*HALF) for positions offset .. offset+n_rows-1."""
+    """Write cos and sin tables (n_rows, 2*HALF) for positions offset .. offset+n_rows-1,
+    each frequency in both columns of its pair (see _pair_columns)."""
     offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_HALF)
     d_mask = offs_d < HALF
     positions = (offs_s + position_offset).to(tl.int64)
-    cos, sin = _cos_sin_from_frequencies(FREQ_TURNS, positions, offs_d, d_mask, HALF, tl.float32)
+    cos, sin = _cos_sin_from_frequencies(FREQUENCIES, positions, offs_d, d_mask, HALF, tl.float32)
     mask = (offs_s < n_rows)[:, None] & d_mask[None, :]
-    offsets = offs_s.to(tl.int64)[:, None] * (2 * HALF) + offs_d[None, :]
+    row = offs_s.to(tl.int64)[:, None] * (2 * HALF)
+    first, second = _pair_columns(offs_d, HALF, INTERLEAVED)
     cos = cos.to(COS.dtype.element_ty)
     sin = sin.to(SIN.dtype.element_ty)
-    tl.store(COS + offsets, cos, mask=mask)
-    tl.store(COS + offsets + HALF, cos, mask=mask)
-    tl.store(SIN + offsets, sin, mask=mask)
-    tl.store(SIN + offsets + HALF, sin, mask=mask)
+    tl.store(COS + row + first[None, :], cos, mask=mask)
+    tl.store(COS + row + second[None, :], cos, mask=mask)
+    tl.store(SIN + row + first[None, :], sin, mask=mask)
+    tl.store(SIN + row + second[None, :], sin, mask=mask)
 
 
-_LAYOUT_TO_BSHD = {"bshd": (0, 1, 2, 3), "bhsd": (0, 2, 1, 3)}
+LAYOUTS = ("bshd", "bhsd", "thd")
 
 
-def _bshd(values: tuple[int, ...], layout: str) -> tuple[int, ...]:
-    return tuple(values[i] for i in _LAYOUT_TO_BSHD[layout])
+def _bshd(values: tuple[int, ...], layout: str, batch_value: int) -> tuple[int, ...]:
+    """Shape or strides in the kernel's logical order (batch, seq, heads, head_dim): "bhsd"
+    swaps the middle dims; "thd" (packed tokens, heads, head_dim) gets `batch_value` first."""
+    if layout == "bhsd":
+        return values[0], values[2], values[1], values[3]
+    if layout == "thd":
+        return (batch_value, *values)
+    return tuple(values)
+
+
+def _batch_stride(offsets: Operand) -> int:
+    """Stride of per-sequence offsets (batch,): 0 for one offset shared by every sequence."""
+    return 0 if offsets.shape[0] == 1 else offsets.strides[0]
 
 
 # Builders are pure functions of hashable shapes and options, called on every launch: caching
@@ -162,24 +211,41 @@ def rope_apply_call(
     k: Operand,
     *,
     layout: str = "bshd",
+    rotary_dim: int | None = None,
+    interleaved: bool = False,
     cos: Operand | None = None,
     sin: Operand | None = None,
     positions: Operand | None = None,
+    batch_offsets: Operand | None = None,
+    cu_seqlens: Operand | None = None,
+    max_seqlen: int = 0,
     position_offset: int = 0,
     conjugate: bool = False,
     inplace: bool = False,
 ) -> KernelCall:
-    """Rotate q and k (in `layout`, "bshd" or "bhsd") in one launch.
+    """Rotate q and k (in `layout`: "bshd", "bhsd" or "thd") in one launch.
 
-    Inputs, by name: "q", "k", "cos", "sin", "freq_turns", "positions". With `cos`/`sin`
-    (each (rows, dim) or (batch, rows, dim)) the rotation reads them at row `positions[b, s]`
-    (or `position_offset + s`); without, it computes them from "freq_turns" (2, dim/2)
-    float32. k may have fewer heads than q (GQA/MQA) or none at all. Outputs: q_out, k_out in
-    the callers' layout, row-major, or written into q and k when `inplace`.
+    Inputs, by name: "q", "k", "cos", "sin", "frequencies", "positions", "cu_seqlens".
+    The first `rotary_dim` columns of each head rotate (default: all; with cos/sin, their
+    width), in pairs (i, i + rotary_dim/2), or (2i, 2i + 1) if `interleaved`; the rest pass
+    through. Positions: `positions` (batch or 1, seq) ids, else position_offset + s, plus a
+    per-sequence `batch_offsets` (batch,). With `cos`/`sin` (each (rows, rotary_dim) or
+    (batch, rows, rotary_dim)) the rotation reads row = position; without, it computes cos/sin
+    from "frequencies" (3, rotary_dim/2) float32. "thd" packs sequences: q (tokens, heads,
+    head_dim), `cu_seqlens` (n_seqs + 1,) their boundaries, `max_seqlen` the longest, and
+    positions (tokens,) if given. k may have fewer heads than q (GQA/MQA) or none at all.
+    Outputs: q_out, k_out in the callers' layout, row-major, or q and k when `inplace`.
     """
-    batch, seq_len, n_heads_q, head_dim = _bshd(q.shape, layout)
-    n_heads_k = _bshd(k.shape, layout)[2]
-    half = head_dim // 2
+    varlen = layout == "thd"
+    n_seqs = cu_seqlens.shape[0] - 1 if varlen else 0
+    batch, seq_len, n_heads_q, head_dim = _bshd(q.shape, layout, n_seqs)
+    if varlen:
+        seq_len = max_seqlen
+    n_heads_k = _bshd(k.shape, layout, n_seqs)[2]
+    if cos is not None:
+        rotary_dim = cos.shape[-1]
+    half = (rotary_dim or head_dim) // 2
+    passed = head_dim - 2 * half
     block_half = next_power_of_2(half)
     block_h = min(next_power_of_2(max(n_heads_q, n_heads_k)), max(1, _TILE_ELEMENTS // block_half))
     block_s = max(1, _TILE_ELEMENTS // (block_h * block_half))
@@ -194,22 +260,26 @@ def rope_apply_call(
         outputs = (Output(q.shape, q.dtype), Output(k.shape, k.dtype))
         q_out_strides, k_out_strides = row_major_strides(q.shape), row_major_strides(k.shape)
     from_table = cos is not None
+    # Packed tokens are addressed by row alone: their "batch" stride is 0.
     scalars = (
         seq_len, n_heads_q, n_heads_k, n_seq_blocks, n_q_head_blocks, position_offset,
         cos.shape[-2] if from_table else 0,
-        *_bshd(q.strides, layout), *_bshd(k.strides, layout),
-        *_bshd(q_out_strides, layout), *_bshd(k_out_strides, layout),
-        *batched_strides(cos, 3), *batched_strides(sin, 3), *batched_strides(positions, 2),
+        *_bshd(q.strides, layout, 0), *_bshd(k.strides, layout, 0),
+        *_bshd(q_out_strides, layout, 0), *_bshd(k_out_strides, layout, 0),
+        *batched_strides(cos, 3), *batched_strides(sin, 3),
+        *(batched_strides(positions, 2) if batch_offsets is None else (_batch_stride(batch_offsets), 0)),
     )
     return KernelCall(
         kernel=_rope_apply_kernel,
         grid=(batch * n_seq_blocks, n_q_head_blocks + n_k_head_blocks),
-        inputs=("q", "k", "cos", "sin", "freq_turns", "positions"),
+        inputs=("q", "k", "cos", "sin", "frequencies", "positions", "cu_seqlens"),
         scalars=scalars,
         outputs=outputs,
         constexprs=dict(
-            HALF=half, BLOCK_S=block_s, BLOCK_H=block_h, BLOCK_HALF=block_half,
-            FROM_TABLE=from_table, HAS_POSITIONS=positions is not None, CONJUGATE=conjugate,
+            HALF=half, PASS=passed, BLOCK_S=block_s, BLOCK_H=block_h, BLOCK_HALF=block_half,
+            BLOCK_PASS=next_power_of_2(passed), FROM_TABLE=from_table,
+            POSITION_IDS=positions is not None, BATCH_OFFSETS=batch_offsets is not None,
+            VARLEN=varlen, INTERLEAVED=interleaved, CONJUGATE=conjugate, INPLACE=inplace,
             COMPUTE=compute_dtype(q.dtype),
         ),
         num_warps=4,
@@ -217,18 +287,20 @@ def rope_apply_call(
 
 
 @functools.lru_cache(maxsize=1024)
-def rope_table_call(n_rows: int, dim: int, dtype: str, *, position_offset: int = 0) -> KernelCall:
+def rope_table_call(n_rows: int, dim: int, dtype: str, *, position_offset: int = 0,
+                    interleaved: bool = False) -> KernelCall:
     """Write cos and sin tables, each (n_rows, dim) of `dtype`, for positions
-    position_offset .. position_offset + n_rows - 1. Input: "freq_turns" (2, dim/2) float32."""
+    position_offset .. position_offset + n_rows - 1, in half-split or `interleaved` column
+    order. Input: "frequencies" (3, dim/2) float32."""
     half = dim // 2
     block_half = next_power_of_2(half)
     block_s = max(1, _TILE_ELEMENTS // block_half)
     return KernelCall(
         kernel=_rope_table_kernel,
         grid=(cdiv(n_rows, block_s),),
-        inputs=("freq_turns",),
+        inputs=("frequencies",),
         scalars=(n_rows, position_offset),
         outputs=(Output((n_rows, dim), dtype), Output((n_rows, dim), dtype)),
-        constexprs=dict(HALF=half, BLOCK_S=block_s, BLOCK_HALF=block_half),
+        constexprs=dict(HALF=half, BLOCK_S=block_s, BLOCK_HALF=block_half, INTERLEAVED=interleaved),
         num_warps=4,
     )

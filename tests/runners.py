@@ -67,42 +67,48 @@ class TorchRope:
     def _in(self, array, noncontiguous=False):
         return None if array is None else to_torch(array, self.device, noncontiguous)
 
-    def cos_sin(self, inv_freq, seq_len, offset, dtype):
+    def cos_sin(self, inv_freq, seq_len, offset, dtype, interleaved=False, attention_factor=1.0):
         from trinix.torch import rope_cos_sin
 
         cos, sin = rope_cos_sin(inv_freq, seq_len, offset=offset, dtype=_TORCH_DTYPES[dtype],
+                                interleaved=interleaved, attention_factor=attention_factor,
                                 device=self.device, backend=self.backend)
         return from_torch(cos), from_torch(sin)
 
     def apply(self, q, k, *, cos=None, sin=None, inv_freq=None, positions=None, offset=0,
-              layout="bshd", inplace=False, noncontiguous=False):
-        """Rotate by cos/sin tables when given, else by in-kernel cos/sin from inv_freq."""
+              layout="bshd", interleaved=False, cu_seqlens=None, inplace=False, noncontiguous=False):
+        """Rotate by cos/sin tables when given, else by in-kernel cos/sin from inv_freq;
+        `offset` an int or per-sequence offsets (batch,)."""
         from trinix.torch import apply_rotary_pos_emb, rope_rotate
 
         tq, tk = self._in(q, noncontiguous), self._in(k, noncontiguous)
+        common = dict(layout=layout, interleaved=interleaved, cu_seqlens=self._in(cu_seqlens),
+                      inplace=inplace, backend=self.backend)
         if cos is not None:
-            out = apply_rotary_pos_emb(tq, tk, self._in(cos), self._in(sin), self._in(positions),
-                                       layout=layout, inplace=inplace, backend=self.backend)
+            out = apply_rotary_pos_emb(tq, tk, self._in(cos), self._in(sin), self._in(positions), **common)
         else:
-            out = rope_rotate(tq, tk, inv_freq, position_ids=self._in(positions), offset=offset,
-                              layout=layout, inplace=inplace, backend=self.backend)
+            offset = self._in(offset) if isinstance(offset, np.ndarray) else offset
+            out = rope_rotate(tq, tk, inv_freq, position_ids=self._in(positions), offset=offset, **common)
         if inplace:
             assert out[0] is tq and out[1] is tk, "in place must return the inputs"
         return from_torch(out[0]), from_torch(out[1])
 
     def apply_vjp(self, q, k, grad_q, grad_k, *, cos=None, sin=None, inv_freq=None,
-                  positions=None, offset=0, layout="bshd"):
+                  positions=None, offset=0, layout="bshd", interleaved=False, cu_seqlens=None):
         """Gradients of sum(q_rot * grad_q) + sum(k_rot * grad_k) in q and k."""
         from trinix.torch import apply_rotary_pos_emb, rope_rotate
 
         tq = self._in(q).requires_grad_()
         tk = self._in(k).requires_grad_()
+        common = dict(layout=layout, interleaved=interleaved, cu_seqlens=self._in(cu_seqlens),
+                      backend=self.backend)
         if cos is not None:
             q_rot, k_rot = apply_rotary_pos_emb(tq, tk, self._in(cos), self._in(sin),
-                                                self._in(positions), layout=layout, backend=self.backend)
+                                                self._in(positions), **common)
         else:
+            offset = self._in(offset) if isinstance(offset, np.ndarray) else offset
             q_rot, k_rot = rope_rotate(tq, tk, inv_freq, position_ids=self._in(positions),
-                                       offset=offset, layout=layout, backend=self.backend)
+                                       offset=offset, **common)
         torch.autograd.backward((q_rot, k_rot), (self._in(grad_q), self._in(grad_k)))
         return from_torch(tq.grad), from_torch(tk.grad)
 

@@ -241,6 +241,10 @@ VMAP_CASES = {
     "rotate q mapped only": (lambda q, k, i, c, s: rope_rotate(q, k, INV8, position_ids=i, backend="interpret"),
                              (0, None, None)),
     "rotate offset": (lambda q, k, i, c, s: rope_rotate(q, k, INV8, offset=7, backend="interpret"), (0, 0, None)),
+    "rotate per-sequence offsets": (
+        lambda q, k, i, c, s: rope_rotate(q, k, INV8, offset=i[:, 0], backend="interpret"), (0, 0, 0)),
+    "rotate shared offset array": (
+        lambda q, k, i, c, s: rope_rotate(q, k, INV8, offset=i[:1, 0], backend="interpret"), (0, 0, None)),
     "table q k ids mapped": (lambda q, k, i, c, s: apply_rotary_pos_emb(q, k, c, s, i, backend="interpret"),
                              (0, 0, 0)),
 }
@@ -253,7 +257,10 @@ def _vmap_case(name):
     ids = ids if ids_axis == 0 else ids[0]
     cos, sin = table(12)
     args, in_axes = (q, k, jnp.asarray(ids), cos, sin), (q_axis, k_axis, ids_axis, None, None)
-    positions = np.broadcast_to(np.arange(7, 7 + S) if "offset" in name else ids, (V, B, S))
+    offset_positions = {"rotate offset": np.arange(7, 7 + S),
+                        "rotate per-sequence offsets": ids[..., :1] + np.arange(S),
+                        "rotate shared offset array": ids[..., :1, :1] + np.arange(S)}
+    positions = np.broadcast_to(offset_positions.get(name, ids), (V, B, S))
     return f, args, in_axes, positions
 
 
@@ -289,6 +296,48 @@ def test_vmap_over_mapped_tables_launches_per_example(launches):
     for v in range(V):
         expected = float(scale[v, 0, 0]) * rotated(q[v], ids[v], INV8)
         np.testing.assert_allclose(q_rot[v], expected, atol=2e-6, rtol=2e-6)
+
+
+def test_vmap_over_packed_sequences_launches_per_example(launches):
+    """Packed "thd" tokens have no batch axis for the mapped one to join: one launch per example."""
+    rng = np.random.default_rng(7)
+    q = jnp.asarray(rng.standard_normal((V, 7, 3, 8)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((V, 7, 1, 8)), jnp.float32)
+    cu_seqlens = np.array([[0, 3, 7], [0, 0, 7], [0, 5, 7]])
+    f = lambda q, k, cu: rope_rotate(q, k, INV8, layout="thd", cu_seqlens=cu, max_seqlen=7,  # noqa: E731
+                                     backend="interpret")
+    q_rot, k_rot = jax.vmap(f)(q, k, jnp.asarray(cu_seqlens))
+    assert len(launches) == V
+    for v in range(V):
+        positions = np.concatenate([np.arange(n) for n in np.diff(cu_seqlens[v])])
+        loop_q, loop_k = f(q[v], k[v], jnp.asarray(cu_seqlens[v]))
+        np.testing.assert_array_equal(q_rot[v], loop_q)
+        np.testing.assert_array_equal(k_rot[v], loop_k)
+        np.testing.assert_allclose(q_rot[v], rotated(q[v][None], positions, INV8)[0], atol=2e-6, rtol=2e-6)
+        np.testing.assert_allclose(k_rot[v], rotated(k[v][None], positions, INV8)[0], atol=2e-6, rtol=2e-6)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_packed_partial_interleaved_eager_and_under_jit(backend):
+    """Concrete cu_seqlens give max_seqlen themselves; traced ones (under jit) take it static.
+    Per-sequence offsets are an array, traced or not; the columns past the rotary dim pass."""
+    rng = np.random.default_rng(8)
+    q = jnp.asarray(rng.standard_normal((9, 3, 12)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((9, 1, 12)), jnp.float32)
+    cu_seqlens, offsets = jnp.asarray([0, 4, 4, 9]), jnp.asarray([3, 0, 10])
+    rope = FastRoPEPositionEmbedding(8, backend=backend, layout="thd", interleaved=True)
+    lrope = linen.FastRoPEPositionEmbedding(8, backend=backend, layout="thd", interleaved=True)
+    results = {
+        "eager": rope.rotate(q, k, offset=offsets, cu_seqlens=cu_seqlens),
+        "jit": jax.jit(lambda q, k, o, cu: rope.rotate(q, k, offset=o, cu_seqlens=cu, max_seqlen=5))(
+            q, k, offsets, cu_seqlens),
+        "linen": lrope.apply({}, q, k, offset=offsets, cu_seqlens=cu_seqlens, method="rotate"),
+    }
+    cos, sin = ref.rope_cos_sin(np.array([3, 4, 5, 6, 10, 11, 12, 13, 14]), INV8, interleaved=True)
+    for name, (q_rot, k_rot) in results.items():
+        for x, out in ((q, q_rot), (k, k_rot)):
+            expected = ref.rope_rotate(np.asarray(x), cos[:, None], sin[:, None], interleaved=True)
+            np.testing.assert_allclose(out, expected, atol=2e-6, rtol=2e-6, err_msg=name)
 
 
 def test_grad_of_vmap(launches):
@@ -352,6 +401,8 @@ def test_out_of_table_position_ids_under_jit_give_nan_tokens(backend):
 
 ROPE = FastRoPEPositionEmbedding(dim=8, backend="interpret")
 LROPE = linen.FastRoPEPositionEmbedding(dim=8, backend="interpret")
+PACKED = FastRoPEPositionEmbedding(dim=8, backend="interpret", layout="thd")
+T = jnp.zeros((7, 2, 8))
 ON_CPU_ONLY = pytest.mark.skipif(ON_GPU, reason="backend='triton' is refused only without a GPU")
 
 
@@ -380,7 +431,7 @@ def test_bad_configuration_is_refused(module, kwargs, error, name):
     # q, k
     (lambda: ROPE.rotate(Q, jnp.zeros((2, 5, 2, 6))), ValueError, "head_dim"),
     (lambda: ROPE.apply_rotary_pos_emb(Q, jnp.zeros((2, 5, 2, 6)), COS, COS), ValueError, "head_dim"),
-    (lambda: ROPE.rotate(jnp.zeros((2, 5, 4, 16)), jnp.zeros((2, 5, 2, 16))), ValueError, "dim"),
+    (lambda: ROPE.rotate(jnp.zeros((2, 5, 4, 6)), jnp.zeros((2, 5, 2, 6))), ValueError, "dim"),
     (lambda: LROPE.apply({}, jnp.zeros((2, 5, 4, 6)), jnp.zeros((2, 5, 2, 6)), jnp.zeros((5, 6)),
                          jnp.zeros((5, 6)), method="apply_rotary_pos_emb"), ValueError, "dim"),
     (lambda: ROPE.rotate(Q, jnp.zeros((2, 6, 2, 8))), ValueError, "seq"),
@@ -406,6 +457,25 @@ def test_bad_configuration_is_refused(module, kwargs, error, name):
     (lambda: ROPE.apply_rotary_pos_emb(Q, K, COS, COS, [[0, 1, 2, 3, 4]]), TypeError, "position_ids"),
     # offset, inv_freq
     (lambda: ROPE.rotate(Q, K, offset=1.5), TypeError, "offset"),
+    (lambda: ROPE.rotate(Q, K, offset=jnp.zeros(3, jnp.int32)), ValueError, "offsets"),
+    (lambda: ROPE.rotate(Q, K, offset=jnp.zeros(2)), TypeError, "offsets"),
+    (lambda: ROPE.rotate(Q, K, offset=jnp.zeros(2, jnp.int32), position_ids=jnp.zeros((2, 5), jnp.int32)),
+     ValueError, "position_ids"),
+    (lambda: rope_rotate(Q, K, ref.rope_inv_freq(12)), ValueError, "rotary dim"),
+    # packed sequences: cu_seqlens and max_seqlen
+    (lambda: ROPE.rotate(Q, K, cu_seqlens=jnp.asarray([0, 5])), ValueError, "cu_seqlens"),
+    (lambda: PACKED.rotate(T, T), ValueError, "cu_seqlens"),
+    (lambda: PACKED.rotate(T, T, cu_seqlens=jnp.asarray([0, 4, 2, 7])), ValueError, "cu_seqlens"),
+    (lambda: PACKED.rotate(T, T, cu_seqlens=jnp.asarray([0, 3, 6])), ValueError, "cu_seqlens"),
+    (lambda: PACKED.rotate(T, T, cu_seqlens=jnp.asarray([1, 3, 7])), ValueError, "cu_seqlens"),
+    (lambda: PACKED.rotate(T, T, cu_seqlens=jnp.asarray([0.0, 7.0])), TypeError, "cu_seqlens"),
+    (lambda: PACKED.rotate(T, T, cu_seqlens=jnp.asarray([0, 3, 7]), max_seqlen=2), ValueError, "max_seqlen"),
+    (lambda: PACKED.rotate(Q, K, cu_seqlens=jnp.asarray([0, 7])), ValueError, "q"),
+    (lambda: jax.jit(lambda cu: PACKED.rotate(T, T, cu_seqlens=cu))(jnp.asarray([0, 3, 7])), ValueError,
+     "max_seqlen"),
+    (lambda: jax.jit(lambda cu, n: PACKED.rotate(T, T, cu_seqlens=cu, max_seqlen=n))(jnp.asarray([0, 3, 7]), 4),
+     TypeError, "max_seqlen"),
+    (lambda: PACKED(T), ValueError, "seq_len"),
     (lambda: rope_rotate(Q, K, INV8[None]), ValueError, "inv_freq"),
     (lambda: jax.jit(lambda f: rope_rotate(Q, K, f))(jnp.asarray(INV8)), TypeError, "inv_freq"),
     # seq_len, x, dtype of the tables

@@ -124,6 +124,8 @@ def test_bad_configuration_is_refused(kwargs, error, name):
 
 
 ROPE = FastRoPEPositionEmbedding(dim=8, backend="interpret")
+PACKED = FastRoPEPositionEmbedding(dim=8, backend="interpret", layout="thd")
+T = torch.zeros(7, 2, 8)
 
 
 @pytest.mark.parametrize("call, error, name", [
@@ -149,6 +151,21 @@ ROPE = FastRoPEPositionEmbedding(dim=8, backend="interpret")
     (lambda: ROPE.apply_rotary_pos_emb(Q, K, COS.requires_grad_(), COS), ValueError, "cos"),
     (lambda: ROPE.rotate(Q.requires_grad_(), K, inplace=True), ValueError, "inplace"),
     (lambda: ROPE(Q, -1), ValueError, "seq_len"),
+    (lambda: rope_rotate(Q, K, ref.rope_inv_freq(12)), ValueError, "rotary dim"),
+    (lambda: ROPE.apply_rotary_pos_emb(Q, K, torch.zeros(5, 6), torch.zeros(5, 6)), ValueError, "cos"),
+    (lambda: ROPE.rotate(Q, K, offset=torch.zeros(3, dtype=torch.long)), ValueError, "offsets"),
+    (lambda: ROPE.rotate(Q, K, offset=torch.zeros(2)), TypeError, "offsets"),
+    (lambda: ROPE.rotate(Q, K, offset=torch.zeros(2, dtype=torch.long),
+                         position_ids=torch.zeros(2, 5, dtype=torch.long)), ValueError, "position_ids"),
+    (lambda: ROPE.rotate(Q, K, cu_seqlens=torch.tensor([0, 5])), ValueError, "cu_seqlens"),
+    (lambda: PACKED.rotate(T, T), ValueError, "cu_seqlens"),
+    (lambda: PACKED.rotate(T, T, cu_seqlens=torch.tensor([0, 4, 2, 7])), ValueError, "cu_seqlens"),
+    (lambda: PACKED.rotate(T, T, cu_seqlens=torch.tensor([0, 3, 6])), ValueError, "cu_seqlens"),
+    (lambda: PACKED.rotate(T, T, cu_seqlens=torch.tensor([1, 3, 7])), ValueError, "cu_seqlens"),
+    (lambda: PACKED.rotate(T, T, cu_seqlens=torch.tensor([0.0, 7.0])), TypeError, "cu_seqlens"),
+    (lambda: PACKED.rotate(T, T, cu_seqlens=torch.tensor([0, 3, 7]), max_seqlen=2), ValueError,
+     "max_seqlen"),
+    (lambda: PACKED.rotate(Q, K, cu_seqlens=torch.tensor([0, 7])), ValueError, "q"),
     (lambda: ROPE(Q, 3.0), TypeError, "seq_len"),
     (lambda: rope_cos_sin(ref.rope_inv_freq(8), 4, dtype=torch.int32), TypeError, "dtype"),
 ])

@@ -3,6 +3,8 @@
 Nothing here is fast; everything here is exact to float64 rounding.
 """
 
+import math
+
 import numpy as np
 
 
@@ -14,44 +16,70 @@ def rope_inv_freq(dim: int, base: float = 10000.0) -> np.ndarray:
     return base ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
 
 
-def rope_cos_sin(positions, inv_freq) -> tuple[np.ndarray, np.ndarray]:
+def rope_cos_sin(positions, inv_freq, *, interleaved: bool = False,
+                 attention_factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin tables, each (*positions.shape, 2 * len(inv_freq)) float64.
 
         theta[p, i] = p * inv_freq[i]
-        cos[p] = [cos(theta[p]), cos(theta[p])],  sin[p] = [sin(theta[p]), sin(theta[p])]
+        cos[p] = a * [cos(theta[p]), cos(theta[p])],  sin[p] = a * [sin(theta[p]), sin(theta[p])]
 
-    (each half repeated, the half-split layout of GPT-NeoX, LLaMA and transformers).
+    each half repeated (the half-split layout of GPT-NeoX, LLaMA and transformers), or each
+    entry repeated in place if `interleaved` (GPT-J); a is the attention factor of scaled RoPE.
     """
     theta = np.asarray(positions, dtype=np.float64)[..., None] * np.asarray(inv_freq, np.float64)
-    theta = np.concatenate([theta, theta], axis=-1)
-    return np.cos(theta), np.sin(theta)
+    if interleaved:
+        theta = np.repeat(theta, 2, axis=-1)
+    else:
+        theta = np.concatenate([theta, theta], axis=-1)
+    return attention_factor * np.cos(theta), attention_factor * np.sin(theta)
 
 
-def rotate_half(x) -> np.ndarray:
-    """[x1, x2] -> [-x2, x1] over the last axis."""
-    x1, x2 = np.split(np.asarray(x, dtype=np.float64), 2, axis=-1)
-    return np.concatenate([-x2, x1], axis=-1)
+def _pairs(x, interleaved: bool):
+    """The two members of each rotated pair: halves [x1, x2], or x[2i], x[2i+1] interleaved."""
+    if interleaved:
+        return x[..., 0::2], x[..., 1::2]
+    return np.split(x, 2, axis=-1)
 
 
-def rope_rotate(x, cos, sin) -> np.ndarray:
-    """Rotate x (..., dim) by cos/sin broadcastable to it, half-split style:
+def _unpair(y1, y2, interleaved: bool) -> np.ndarray:
+    if interleaved:
+        return np.stack([y1, y2], axis=-1).reshape(*y1.shape[:-1], 2 * y1.shape[-1])
+    return np.concatenate([y1, y2], axis=-1)
 
-        out = x * cos + rotate_half(x) * sin
-            = [x1 * c1 - x2 * s1,  x2 * c2 + x1 * s2]
+
+def rotate_half(x, interleaved: bool = False) -> np.ndarray:
+    """[x1, x2] -> [-x2, x1] over the last axis (pairs (2i, 2i+1) if interleaved)."""
+    x1, x2 = _pairs(np.asarray(x, dtype=np.float64), interleaved)
+    return _unpair(-x2, x1, interleaved)
+
+
+def rope_rotate(x, cos, sin, *, interleaved: bool = False) -> np.ndarray:
+    """Rotate the first R = cos.shape[-1] columns of x (..., head_dim) by cos/sin
+    broadcastable to them; columns R.. pass through (partial rotation):
+
+        out[..., :R] = x * cos + rotate_half(x) * sin = [x1 * c1 - x2 * s1,  x2 * c2 + x1 * s2]
     """
     x = np.asarray(x, dtype=np.float64)
-    return x * cos + rotate_half(x) * sin
+    rotary = np.shape(cos)[-1]
+    head, tail = x[..., :rotary], x[..., rotary:]
+    rotated = head * cos + rotate_half(head, interleaved) * sin
+    return np.concatenate([rotated, np.broadcast_to(tail, rotated.shape[:-1] + tail.shape[-1:])], axis=-1)
 
 
-def rope_rotate_vjp(grad, cos, sin) -> np.ndarray:
-    """Transpose of `rope_rotate` in x (its VJP): grad * cos + rotate_half^T(grad * sin),
-    with rotate_half^T([y1, y2]) = [y2, -y1]:
+def rope_rotate_vjp(grad, cos, sin, *, interleaved: bool = False) -> np.ndarray:
+    """Transpose of `rope_rotate` in x (its VJP): on the rotary columns
+    grad * cos + rotate_half^T(grad * sin), with rotate_half^T([y1, y2]) = [y2, -y1]:
 
         dx = [g1 * c1 + g2 * s2,  g2 * c2 - g1 * s1]
+
+    and the gradient itself on the columns that pass through.
     """
-    gs = np.asarray(grad, dtype=np.float64) * sin
-    g1, g2 = np.split(gs, 2, axis=-1)
-    return np.asarray(grad, dtype=np.float64) * cos + np.concatenate([g2, -g1], axis=-1)
+    grad = np.asarray(grad, dtype=np.float64)
+    rotary = np.shape(cos)[-1]
+    head, tail = grad[..., :rotary], grad[..., rotary:]
+    g1, g2 = _pairs(head * sin, interleaved)
+    rotated = head * cos + _unpair(g2, -g1, interleaved)
+    return np.concatenate([rotated, np.broadcast_to(tail, rotated.shape[:-1] + tail.shape[-1:])], axis=-1)
 
 
 def alibi_slopes(num_heads: int, max_bias: float = 8.0) -> np.ndarray:
@@ -123,3 +151,127 @@ def alibi_softmax_vjp(y, grad, scale: float = 1.0) -> np.ndarray:
     y = np.asarray(y, dtype=np.float64)
     grad = np.asarray(grad, dtype=np.float64)
     return scale * y * (grad - (grad * y).sum(axis=-1, keepdims=True))
+
+
+# RoPE frequency recipes (transformers' modeling_rope_utils). Each gives inv_freq (dim / 2,)
+# float64; cos and sin of scaled RoPE are multiplied by an attention factor, 1 unless said.
+# L is the context the recipe scales from. Written one frequency at a time, on purpose
+# unlike trinix.rope_scaling, so that each checks the other.
+
+
+def rope_inv_freq_linear(dim: int, base: float, factor: float) -> np.ndarray:
+    """Linear scaling (position interpolation): positions divided by `factor`,
+
+        inv_freq[i] = base ** (-2 i / dim) / factor
+    """
+    return np.array([base ** (-2 * i / dim) / factor for i in range(dim // 2)])
+
+
+def rope_inv_freq_dynamic(dim: int, base: float, factor: float, max_position_embeddings: int,
+                          seq_len: int | None = None) -> np.ndarray:
+    """Dynamic NTK: the base grows once the sequence passes L = max_position_embeddings,
+
+        s = max(seq_len, L)  (L when seq_len is None)
+        base' = base * (factor * s / L - (factor - 1)) ** (dim / (dim - 2))
+        inv_freq[i] = base' ** (-2 i / dim)
+
+    (the default RoPE up to L).
+    """
+    length = max_position_embeddings if seq_len is None else max(seq_len, max_position_embeddings)
+    scaled_base = base * (factor * length / max_position_embeddings - (factor - 1)) ** (dim / (dim - 2))
+    return np.array([scaled_base ** (-2 * i / dim) for i in range(dim // 2)])
+
+
+def rope_inv_freq_yarn(dim: int, base: float, factor: float, original_max_position_embeddings: int,
+                       beta_fast: float = 32.0, beta_slow: float = 1.0,
+                       truncate: bool = True) -> np.ndarray:
+    """YaRN ("NTK-by-parts", Peng et al. 2023) over the original context L: pair i makes
+    L * base ** (-2 i / dim) / (2 pi) turns over L, so the pair making b turns is
+
+        d(b) = dim * ln(L / (2 pi b)) / (2 ln base)
+        lo = d(beta_fast), hi = d(beta_slow)    (floor(lo), ceil(hi) if truncate)
+        lo = max(lo, 0), hi = min(hi, dim - 1)  (hi += 0.001 if lo == hi)
+        r[i] = clamp((i - lo) / (hi - lo), 0, 1)
+        inv_freq[i] = base ** (-2 i / dim) * ((1 - r[i]) + r[i] / factor)
+
+    Pairs of many turns (i <= lo) keep their frequency, pairs of few (i >= hi) are
+    interpolated by `factor`, and a linear ramp runs between.
+    """
+    L = original_max_position_embeddings
+
+    def pair(turns):
+        return dim * math.log(L / (2 * math.pi * turns)) / (2 * math.log(base))
+
+    lo, hi = pair(beta_fast), pair(beta_slow)
+    if truncate:
+        lo, hi = math.floor(lo), math.ceil(hi)
+    lo, hi = max(lo, 0), min(hi, dim - 1)
+    if lo == hi:
+        hi += 0.001
+    inv_freq = []
+    for i in range(dim // 2):
+        r = min(max((i - lo) / (hi - lo), 0.0), 1.0)
+        inv_freq.append(base ** (-2 * i / dim) * ((1 - r) + r / factor))
+    return np.array(inv_freq)
+
+
+def rope_yarn_attention_factor(factor: float, mscale: float | None = None,
+                               mscale_all_dim: float | None = None) -> float:
+    """YaRN's attention factor (unless the config sets attention_factor itself), with
+
+        m(c) = 1 if factor <= 1 else 0.1 * c * ln(factor) + 1
+
+    m(mscale) / m(mscale_all_dim) when both are given and nonzero (DeepSeek), else m(1).
+    """
+    def m(c):
+        return 1.0 if factor <= 1 else 0.1 * c * math.log(factor) + 1
+
+    return m(mscale) / m(mscale_all_dim) if mscale and mscale_all_dim else m(1.0)
+
+
+def rope_inv_freq_llama3(dim: int, base: float, factor: float, low_freq_factor: float,
+                         high_freq_factor: float, original_max_position_embeddings: int) -> np.ndarray:
+    """Llama 3.1 scaling, by the wavelength w = 2 pi / f of each default frequency
+    f = base ** (-2 i / dim), with L the original context:
+
+        w < L / high_freq_factor:  f                           (short wavelengths kept)
+        w > L / low_freq_factor:   f / factor                  (long ones interpolated)
+        otherwise:                 (1 - s) * f / factor + s * f,
+                                   s = (L / w - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    """
+    L = original_max_position_embeddings
+    inv_freq = []
+    for i in range(dim // 2):
+        f = base ** (-2 * i / dim)
+        w = 2 * math.pi / f
+        if w < L / high_freq_factor:
+            inv_freq.append(f)
+        elif w > L / low_freq_factor:
+            inv_freq.append(f / factor)
+        else:
+            s = (L / w - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            inv_freq.append((1 - s) * f / factor + s * f)
+    return np.array(inv_freq)
+
+
+def rope_inv_freq_longrope(dim: int, base: float, short_factor, long_factor,
+                           original_max_position_embeddings: int,
+                           seq_len: int | None = None) -> np.ndarray:
+    """LongRoPE (Phi-3): one rescale factor per frequency,
+
+        inv_freq[i] = base ** (-2 i / dim) / ext[i],
+        ext = long_factor if seq_len > L else short_factor   (short_factor when seq_len is None)
+    """
+    use_long = seq_len is not None and seq_len > original_max_position_embeddings
+    ext = long_factor if use_long else short_factor
+    return np.array([base ** (-2 * i / dim) / ext[i] for i in range(dim // 2)])
+
+
+def rope_longrope_attention_factor(factor: float, original_max_position_embeddings: int) -> float:
+    """LongRoPE's attention factor (unless the config sets attention_factor itself):
+
+        sqrt(1 + ln(factor) / ln(L))  if factor > 1,  else 1
+    """
+    if factor <= 1:
+        return 1.0
+    return math.sqrt(1 + math.log(factor) / math.log(original_max_position_embeddings))

@@ -6,34 +6,18 @@ import numpy as np
 from trinix.kernels.call import Operand
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
-LAYOUTS = ("bshd", "bhsd")
+LAYOUTS = ("bshd", "bhsd", "thd")
 
 
-def default_inv_freq(dim: int, base: float) -> np.ndarray:
-    """base ** (-2i / dim) for i < dim / 2, float64."""
-    check_rope_config(dim, base)
-    return base ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
-
-
-def frequency_turns(inv_freq: np.ndarray) -> np.ndarray:
-    """The kernels' frequency operand: inv_freq / 2pi in turns per position, as float32 high
-    and low parts, (2, dim / 2). Their sum keeps float64 precision, which a float32 array alone
-    would not, and JAX has no float64 arrays by default."""
+def kernel_frequencies(inv_freq: np.ndarray, attention_factor: float = 1.0) -> np.ndarray:
+    """The kernels' frequency operand, (3, len(inv_freq)) float32: inv_freq / 2pi in turns
+    per position as high and low parts, whose sum keeps float64 precision (a float32 array
+    alone would not, and JAX has no float64 arrays by default), then the amplitude cos and sin
+    carry (scaled RoPE's attention factor)."""
     turns = np.asarray(inv_freq, dtype=np.float64) / (2 * np.pi)
     high = turns.astype(np.float32)
     low = (turns - high.astype(np.float64)).astype(np.float32)
-    return np.stack([high, low])
-
-
-def check_rope_config(dim, base) -> None:
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
-        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
-    if dim <= 0 or dim % 2:
-        raise ValueError(f"dim must be a positive even number, got {dim}")
-    if isinstance(base, bool) or not isinstance(base, (int, float, np.floating, np.integer)):
-        raise TypeError(f"base must be a number, got {type(base).__name__}")
-    if not np.isfinite(base) or base <= 0:
-        raise ValueError(f"base must be a finite number > 0, got {base}")
+    return np.stack([high, low, np.full_like(high, attention_factor)])
 
 
 def check_layout(layout) -> None:
@@ -53,16 +37,37 @@ def check_float(name: str, dtype: str) -> None:
         raise TypeError(f"{name} must be a floating-point tensor ({', '.join(FLOAT_DTYPES)}), got {dtype}")
 
 
-def _dims(layout: str) -> str:
-    return "(batch, seq, heads, head_dim)" if layout == "bshd" else "(batch, heads, seq, head_dim)"
+_DIMS = {"bshd": "(batch, seq, heads, head_dim)", "bhsd": "(batch, heads, seq, head_dim)",
+         "thd": "(tokens, heads, head_dim)"}
 
 
 def split_bshd(shape: tuple[int, ...], layout: str) -> tuple[int, int, int, int]:
-    """(batch, seq, heads, head_dim) of a 4-dim shape in `layout`."""
-    if layout == "bshd":
-        return tuple(shape)
-    batch, heads, seq, head_dim = shape
-    return batch, seq, heads, head_dim
+    """(batch, seq, heads, head_dim) of a shape in `layout`; packed "thd" tokens count as one
+    sequence of all tokens."""
+    if layout == "thd":
+        return (1, *shape)
+    if layout == "bhsd":
+        batch, heads, seq, head_dim = shape
+        return batch, seq, heads, head_dim
+    return tuple(shape)
+
+
+def _check_integer(name: str, x: Operand) -> None:
+    if not x.dtype.startswith(("int", "uint")):
+        raise TypeError(f"{name} must be an integer tensor, got {x.dtype}")
+
+
+def check_rotary_dim(rotary_dim: int, head_dim: int, what: str) -> None:
+    if rotary_dim % 2 or rotary_dim <= 0 or rotary_dim > head_dim:
+        raise ValueError(f"the rotary dim ({rotary_dim}, {what}) must be even, > 0 and <= head_dim "
+                         f"({head_dim})")
+
+
+def check_table_rows(rows: int, max_seqlen: int) -> None:
+    """Packed sequences read cos/sin row s for their token s: the table must reach the longest."""
+    if rows < max_seqlen:
+        raise ValueError(f"cos/sin have {rows} rows, fewer than the longest packed sequence "
+                         f"(max_seqlen {max_seqlen})")
 
 
 def check_rope_apply(
@@ -73,19 +78,26 @@ def check_rope_apply(
     cos: Operand | None = None,
     sin: Operand | None = None,
     positions: Operand | None = None,
+    batch_offsets: Operand | None = None,
+    cu_seqlens: Operand | None = None,
     position_offset: int = 0,
     dim: int | None = None,
 ) -> None:
     """Raise ValueError/TypeError, naming the argument, for anything the rotation can't take.
 
-    q, k: 4 dims in `layout`, same batch, seq and head_dim, heads may differ (GQA/MQA).
-    cos, sin: (rows, head_dim) or (batch, rows, head_dim), both given or neither.
-    positions: integer (batch, seq) or (1, seq). dim: the module's rotary dim, if any.
+    q, k: in `layout`, same batch, seq and head_dim, heads may differ (GQA/MQA).
+    cos, sin: (rows, rotary_dim) or (batch, rows, rotary_dim), both given or neither.
+    positions: integer (batch or 1, seq), or (tokens,) for "thd". batch_offsets: integer
+    (batch or 1,), per-sequence offsets, not with positions. cu_seqlens: integer
+    (n_seqs + 1,), for "thd" only (and needed there). dim: the rotary dim of the module or of
+    its frequencies (<= head_dim: the columns past it pass through).
+    Values (positions in a table, cu_seqlens increasing) are the bindings' to check.
     """
     check_layout(layout)
+    n_dims = 3 if layout == "thd" else 4
     for name, x in (("q", q), ("k", k)):
-        if len(x.shape) != 4:
-            raise ValueError(f"{name} must have 4 dims {_dims(layout)}, got shape {tuple(x.shape)}")
+        if len(x.shape) != n_dims:
+            raise ValueError(f"{name} must have {n_dims} dims {_DIMS[layout]}, got shape {tuple(x.shape)}")
         check_float(name, x.dtype)
     if q.dtype != k.dtype:
         raise TypeError(f"q and k must have the same dtype, got {q.dtype} and {k.dtype}")
@@ -93,36 +105,53 @@ def check_rope_apply(
     kb, ks, _, kd = split_bshd(k.shape, layout)
     if qd != kd:
         raise ValueError(f"q and k must have the same head_dim, got {qd} and {kd}")
-    if qd % 2:
-        raise ValueError(f"head_dim must be even to rotate pairs, got {qd}")
     if (qb, qs) != (kb, ks):
         raise ValueError(f"q and k must have the same batch and seq, got q {tuple(q.shape)} and k "
                          f"{tuple(k.shape)} in layout {layout!r}")
-    if dim is not None and qd != dim:
-        raise ValueError(f"head_dim of q ({qd}) differs from the rotary dim ({dim}: the module's dim, "
-                         "or 2 * len(inv_freq))")
+    if dim is not None:
+        check_rotary_dim(dim, qd, "the module's dim or 2 * len(inv_freq)")
     if not isinstance(position_offset, (int, np.integer)) or isinstance(position_offset, bool):
         raise TypeError(f"offset must be an int, got {type(position_offset).__name__}")
+
+    if layout == "thd":
+        if cu_seqlens is None:
+            raise ValueError("layout 'thd' (packed sequences) needs cu_seqlens")
+        _check_integer("cu_seqlens", cu_seqlens)
+        if len(cu_seqlens.shape) != 1 or cu_seqlens.shape[0] < 1:
+            raise ValueError(f"cu_seqlens must be (n_seqs + 1,), got shape {tuple(cu_seqlens.shape)}")
+        qb = cu_seqlens.shape[0] - 1
+    elif cu_seqlens is not None:
+        raise ValueError(f"cu_seqlens goes with layout 'thd' (packed sequences), not {layout!r}")
 
     if (cos is None) != (sin is None):
         raise ValueError("cos and sin must be given together")
     if cos is not None:
         for name, t in (("cos", cos), ("sin", sin)):
             check_float(name, t.dtype)
-            if len(t.shape) not in (2, 3) or t.shape[-1] != qd:
-                raise ValueError(f"{name} must be (seq, {qd}) or (batch, seq, {qd}) to match head_dim "
-                                 f"{qd}, got shape {tuple(t.shape)}")
+            if len(t.shape) not in (2, 3):
+                raise ValueError(f"{name} must be (seq, rotary_dim) or (batch, seq, rotary_dim), got "
+                                 f"shape {tuple(t.shape)}")
+            check_rotary_dim(t.shape[-1], qd, f"the width of {name}")
             if len(t.shape) == 3 and t.shape[0] not in (1, qb):
                 raise ValueError(f"{name} batch must be 1 or {qb}, got shape {tuple(t.shape)}")
         if tuple(cos.shape) != tuple(sin.shape):
             raise ValueError(f"cos and sin must have the same shape, got {tuple(cos.shape)} and "
                              f"{tuple(sin.shape)}")
-        if positions is None and cos.shape[-2] < position_offset + qs:
+        if positions is None and batch_offsets is None and layout != "thd" \
+                and cos.shape[-2] < position_offset + qs:
             raise ValueError(f"cos/sin have {cos.shape[-2]} rows, fewer than the {position_offset + qs} "
                              f"positions the sequence needs (offset {position_offset} + seq {qs})")
     if positions is not None:
-        if not positions.dtype.startswith(("int", "uint")):
-            raise TypeError(f"position_ids must be an integer tensor, got {positions.dtype}")
-        if len(positions.shape) != 2 or positions.shape[1] != qs or positions.shape[0] not in (1, qb):
-            raise ValueError(f"position_ids must be ({qb}, {qs}) or (1, {qs}), got shape "
+        _check_integer("position_ids", positions)
+        expected = [(qs,)] if layout == "thd" else [(qb, qs), (1, qs)]
+        if tuple(positions.shape) not in expected:
+            raise ValueError(f"position_ids must be {' or '.join(map(str, expected))}, got shape "
                              f"{tuple(positions.shape)}")
+    if batch_offsets is not None:
+        _check_integer("offsets", batch_offsets)
+        if positions is not None:
+            raise ValueError("per-sequence offsets and position_ids exclude each other: fold the "
+                             "offsets into position_ids")
+        if tuple(batch_offsets.shape) not in ((qb,), (1,)):
+            raise ValueError(f"offsets (per sequence) must be ({qb},) or (1,), got shape "
+                             f"{tuple(batch_offsets.shape)}")

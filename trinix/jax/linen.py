@@ -15,6 +15,7 @@ from flax import linen as nn
 
 from trinix.jax.alibi import ALiBiMethods
 from trinix.jax.rope import RoPEMethods
+from trinix.rope_scaling import RopeConfig
 
 
 class FastRoPEPositionEmbedding(RoPEMethods, nn.Module):
@@ -27,6 +28,8 @@ class FastRoPEPositionEmbedding(RoPEMethods, nn.Module):
     use_triton: bool = True
     backend: str = "auto"
     layout: str = "bshd"
+    interleaved: bool = False
+    rope_config: RopeConfig | None = None
 
     def __post_init__(self):
         self._check_config()

@@ -2,11 +2,15 @@
 and the seed's `FastRoPEPositionEmbedding` module.
 
 Shapes: q (batch, seq, heads_q, head_dim) and k (batch, seq, heads_k, head_dim) in layout
-"bshd", or (batch, heads, seq, head_dim) in layout "bhsd"; cos and sin (rows, head_dim) or
-(batch, rows, head_dim); position_ids (batch, seq) or (1, seq) integers.
+"bshd", (batch, heads, seq, head_dim) in "bhsd", or packed sequences (tokens, heads,
+head_dim) in "thd" with cu_seqlens (n_seqs + 1,); cos and sin (rows, rotary_dim) or
+(batch, rows, rotary_dim); position_ids (batch or 1, seq) integers, (tokens,) for "thd".
+The first rotary_dim columns of a head rotate, in half-split pairs (i, i + rotary_dim/2) or
+interleaved pairs (2i, 2i + 1); the rest pass through.
 """
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -14,35 +18,58 @@ from torch import Tensor
 from torch.library import triton_op
 
 from trinix import rope as host
+from trinix.rope_scaling import SEQ_LEN_DEPENDENT, RopeConfig, inv_freq_and_scale
 from trinix.kernels.rope import rope_apply_call, rope_table_call
 from trinix.torch.launcher import DTYPES, compute_dtype, dtype_name, launch, operand, resolve_backend
 
 
-def _launch_apply(q, k, cos, sin, freq_turns, positions, offset, layout, conjugate, interpret,
-                  inplace, traceable=False):
+class _Options(NamedTuple):
+    """Static options of one rotation."""
+
+    layout: str
+    offset: int
+    interleaved: bool
+    max_seqlen: int
+
+
+def _launch_apply(tensors, options: _Options, conjugate, interpret, inplace, traceable=False):
+    """Rotate by one kernel launch; tensors: (q, k, cos, sin, frequencies, positions,
+    batch_offsets, cu_seqlens), None where not used."""
+    q, k, cos, sin, frequencies, positions, batch_offsets, cu_seqlens = tensors
     call = rope_apply_call(
-        operand(q), operand(k), layout=layout, cos=operand(cos), sin=operand(sin),
-        positions=operand(positions), position_offset=offset, conjugate=conjugate, inplace=inplace,
+        operand(q), operand(k), layout=options.layout,
+        rotary_dim=None if frequencies is None else 2 * frequencies.shape[1],
+        interleaved=options.interleaved, cos=operand(cos), sin=operand(sin),
+        positions=operand(positions), batch_offsets=operand(batch_offsets),
+        cu_seqlens=operand(cu_seqlens), max_seqlen=options.max_seqlen,
+        position_offset=options.offset, conjugate=conjugate, inplace=inplace,
     )
-    arrays = dict(q=q, k=k, cos=cos, sin=sin, freq_turns=freq_turns, positions=positions)
+    arrays = dict(q=q, k=k, cos=cos, sin=sin, frequencies=frequencies, positions=positions,
+                  cu_seqlens=cu_seqlens)
+    if batch_offsets is not None:  # the kernel reads per-sequence offsets where ids would be
+        arrays["positions"] = batch_offsets
     return launch(call, arrays, interpret=interpret, traceable=traceable)
 
 
 @triton_op("trinix::rope_apply", mutates_args=())
 def _rope_apply_op(
-    q: Tensor, k: Tensor, cos: Tensor | None, sin: Tensor | None, freq_turns: Tensor | None,
-    positions: Tensor | None, offset: int, layout: str, conjugate: bool, interpret: bool,
+    q: Tensor, k: Tensor, cos: Tensor | None, sin: Tensor | None, frequencies: Tensor | None,
+    positions: Tensor | None, batch_offsets: Tensor | None, cu_seqlens: Tensor | None,
+    layout: str, offset: int, interleaved: bool, max_seqlen: int, conjugate: bool, interpret: bool,
 ) -> tuple[Tensor, Tensor]:
-    return _launch_apply(q, k, cos, sin, freq_turns, positions, offset, layout, conjugate,
+    tensors = (q, k, cos, sin, frequencies, positions, batch_offsets, cu_seqlens)
+    return _launch_apply(tensors, _Options(layout, offset, interleaved, max_seqlen), conjugate,
                          interpret, inplace=False, traceable=True)
 
 
 @triton_op("trinix::rope_apply_", mutates_args=("q", "k"))
 def _rope_apply_inplace_op(
-    q: Tensor, k: Tensor, cos: Tensor | None, sin: Tensor | None, freq_turns: Tensor | None,
-    positions: Tensor | None, offset: int, layout: str, interpret: bool,
+    q: Tensor, k: Tensor, cos: Tensor | None, sin: Tensor | None, frequencies: Tensor | None,
+    positions: Tensor | None, batch_offsets: Tensor | None, cu_seqlens: Tensor | None,
+    layout: str, offset: int, interleaved: bool, max_seqlen: int, interpret: bool,
 ) -> None:
-    _launch_apply(q, k, cos, sin, freq_turns, positions, offset, layout, False, interpret,
+    tensors = (q, k, cos, sin, frequencies, positions, batch_offsets, cu_seqlens)
+    _launch_apply(tensors, _Options(layout, offset, interleaved, max_seqlen), False, interpret,
                   inplace=True, traceable=True)
 
 
@@ -53,68 +80,90 @@ class _RopeApply(torch.autograd.Function):
     which the compiler can trace (the ops' dispatch costs tens of microseconds per call)."""
 
     @staticmethod
-    def forward(ctx, q, k, cos, sin, freq_turns, positions, offset, layout, interpret, inplace):
+    def forward(ctx, q, k, cos, sin, frequencies, positions, batch_offsets, cu_seqlens,
+                options: _Options, interpret: bool, inplace: bool):
+        tensors = (q, k, cos, sin, frequencies, positions, batch_offsets, cu_seqlens)
         traced = torch.compiler.is_compiling()
         if inplace:
             if traced:
-                _rope_apply_inplace_op(q, k, cos, sin, freq_turns, positions, offset, layout, interpret)
+                _rope_apply_inplace_op(*tensors, *options, interpret)
             else:
-                _launch_apply(q, k, cos, sin, freq_turns, positions, offset, layout, False, interpret, True)
+                _launch_apply(tensors, options, False, interpret, inplace=True)
             ctx.mark_dirty(q, k)
             out = (q, k)
         elif traced:
-            out = _rope_apply_op(q, k, cos, sin, freq_turns, positions, offset, layout, False, interpret)
+            out = _rope_apply_op(*tensors, *options, False, interpret)
         else:
-            out = _launch_apply(q, k, cos, sin, freq_turns, positions, offset, layout, False, interpret, False)
-        ctx.save_for_backward(cos, sin, freq_turns, positions)
-        ctx.config = (offset, layout, interpret)
+            out = _launch_apply(tensors, options, False, interpret, inplace=False)
+        ctx.save_for_backward(*tensors[2:])
+        ctx.options, ctx.interpret = options, interpret
         return out
 
     @staticmethod
     def backward(ctx, grad_q, grad_k):
-        cos, sin, freq_turns, positions = ctx.saved_tensors
-        offset, layout, interpret = ctx.config
-        args = (grad_q, grad_k, cos, sin, freq_turns, positions, offset, layout, True, interpret)
+        tensors = (grad_q, grad_k, *ctx.saved_tensors)
         if torch.compiler.is_compiling():
-            grad_q, grad_k = _rope_apply_op(*args)
+            grad_q, grad_k = _rope_apply_op(*tensors, *ctx.options, True, ctx.interpret)
         else:
-            grad_q, grad_k = _launch_apply(*args, False)
-        return grad_q, grad_k, None, None, None, None, None, None, None, None
+            grad_q, grad_k = _launch_apply(tensors, ctx.options, True, ctx.interpret, inplace=False)
+        return grad_q, grad_k, *(None,) * 9
 
 
-def _rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def _pairs(x: Tensor, half: int, interleaved: bool):
+    """The two members of each rotated pair, from the first 2 * half columns of x."""
+    if interleaved:
+        return x[..., 0:2 * half:2], x[..., 1:2 * half:2]
+    return x[..., :half], x[..., half:2 * half]
 
 
-def _rotate_torch(q, k, cos, sin, layout, inplace):
-    """The torch backend: cos/sin (batch or 1, seq, head_dim) already per token."""
+def _rotate_torch(q, k, cos, sin, layout, interleaved, inplace):
+    """The torch backend: cos/sin (batch or 1, seq, rotary_dim), or (tokens, rotary_dim) for
+    "thd", already per token."""
     compute = compute_dtype(q.dtype)
-    head_axis = 2 if layout == "bshd" else 1
-    cos = cos.to(compute).unsqueeze(head_axis)
-    sin = sin.to(compute).unsqueeze(head_axis)
+    head_axis = -3 if layout == "bhsd" else -2  # where cos/sin broadcast over heads
+    half = cos.shape[-1] // 2
+    c1, c2 = (c.unsqueeze(head_axis) for c in _pairs(cos.to(compute), half, interleaved))
+    s1, s2 = (s.unsqueeze(head_axis) for s in _pairs(sin.to(compute), half, interleaved))
 
     def rotate(x):
-        x32 = x.to(compute)
-        return (x32 * cos + _rotate_half(x32) * sin).to(x.dtype)
+        x1, x2 = _pairs(x.to(compute), half, interleaved)
+        o1, o2 = x1 * c1 - x2 * s1, x2 * c2 + x1 * s2
+        rotated = torch.stack((o1, o2), -1).flatten(-2) if interleaved else torch.cat((o1, o2), -1)
+        return torch.cat((rotated.to(x.dtype), x[..., 2 * half:]), dim=-1)
 
     if inplace:
         return q.copy_(rotate(q)), k.copy_(rotate(k))
     return rotate(q), rotate(k)
 
 
-def _token_positions(positions, offset, seq_len, device):
-    """(batch or 1, seq) positions of each token."""
-    if positions is not None:
-        return positions
-    return torch.arange(offset, offset + seq_len, device=device)[None]
+def _token_positions(q, layout, position_ids, batch_offsets, cu_seqlens, offset):
+    """Position of each token, (batch or 1, seq), or (tokens,) for "thd", and the batch
+    (sequence) index to read per-batch tables at, broadcastable to it."""
+    device = q.device
+    if layout == "thd":
+        tokens = torch.arange(q.shape[0], device=device)
+        sequence = torch.searchsorted(cu_seqlens[1:], tokens, right=True)
+        if position_ids is not None:
+            return position_ids, sequence
+        positions = tokens - cu_seqlens[sequence] + offset
+        if batch_offsets is not None:
+            positions = positions + batch_offsets.expand(cu_seqlens.shape[0] - 1)[sequence]
+        return positions, sequence
+    batch, seq_len = host.split_bshd(q.shape, layout)[:2]
+    if position_ids is not None:
+        positions = position_ids
+    else:
+        positions = torch.arange(offset, offset + seq_len, device=device)[None]
+        if batch_offsets is not None:
+            positions = positions + batch_offsets[:, None]
+    return positions, torch.arange(batch, device=device)[:, None]
 
 
-def _rows(table: Tensor, positions: Tensor) -> Tensor:
-    """table[positions] for a (rows, dim) table, table[b, positions[b]] for (batch, rows, dim)."""
+def _rows(table: Tensor, positions: Tensor, batch_index: Tensor) -> Tensor:
+    """table[positions] for a (rows, dim) table, table[batch, positions] for (batch, rows, dim)."""
     if table.ndim == 2:
         return table[positions]
-    return table[torch.arange(table.shape[0], device=table.device)[:, None], positions]
+    return table[batch_index if table.shape[0] > 1 else 0, positions]
 
 
 def _check_table_positions(positions: Tensor | None, rows: int) -> None:
@@ -128,14 +177,31 @@ def _check_table_positions(positions: Tensor | None, rows: int) -> None:
                          f"got values in [{low}, {high}]")
 
 
-def _check_positions_arg(position_ids):
-    if position_ids is not None and not isinstance(position_ids, Tensor):
-        raise TypeError(f"position_ids must be a tensor, got {type(position_ids).__name__}")
+def _packed_max_seqlen(cu_seqlens: Tensor | None, tokens: int, max_seqlen: int | None) -> int:
+    """Check cu_seqlens of packed sequences (one sync, skipped under torch.compile) and return
+    the longest sequence: max_seqlen if given, else read from cu_seqlens."""
+    if cu_seqlens is None:
+        return 0
+    if torch.compiler.is_compiling():
+        if max_seqlen is None:
+            raise ValueError("under torch.compile, packed sequences need max_seqlen (reading it "
+                             "from cu_seqlens would synchronise)")
+        return max_seqlen
+    bounds = cu_seqlens.tolist()
+    lengths = np.diff(bounds)
+    if bounds[0] != 0 or (lengths < 0).any() or bounds[-1] != tokens:
+        raise ValueError(f"cu_seqlens must start at 0, never decrease and end at the token count "
+                         f"{tokens}, got {bounds}")
+    longest = int(lengths.max(initial=0))
+    if max_seqlen is not None and max_seqlen < longest:
+        raise ValueError(f"max_seqlen ({max_seqlen}) is shorter than the longest packed sequence "
+                         f"({longest})")
+    return longest if max_seqlen is None else max_seqlen
 
 
 def _check_tensors(**tensors):
     for name, value in tensors.items():
-        if not isinstance(value, Tensor):
+        if value is not None and not isinstance(value, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
 
 
@@ -146,29 +212,65 @@ def _check_inplace(inplace, *tensors):
                          "use inplace=False or rotate a non-leaf (e.g. a projection's output)")
 
 
+def _split_offset(offset):
+    """(int offset, per-sequence offsets tensor or None) from an int or a (batch,) tensor."""
+    if isinstance(offset, Tensor):
+        return 0, offset
+    return offset, None
+
+
+def _rotate(q, k, *, cos=None, sin=None, frequencies=None, position_ids=None, offset=0,
+            layout="bshd", interleaved=False, cu_seqlens=None, max_seqlen=None, inplace=False,
+            backend="auto", use_triton=True):
+    """Check, then rotate by the chosen backend (see apply_rotary_pos_emb and rope_rotate)."""
+    offset, batch_offsets = _split_offset(offset)
+    _check_tensors(q=q, k=k, cos=cos, sin=sin, position_ids=position_ids, offset=batch_offsets,
+                   cu_seqlens=cu_seqlens)
+    host.check_rope_apply(
+        operand(q), operand(k), layout=layout, cos=operand(cos), sin=operand(sin),
+        positions=operand(position_ids), batch_offsets=operand(batch_offsets),
+        cu_seqlens=operand(cu_seqlens), position_offset=offset,
+        dim=None if frequencies is None else 2 * frequencies.shape[1],
+    )
+    if cos is not None and (cos.requires_grad or sin.requires_grad):
+        raise ValueError("cos and sin must not require grad: trinix rotates by them as constants")
+    _check_inplace(inplace, q, k)
+    if cos is not None:
+        _check_table_positions(position_ids, cos.shape[-2])
+    max_seqlen = _packed_max_seqlen(cu_seqlens, q.shape[0], max_seqlen)
+    if cos is not None and position_ids is None:
+        host.check_table_rows(cos.shape[-2], max_seqlen)
+    backend = resolve_backend(backend, use_triton, q.device)
+    if backend == "torch":
+        positions, batch_index = _token_positions(q, layout, position_ids, batch_offsets, cu_seqlens,
+                                                  offset)
+        if cos is None:
+            cos, sin = _angles_torch(frequencies, positions, compute_dtype(q.dtype), interleaved)
+        else:
+            cos, sin = _rows(cos, positions, batch_index), _rows(sin, positions, batch_index)
+        return _rotate_torch(q, k, cos, sin, layout, interleaved, inplace)
+    options = _Options(layout, offset, interleaved, max_seqlen)
+    return _RopeApply.apply(q, k, cos, sin, frequencies, position_ids, batch_offsets, cu_seqlens,
+                            options, backend == "interpret", inplace)
+
+
 def apply_rotary_pos_emb(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor,
                          position_ids: Tensor | None = None, *, layout: str = "bshd",
-                         inplace: bool = False, backend: str = "auto", use_triton: bool = True):
-    """Rotate q and k by given cos/sin tables (rows, head_dim) or (batch, rows, head_dim).
+                         interleaved: bool = False, cu_seqlens: Tensor | None = None,
+                         max_seqlen: int | None = None, inplace: bool = False,
+                         backend: str = "auto", use_triton: bool = True):
+    """Rotate q and k by given cos/sin tables (rows, rotary_dim) or (batch, rows, rotary_dim).
 
-    Token s of batch b reads row position_ids[b, s], or row s without position_ids. Returns
+    Token s of batch b reads row position_ids[b, s], or row s without position_ids (for
+    packed "thd" sequences: row s of its own sequence). The first rotary_dim columns of each
+    head rotate, in `interleaved` pairs or half-split; the rest pass through. Returns
     (q_rot, k_rot) in the layout and dtype of q and k (q and k themselves if `inplace`).
     cos and sin are constants to autograd: pass tensors that do not require grad.
     """
-    _check_tensors(q=q, k=k, cos=cos, sin=sin)
-    _check_positions_arg(position_ids)
-    host.check_rope_apply(operand(q), operand(k), layout=layout, cos=operand(cos), sin=operand(sin),
-                          positions=operand(position_ids))
-    if cos.requires_grad or sin.requires_grad:
-        raise ValueError("cos and sin must not require grad: trinix rotates by them as constants")
-    _check_inplace(inplace, q, k)
-    _check_table_positions(position_ids, cos.shape[-2])
-    backend = resolve_backend(backend, use_triton, q.device)
-    if backend == "torch":
-        seq_len = host.split_bshd(q.shape, layout)[1]
-        positions = _token_positions(position_ids, 0, seq_len, q.device)
-        return _rotate_torch(q, k, _rows(cos, positions), _rows(sin, positions), layout, inplace)
-    return _RopeApply.apply(q, k, cos, sin, None, position_ids, 0, layout, backend == "interpret", inplace)
+    _check_tensors(cos=cos, sin=sin)
+    return _rotate(q, k, cos=cos, sin=sin, position_ids=position_ids, layout=layout,
+                   interleaved=interleaved, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
+                   inplace=inplace, backend=backend, use_triton=use_triton)
 
 
 def _inv_freq64(inv_freq) -> np.ndarray:
@@ -180,80 +282,94 @@ def _inv_freq64(inv_freq) -> np.ndarray:
     return inv_freq
 
 
-@functools.cache
-def _cached_frequency_turns(inv_freq_bytes: bytes, device: torch.device) -> Tensor:
+@functools.lru_cache(maxsize=256)  # dynamic NTK makes new frequencies for each longer sequence
+def _cached_frequencies(inv_freq_bytes: bytes, attention_factor: float, device: torch.device) -> Tensor:
     inv_freq = np.frombuffer(inv_freq_bytes, dtype=np.float64)
-    return torch.from_numpy(host.frequency_turns(inv_freq)).to(device)
+    return torch.from_numpy(host.kernel_frequencies(inv_freq, attention_factor)).to(device)
 
 
-def frequency_turns(inv_freq, device) -> Tensor:
-    """The kernels' frequency operand (2, dim / 2) float32 on `device` (see
-    trinix.rope.frequency_turns), made once per inv_freq and device."""
-    return _cached_frequency_turns(_inv_freq64(inv_freq).tobytes(), torch.device(device))
+def device_frequencies(inv_freq, device, attention_factor: float = 1.0) -> Tensor:
+    """The kernels' frequency operand (3, rotary_dim / 2) float32 on `device` (see
+    trinix.rope.kernel_frequencies), made once per inv_freq, factor and device."""
+    return _cached_frequencies(_inv_freq64(inv_freq).tobytes(), float(attention_factor),
+                               torch.device(device))
 
 
-def _angles_torch(freq_turns: Tensor, positions: Tensor, compute: torch.dtype):
-    """cos/sin (*positions.shape, dim) from float64 angles, in `compute` dtype."""
-    turns = freq_turns[0].double() + freq_turns[1].double()
+def _angles_torch(frequencies: Tensor, positions: Tensor, compute: torch.dtype, interleaved: bool):
+    """cos/sin (*positions.shape, rotary_dim) from float64 angles, in `compute` dtype."""
+    turns = frequencies[0].double() + frequencies[1].double()
     angles = positions.to(torch.float64)[..., None] * turns * (2 * np.pi)
-    angles = torch.cat((angles, angles), dim=-1)
-    return angles.cos().to(compute), angles.sin().to(compute)
-
-
-def _rotate(q, k, freq_turns, position_ids, offset, layout, inplace, backend, use_triton):
-    """rope_rotate after its checks, with the frequencies already a tensor on q's device."""
-    _check_positions_arg(position_ids)
-    host.check_rope_apply(operand(q), operand(k), layout=layout, positions=operand(position_ids),
-                          position_offset=offset, dim=2 * freq_turns.shape[1])
-    _check_inplace(inplace, q, k)
-    backend = resolve_backend(backend, use_triton, q.device)
-    if backend == "torch":
-        seq_len = host.split_bshd(q.shape, layout)[1]
-        positions = _token_positions(position_ids, offset, seq_len, q.device)
-        cos, sin = _angles_torch(freq_turns, positions, compute_dtype(q.dtype))
-        return _rotate_torch(q, k, cos, sin, layout, inplace)
-    return _RopeApply.apply(q, k, None, None, freq_turns, position_ids, offset, layout,
-                            backend == "interpret", inplace)
+    if interleaved:
+        angles = angles.repeat_interleave(2, dim=-1)
+    else:
+        angles = torch.cat((angles, angles), dim=-1)
+    amplitude = frequencies[2, 0].double()
+    return (angles.cos() * amplitude).to(compute), (angles.sin() * amplitude).to(compute)
 
 
 def rope_rotate(q: Tensor, k: Tensor, inv_freq, *, position_ids: Tensor | None = None,
-                offset: int = 0, layout: str = "bshd", inplace: bool = False,
-                backend: str = "auto", use_triton: bool = True):
+                offset: int | Tensor = 0, layout: str = "bshd", interleaved: bool = False,
+                attention_factor: float = 1.0, cu_seqlens: Tensor | None = None,
+                max_seqlen: int | None = None, inplace: bool = False, backend: str = "auto",
+                use_triton: bool = True):
     """Rotate q and k with cos/sin computed in the kernel from positions x inv_freq.
 
-    inv_freq: (head_dim / 2,) frequencies, numpy float64 (or a tensor, read to the host once).
-    Positions are position_ids (batch or 1, seq), or offset + s. No cos/sin table exists.
+    inv_freq: (rotary_dim / 2,) frequencies, numpy float64 (or a tensor, read to the host
+    once); rotary_dim <= head_dim, the columns past it pass through. Positions are
+    position_ids, or offset + s, with `offset` an int or per-sequence (batch,) tensor (KV-cache
+    decoding). cos and sin carry `attention_factor`. No cos/sin table exists.
     Under torch.compile use FastRoPEPositionEmbedding.rotate, whose frequencies are a buffer.
     """
-    _check_tensors(q=q, k=k)
-    return _rotate(q, k, frequency_turns(inv_freq, q.device), position_ids, offset, layout,
-                   inplace, backend, use_triton)
+    _check_tensors(q=q)
+    return _rotate(q, k, frequencies=device_frequencies(inv_freq, q.device, attention_factor),
+                   position_ids=position_ids, offset=offset, layout=layout, interleaved=interleaved,
+                   cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, inplace=inplace, backend=backend,
+                   use_triton=use_triton)
 
 
-def _cos_sin(freq_turns, seq_len, offset, dtype, backend, use_triton):
+def _cos_sin(frequencies, seq_len, offset, dtype, interleaved, backend, use_triton):
     host.check_seq_len(seq_len)
     if dtype not in DTYPES.values():
         raise TypeError(f"dtype must be one of {list(DTYPES.values())}, got {dtype}")
-    backend = resolve_backend(backend, use_triton, freq_turns.device)
+    backend = resolve_backend(backend, use_triton, frequencies.device)
     if backend == "torch":
-        positions = torch.arange(offset, offset + seq_len, device=freq_turns.device)
-        cos, sin = _angles_torch(freq_turns, positions, torch.float64)
+        positions = torch.arange(offset, offset + seq_len, device=frequencies.device)
+        cos, sin = _angles_torch(frequencies, positions, torch.float64, interleaved)
         return cos.to(dtype), sin.to(dtype)
-    call = rope_table_call(seq_len, 2 * freq_turns.shape[1], dtype_name(dtype), position_offset=offset)
-    return launch(call, dict(freq_turns=freq_turns), interpret=backend == "interpret",
+    call = rope_table_call(seq_len, 2 * frequencies.shape[1], dtype_name(dtype), position_offset=offset,
+                           interleaved=interleaved)
+    return launch(call, dict(frequencies=frequencies), interpret=backend == "interpret",
                   traceable=torch.compiler.is_compiling())
 
 
 def rope_cos_sin(inv_freq, seq_len: int, *, offset: int = 0, dtype: torch.dtype = torch.float32,
-                 device=None, backend: str = "auto", use_triton: bool = True):
+                 interleaved: bool = False, attention_factor: float = 1.0, device=None,
+                 backend: str = "auto", use_triton: bool = True):
     """cos and sin tables, each (seq_len, 2 * len(inv_freq)) of `dtype`, for positions
-    offset .. offset + seq_len - 1; one kernel launch on the Triton backends."""
+    offset .. offset + seq_len - 1, times `attention_factor`, in half-split or `interleaved`
+    column order; one kernel launch on the Triton backends."""
     device = torch.device(device) if device is not None else torch.device("cpu")
-    return _cos_sin(frequency_turns(inv_freq, device), seq_len, offset, dtype, backend, use_triton)
+    return _cos_sin(device_frequencies(inv_freq, device, attention_factor), seq_len, offset, dtype,
+                    interleaved, backend, use_triton)
+
+
+def _positions_extent(q, layout, position_ids, offset, cu_seqlens, max_seqlen) -> int:
+    """max position + 1 of a rotation, the sequence length dynamic NTK and LongRoPE choose
+    their frequencies by (as transformers takes it); reading ids or offsets costs a sync."""
+    if position_ids is not None:
+        return int(position_ids.max()) + 1 if position_ids.numel() else 0
+    if layout == "thd":
+        longest = max_seqlen if max_seqlen is not None else int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    else:
+        longest = host.split_bshd(q.shape, layout)[1]
+    if isinstance(offset, Tensor):
+        offset = int(offset.max()) if offset.numel() else 0
+    return offset + longest
 
 
 class FastRoPEPositionEmbedding(torch.nn.Module):
-    """Rotary position embedding (half-split, GPT-NeoX / LLaMA style) on Triton kernels.
+    """Rotary position embedding (GPT-NeoX / LLaMA style, or GPT-J's interleaved) on Triton
+    kernels.
 
     Example::
 
@@ -263,75 +379,111 @@ class FastRoPEPositionEmbedding(torch.nn.Module):
         q_rot, k_rot = rope.rotate(q, k, offset=past_len)         # cos/sin computed in the kernel
 
     Args:
-        dim: rotary dim, the head_dim of q and k (even).
+        dim: rotary dim: the head_dim of q and k, or fewer columns (partial rotation, as in
+            GPT-NeoX or Phi: the columns past dim pass through). Even.
         max_position_embeddings: the context the model was trained for. Longer sequences
             work too: cos/sin are computed for any position, there is no cache to outgrow.
         base: RoPE base (theta).
         use_triton: False runs plain torch ops (the "torch" backend).
         backend: "auto" (Triton for CUDA tensors, torch ops otherwise), "triton",
             "interpret" (the Triton kernel on the CPU through Triton's interpreter) or "torch".
-        layout: "bshd" (batch, seq, heads, head_dim) or "bhsd" (batch, heads, seq, head_dim).
+        layout: "bshd" (batch, seq, heads, head_dim), "bhsd" (batch, heads, seq, head_dim) or
+            "thd" (packed tokens, heads, head_dim; calls then take cu_seqlens).
+        interleaved: rotate pairs (2i, 2i + 1) (GPT-J, RoFormer) instead of (i, i + dim/2).
+        rope_config: a `trinix.rope_scaling.RopeConfig` with a scaling recipe (linear, dynamic
+            NTK, YaRN, Llama 3, LongRoPE) of the same dim and base; `from_hf_config` makes one
+            from a transformers config.
     """
 
     def __init__(self, dim: int, max_position_embeddings: int = 2048, base: float = 10000.0,
-                 use_triton: bool = True, *, backend: str = "auto", layout: str = "bshd"):
+                 use_triton: bool = True, *, backend: str = "auto", layout: str = "bshd",
+                 interleaved: bool = False, rope_config: RopeConfig | None = None):
         super().__init__()
+        if rope_config is None:
+            rope_config = RopeConfig(dim=dim, base=base, max_position_embeddings=max_position_embeddings)
+        elif (rope_config.dim, rope_config.base) != (dim, base):
+            raise ValueError(f"rope_config has dim {rope_config.dim} and base {rope_config.base}, the "
+                             f"module dim {dim} and base {base}")
         host.check_layout(layout)
         resolve_backend(backend, use_triton, torch.device("cuda"))
+        self.rope_config = rope_config
         self.dim = dim
         self.max_position_embeddings = max_position_embeddings
         self.base = base
         self.use_triton = use_triton
         self.backend = backend
         self.layout = layout
-        self.inv_freq = host.default_inv_freq(dim, base)
+        self.interleaved = interleaved
+        self.inv_freq, self.attention_factor = inv_freq_and_scale(rope_config)
         # The kernels' frequencies, kept as the int32 bits of their float32 values: a buffer
         # moves with .to(device) and is visible to torch.compile, and integer bits are left
         # alone by .half() / .to(dtype), which would round the frequencies.
-        bits = host.frequency_turns(self.inv_freq).view(np.int32)
+        bits = host.kernel_frequencies(self.inv_freq, self.attention_factor).view(np.int32)
         self.register_buffer("frequency_bits", torch.from_numpy(bits), persistent=False)
-        self._frequency_turns_on: dict[torch.device, Tensor] = {}
+        self._frequencies_on: dict[torch.device, Tensor] = {}
+
+    @classmethod
+    def from_hf_config(cls, config, **kwargs) -> "FastRoPEPositionEmbedding":
+        """The rotary embedding of a transformers config (object or config.json dict, 4.x
+        `rope_scaling` or 5 `rope_parameters`): its rope type and parameters, rotary dim
+        (head_dim x partial_rotary_factor) and base, so that `rope(x, seq_len)` gives the
+        model's own cos/sin. kwargs: the module's other options (backend, layout, ...)."""
+        rope_config = RopeConfig.from_hf(config)
+        return cls(rope_config.dim, rope_config.max_position_embeddings or 2048, rope_config.base,
+                   rope_config=rope_config, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, max_position_embeddings={self.max_position_embeddings}, "
-                f"base={self.base}, backend={self.backend!r}, layout={self.layout!r}")
+                f"base={self.base}, rope_type={self.rope_config.rope_type!r}, "
+                f"backend={self.backend!r}, layout={self.layout!r}, interleaved={self.interleaved}")
 
-    def frequency_turns(self, device: torch.device) -> Tensor:
-        """The kernels' frequency operand (2, dim / 2) float32, on `device`."""
+    def frequencies(self, device: torch.device, seq_len: int | None = None) -> Tensor:
+        """The kernels' frequency operand (3, dim / 2) float32, on `device`, for sequences of
+        seq_len positions (dynamic NTK and LongRoPE depend on it)."""
+        if seq_len is not None and self.rope_config.rope_type in SEQ_LEN_DEPENDENT:
+            inv_freq, attention_factor = inv_freq_and_scale(self.rope_config, seq_len)
+            return device_frequencies(inv_freq, device, attention_factor)
         if self.frequency_bits.device == device:
             return self.frequency_bits.view(torch.float32)
-        if device not in self._frequency_turns_on:  # the module was left on another device
-            self._frequency_turns_on[device] = self.frequency_bits.to(device).view(torch.float32)
-        return self._frequency_turns_on[device]
-
-    def _seq_len(self, x: Tensor) -> int:
-        if x.ndim != 4:
-            raise ValueError(f"x must have 4 dims in layout {self.layout!r}, got shape {tuple(x.shape)}")
-        return host.split_bshd(x.shape, self.layout)[1]
+        if device not in self._frequencies_on:  # the module was left on another device
+            self._frequencies_on[device] = self.frequency_bits.to(device).view(torch.float32)
+        return self._frequencies_on[device]
 
     def forward(self, x: Tensor, seq_len: int | None = None, *, offset: int = 0):
         """cos and sin for positions offset .. offset + seq_len - 1, each (seq_len, dim) in the
         dtype and on the device of x; seq_len defaults to x's sequence length."""
         _check_tensors(x=x)
         if seq_len is None:
-            seq_len = self._seq_len(x)
-        return _cos_sin(self.frequency_turns(x.device), seq_len, offset, x.dtype, self.backend,
-                        self.use_triton)
+            if x.ndim != 4 or self.layout == "thd":
+                raise ValueError(f"seq_len is needed unless x has 4 dims in layout 'bshd' or "
+                                 f"'bhsd', got shape {tuple(x.shape)} in {self.layout!r}")
+            seq_len = host.split_bshd(x.shape, self.layout)[1]
+        return _cos_sin(self.frequencies(x.device, offset + seq_len), seq_len, offset, x.dtype,
+                        self.interleaved, self.backend, self.use_triton)
 
     def apply_rotary_pos_emb(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor,
-                             position_ids: Tensor | None = None, *, inplace: bool = False,
+                             position_ids: Tensor | None = None, *, cu_seqlens: Tensor | None = None,
+                             max_seqlen: int | None = None, inplace: bool = False,
                              backend: str | None = None):
         """Rotate q and k by cos/sin from `forward` (see the module-level apply_rotary_pos_emb)."""
-        _check_tensors(q=q)
-        if q.ndim == 4 and host.split_bshd(q.shape, self.layout)[3] != self.dim:
-            raise ValueError(f"head_dim of q ({host.split_bshd(q.shape, self.layout)[3]}) differs "
-                             f"from the module's dim ({self.dim})")
-        return apply_rotary_pos_emb(q, k, cos, sin, position_ids, layout=self.layout, inplace=inplace,
-                                    backend=backend or self.backend, use_triton=self.use_triton)
+        _check_tensors(cos=cos)
+        if cos.shape[-1] != self.dim:
+            raise ValueError(f"cos has {cos.shape[-1]} columns, the module's rotary dim is {self.dim}")
+        return _rotate(q, k, cos=cos, sin=sin, position_ids=position_ids, layout=self.layout,
+                       interleaved=self.interleaved, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
+                       inplace=inplace, backend=backend or self.backend, use_triton=self.use_triton)
 
-    def rotate(self, q: Tensor, k: Tensor, *, position_ids: Tensor | None = None, offset: int = 0,
-               inplace: bool = False, backend: str | None = None):
-        """Rotate q and k at position_ids, or at offset + s, with cos/sin computed in the kernel."""
-        _check_tensors(q=q, k=k)
-        return _rotate(q, k, self.frequency_turns(q.device), position_ids, offset, self.layout,
-                       inplace, backend or self.backend, self.use_triton)
+    def rotate(self, q: Tensor, k: Tensor, *, position_ids: Tensor | None = None,
+               offset: int | Tensor = 0, cu_seqlens: Tensor | None = None,
+               max_seqlen: int | None = None, inplace: bool = False, backend: str | None = None):
+        """Rotate q and k at position_ids, or at offset + s (offset an int or per-sequence
+        (batch,) tensor), with cos/sin computed in the kernel."""
+        _check_tensors(q=q)
+        frequencies = self.frequencies(q.device)
+        if self.rope_config.rope_type in SEQ_LEN_DEPENDENT:
+            seq_len = _positions_extent(q, self.layout, position_ids, offset, cu_seqlens, max_seqlen)
+            frequencies = self.frequencies(q.device, seq_len)
+        return _rotate(q, k, frequencies=frequencies, position_ids=position_ids,
+                       offset=offset, layout=self.layout, interleaved=self.interleaved,
+                       cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, inplace=inplace,
+                       backend=backend or self.backend, use_triton=self.use_triton)
