@@ -73,28 +73,32 @@ def _rope_apply_inplace_op(
                   inplace=True, traceable=True)
 
 
-class _RopeApply(torch.autograd.Function):
-    """Rotation by the kernel; its backward is the same kernel, conjugated.
+def _rotate_by_kernel(tensors, options: _Options, interpret: bool, inplace: bool):
+    """The forward rotation: launched directly when eager, through the torch.library ops under
+    torch.compile, which the compiler can trace (their dispatch costs tens of microseconds per
+    eager call)."""
+    traced = torch.compiler.is_compiling()
+    if inplace:
+        if traced:
+            _rope_apply_inplace_op(*tensors, *options, interpret)
+        else:
+            _launch_apply(tensors, options, False, interpret, inplace=True)
+        return tensors[0], tensors[1]
+    if traced:
+        return _rope_apply_op(*tensors, *options, False, interpret)
+    return _launch_apply(tensors, options, False, interpret, inplace=False)
 
-    Eagerly the kernel is launched directly; under torch.compile through the torch.library ops,
-    which the compiler can trace (the ops' dispatch costs tens of microseconds per call)."""
+
+class _RopeApply(torch.autograd.Function):
+    """Rotation by the kernel; its backward is the same kernel, conjugated."""
 
     @staticmethod
     def forward(ctx, q, k, cos, sin, frequencies, positions, batch_offsets, cu_seqlens,
                 options: _Options, interpret: bool, inplace: bool):
         tensors = (q, k, cos, sin, frequencies, positions, batch_offsets, cu_seqlens)
-        traced = torch.compiler.is_compiling()
+        out = _rotate_by_kernel(tensors, options, interpret, inplace)
         if inplace:
-            if traced:
-                _rope_apply_inplace_op(*tensors, *options, interpret)
-            else:
-                _launch_apply(tensors, options, False, interpret, inplace=True)
             ctx.mark_dirty(q, k)
-            out = (q, k)
-        elif traced:
-            out = _rope_apply_op(*tensors, *options, False, interpret)
-        else:
-            out = _launch_apply(tensors, options, False, interpret, inplace=False)
         ctx.save_for_backward(*tensors[2:])
         ctx.options, ctx.interpret = options, interpret
         return out
@@ -250,8 +254,11 @@ def _rotate(q, k, *, cos=None, sin=None, frequencies=None, position_ids=None, of
             cos, sin = _rows(cos, positions, batch_index), _rows(sin, positions, batch_index)
         return _rotate_torch(q, k, cos, sin, layout, interleaved, inplace)
     options = _Options(layout, offset, interleaved, max_seqlen)
-    return _RopeApply.apply(q, k, cos, sin, frequencies, position_ids, batch_offsets, cu_seqlens,
-                            options, backend == "interpret", inplace)
+    tensors = (q, k, cos, sin, frequencies, position_ids, batch_offsets, cu_seqlens)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+        return _RopeApply.apply(*tensors, options, backend == "interpret", inplace)
+    # Nothing to differentiate (inference, or q and k are constants): skip autograd's cost.
+    return _rotate_by_kernel(tensors, options, backend == "interpret", inplace)
 
 
 def apply_rotary_pos_emb(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor,
