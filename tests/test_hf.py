@@ -94,8 +94,10 @@ def test_module_from_hf_config_gives_the_models_cos_sin(rope, backend, seq_len):
     torch.testing.assert_close(sin, expected_sin[0], atol=2e-5, rtol=1e-5)
     # The rotation computed in the kernel agrees with the table the module gives.
     q, k = torch.randn(1, seq_len, 4, 16), torch.randn(1, seq_len, 2, 16)
-    for by_kernel, by_table in zip(rope_module.rotate(q, k), rope_module.apply_rotary_pos_emb(q, k, cos, sin)):
-        torch.testing.assert_close(by_kernel, by_table, atol=1e-5, rtol=1e-5)
+    by_ids = rope_module.rotate(q, k, position_ids=torch.arange(seq_len)[None])
+    by_table = rope_module.apply_rotary_pos_emb(q, k, cos, sin)
+    for rotated, expected in zip((*rope_module.rotate(q, k), *by_ids), (*by_table, *by_table)):
+        torch.testing.assert_close(rotated, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["interpret", "xla"])

@@ -63,6 +63,48 @@ def check_rotary_dim(rotary_dim: int, head_dim: int, what: str) -> None:
                          f"({head_dim})")
 
 
+def as_inv_freq(inv_freq) -> np.ndarray:
+    """inv_freq as a non-empty 1-dim float64 array (a host array: the bindings read tensors out)."""
+    inv_freq = np.ascontiguousarray(inv_freq, dtype=np.float64)
+    if inv_freq.ndim != 1 or inv_freq.size == 0:
+        raise ValueError(f"inv_freq must be a non-empty 1-dim array, got shape {inv_freq.shape}")
+    return inv_freq
+
+
+def check_table_positions(positions: np.ndarray, rows: int) -> None:
+    """Position ids (their values, read by the binding) must index a table of `rows` rows."""
+    if positions.size and (positions.min() < 0 or positions.max() >= rows):
+        raise ValueError(f"position_ids must lie in [0, {rows}) to index cos/sin of {rows} rows, "
+                         f"got values in [{positions.min()}, {positions.max()}]")
+
+
+def packed_max_seqlen(bounds: np.ndarray, tokens: int, max_seqlen: int | None) -> int:
+    """Check cu_seqlens' values `bounds` (start 0, never decrease, end at the token count) and
+    return the longest packed sequence: max_seqlen if given (not shorter than it), else it."""
+    lengths = np.diff(bounds)
+    if bounds[0] != 0 or (lengths < 0).any() or bounds[-1] != tokens:
+        raise ValueError(f"cu_seqlens must start at 0, never decrease and end at the token count "
+                         f"{tokens}, got {list(bounds)}")
+    longest = int(lengths.max(initial=0))
+    if max_seqlen is not None and max_seqlen < longest:
+        raise ValueError(f"max_seqlen ({max_seqlen}) is shorter than the longest packed sequence "
+                         f"({longest})")
+    return longest if max_seqlen is None else int(max_seqlen)
+
+
+def positions_extent(shape, layout: str, position_ids, offset, cu_seqlens, max_seqlen) -> int:
+    """max position + 1 of a rotation of q of `shape`: the sequence length dynamic NTK and
+    LongRoPE choose their frequencies by, as transformers takes it. position_ids, offset (int
+    or per-sequence) and cu_seqlens are values the binding has read (numpy or None)."""
+    if position_ids is not None:
+        return int(np.max(position_ids, initial=-1)) + 1
+    if layout == "thd":
+        longest = max_seqlen if max_seqlen is not None else int(np.max(np.diff(cu_seqlens), initial=0))
+    else:
+        longest = split_bshd(shape, layout)[1]
+    return int(np.max(offset, initial=0)) + longest
+
+
 def check_table_rows(rows: int, max_seqlen: int) -> None:
     """Packed sequences read cos/sin row s for their token s: the table must reach the longest."""
     if rows < max_seqlen:

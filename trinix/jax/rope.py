@@ -209,13 +209,8 @@ def _token_positions(shape, layout, position_ids, batch_offsets, cu_seqlens, off
 def _check_table_positions(position_ids, rows: int) -> None:
     """Concrete position_ids outside a cos/sin table are refused; traced ones can't be read
     (the rotation then yields NaN for such rows)."""
-    if position_ids is None or position_ids.size == 0 or isinstance(position_ids, jax.core.Tracer):
-        return
-    values = np.asarray(position_ids)
-    low, high = values.min(), values.max()
-    if low < 0 or high >= rows:
-        raise ValueError(f"position_ids must lie in [0, {rows}) to index cos/sin of {rows} rows, "
-                         f"got values in [{low}, {high}]")
+    if position_ids is not None and not isinstance(position_ids, jax.core.Tracer):
+        host.check_table_positions(np.asarray(position_ids), rows)
 
 
 def _packed_max_seqlen(cu_seqlens, tokens: int, max_seqlen) -> int:
@@ -232,26 +227,14 @@ def _packed_max_seqlen(cu_seqlens, tokens: int, max_seqlen) -> int:
             raise ValueError("traced cu_seqlens (under jit or vmap) need max_seqlen, a static int: "
                              "reading it from cu_seqlens would need their values")
         return int(max_seqlen)
-    bounds = np.asarray(cu_seqlens)
-    lengths = np.diff(bounds)
-    if bounds[0] != 0 or (lengths < 0).any() or bounds[-1] != tokens:
-        raise ValueError(f"cu_seqlens must start at 0, never decrease and end at the token count "
-                         f"{tokens}, got {bounds.tolist()}")
-    longest = int(lengths.max(initial=0))
-    if max_seqlen is not None and max_seqlen < longest:
-        raise ValueError(f"max_seqlen ({max_seqlen}) is shorter than the longest packed sequence "
-                         f"({longest})")
-    return longest if max_seqlen is None else int(max_seqlen)
+    return host.packed_max_seqlen(np.asarray(cu_seqlens), tokens, max_seqlen)
 
 
 def _inv_freq64(inv_freq) -> np.ndarray:
     if isinstance(inv_freq, jax.core.Tracer):
         raise TypeError("inv_freq must be concrete (a numpy or jax array outside jit): the "
                         "rotation is specialised to it")
-    inv_freq = np.ascontiguousarray(inv_freq, dtype=np.float64)
-    if inv_freq.ndim != 1 or inv_freq.size == 0:
-        raise ValueError(f"inv_freq must be a non-empty 1-dim array, got shape {inv_freq.shape}")
-    return inv_freq
+    return host.as_inv_freq(inv_freq)
 
 
 def _split_offset(offset):
@@ -351,22 +334,6 @@ def rope_cos_sin(inv_freq, seq_len: int, *, offset: int = 0, dtype=jnp.float32,
     return launch(call, dict(frequencies=frequencies), backend=backend)
 
 
-def _positions_extent(q, layout, position_ids, offset, cu_seqlens, max_seqlen) -> int:
-    """max position + 1 of a rotation, the sequence length dynamic NTK and LongRoPE choose
-    their frequencies by (as transformers takes it); needs concrete ids and offsets."""
-    for name, value in (("position_ids", position_ids), ("offset", offset)):
-        if isinstance(value, jax.core.Tracer):
-            raise ValueError(f"{name} is traced: dynamic NTK and LongRoPE choose their frequencies "
-                             "by the longest position, which must be concrete")
-    if position_ids is not None:
-        return int(np.max(position_ids, initial=-1)) + 1
-    if layout == "thd":
-        longest = max_seqlen if max_seqlen is not None else int(np.max(np.diff(cu_seqlens), initial=0))
-    else:
-        longest = host.split_bshd(q.shape, layout)[1]
-    return int(np.max(offset, initial=0)) + longest
-
-
 class RoPEMethods:
     """The methods of `FastRoPEPositionEmbedding`, shared by its NNX and Linen forms; they
     read dim, max_position_embeddings, base, use_triton, backend, layout, interleaved and
@@ -438,7 +405,12 @@ class RoPEMethods:
         """`rope_rotate` by the module's frequencies: cos/sin computed, no table."""
         seq_len = None
         if self.scaling.rope_type in SEQ_LEN_DEPENDENT:
-            seq_len = _positions_extent(q, self.layout, position_ids, offset, cu_seqlens, max_seqlen)
+            for name, value in (("position_ids", position_ids), ("offset", offset)):
+                if isinstance(value, jax.core.Tracer):
+                    raise ValueError(f"{name} is traced: dynamic NTK and LongRoPE choose their "
+                                     "frequencies by the longest position, which must be concrete")
+            values = [None if v is None else np.asarray(v) for v in (position_ids, offset, cu_seqlens)]
+            seq_len = host.positions_extent(np.shape(q), self.layout, *values, max_seqlen)
         inv_freq, attention_factor = self.frequencies(seq_len)
         return rope_rotate(q, k, inv_freq, attention_factor=attention_factor,
                            position_ids=position_ids, offset=offset,

@@ -171,19 +171,15 @@ def _rows(table: Tensor, positions: Tensor, batch_index: Tensor) -> Tensor:
 
 
 def _check_table_positions(positions: Tensor | None, rows: int) -> None:
-    """Positions outside a cos/sin table are refused; costs one sync, so only on the table
-    path, and not while torch.compile traces (the kernel then yields NaN for such rows)."""
-    if positions is None or positions.numel() == 0 or torch.compiler.is_compiling():
-        return
-    low, high = torch.stack(torch.aminmax(positions)).tolist()
-    if low < 0 or high >= rows:
-        raise ValueError(f"position_ids must lie in [0, {rows}) to index cos/sin of {rows} rows, "
-                         f"got values in [{low}, {high}]")
+    """Positions outside a cos/sin table are refused; reading them costs one sync, so only on
+    the table path, and not while torch.compile traces (the kernel then yields NaN for them)."""
+    if positions is not None and positions.numel() and not torch.compiler.is_compiling():
+        host.check_table_positions(torch.stack(torch.aminmax(positions)).cpu().numpy(), rows)
 
 
 def _packed_max_seqlen(cu_seqlens: Tensor | None, tokens: int, max_seqlen: int | None) -> int:
-    """Check cu_seqlens of packed sequences (one sync, skipped under torch.compile) and return
-    the longest sequence: max_seqlen if given, else read from cu_seqlens."""
+    """The longest packed sequence, after checking cu_seqlens (one sync; under torch.compile
+    neither, so max_seqlen must be given)."""
     if cu_seqlens is None:
         return 0
     if torch.compiler.is_compiling():
@@ -191,16 +187,7 @@ def _packed_max_seqlen(cu_seqlens: Tensor | None, tokens: int, max_seqlen: int |
             raise ValueError("under torch.compile, packed sequences need max_seqlen (reading it "
                              "from cu_seqlens would synchronise)")
         return max_seqlen
-    bounds = cu_seqlens.tolist()
-    lengths = np.diff(bounds)
-    if bounds[0] != 0 or (lengths < 0).any() or bounds[-1] != tokens:
-        raise ValueError(f"cu_seqlens must start at 0, never decrease and end at the token count "
-                         f"{tokens}, got {bounds}")
-    longest = int(lengths.max(initial=0))
-    if max_seqlen is not None and max_seqlen < longest:
-        raise ValueError(f"max_seqlen ({max_seqlen}) is shorter than the longest packed sequence "
-                         f"({longest})")
-    return longest if max_seqlen is None else max_seqlen
+    return host.packed_max_seqlen(cu_seqlens.cpu().numpy(), tokens, max_seqlen)
 
 
 def _check_tensors(**tensors):
@@ -283,10 +270,7 @@ def apply_rotary_pos_emb(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor,
 def _inv_freq64(inv_freq) -> np.ndarray:
     if isinstance(inv_freq, Tensor):
         inv_freq = inv_freq.detach().cpu().numpy()
-    inv_freq = np.ascontiguousarray(inv_freq, dtype=np.float64)
-    if inv_freq.ndim != 1 or inv_freq.size == 0:
-        raise ValueError(f"inv_freq must be a non-empty 1-dim array, got shape {inv_freq.shape}")
-    return inv_freq
+    return host.as_inv_freq(inv_freq)
 
 
 @functools.lru_cache(maxsize=256)  # dynamic NTK makes new frequencies for each longer sequence
@@ -358,20 +342,6 @@ def rope_cos_sin(inv_freq, seq_len: int, *, offset: int = 0, dtype: torch.dtype 
     device = torch.device(device) if device is not None else torch.device("cpu")
     return _cos_sin(device_frequencies(inv_freq, device, attention_factor), seq_len, offset, dtype,
                     interleaved, backend, use_triton)
-
-
-def _positions_extent(q, layout, position_ids, offset, cu_seqlens, max_seqlen) -> int:
-    """max position + 1 of a rotation, the sequence length dynamic NTK and LongRoPE choose
-    their frequencies by (as transformers takes it); reading ids or offsets costs a sync."""
-    if position_ids is not None:
-        return int(position_ids.max()) + 1 if position_ids.numel() else 0
-    if layout == "thd":
-        longest = max_seqlen if max_seqlen is not None else int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-    else:
-        longest = host.split_bshd(q.shape, layout)[1]
-    if isinstance(offset, Tensor):
-        offset = int(offset.max()) if offset.numel() else 0
-    return offset + longest
 
 
 class FastRoPEPositionEmbedding(torch.nn.Module):
@@ -488,7 +458,10 @@ class FastRoPEPositionEmbedding(torch.nn.Module):
         _check_tensors(q=q)
         frequencies = self.frequencies(q.device)
         if self.rope_config.rope_type in SEQ_LEN_DEPENDENT:
-            seq_len = _positions_extent(q, self.layout, position_ids, offset, cu_seqlens, max_seqlen)
+            # Reading ids, offsets or cu_seqlens costs a sync: only these recipes need it.
+            values = [None if t is None else t.cpu().numpy() if isinstance(t, Tensor) else t
+                      for t in (position_ids, offset, cu_seqlens)]
+            seq_len = host.positions_extent(q.shape, self.layout, *values, max_seqlen)
             frequencies = self.frequencies(q.device, seq_len)
         return _rotate(q, k, frequencies=frequencies, position_ids=position_ids,
                        offset=offset, layout=self.layout, interleaved=self.interleaved,
