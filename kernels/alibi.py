@@ -195,7 +195,8 @@ def _alibi_softmax_kernel(
             row_max = new_max
             k0 += BLOCK_K
     shift = _finite(row_max)
-    inv_sum = 1.0 / tl.where(row_sum > 0, row_sum, 1.0)  # a row with no key: exp(z) = 0
+    # A row with no key sums to 0 and stays 0; a NaN sum (a NaN or +inf score) stays NaN.
+    inv_sum = 1.0 / tl.where(row_sum == 0, 1.0, row_sum)
 
     if ONE_BLOCK:
         _store_probabilities(o_base, z, shift, inv_sum, offs_q, 0, seqlen_q, seqlen_k,

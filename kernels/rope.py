@@ -165,7 +165,7 @@ def _rope_apply_kernel(
 def _rope_table_kernel(
     FREQUENCIES, n_rows, position_offset, COS, SIN,
     HALF: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_HALF: tl.constexpr,
-    INTERLEAVED: tl.constexpr,
+    INTERLEAVED: tl.constexpr, COMPUTE: tl.constexpr,
 ):
     """Write cos and sin tables (n_rows, 2*HALF) for positions offset .. offset+n_rows-1,
     each frequency in both columns of its pair (see _pair_columns)."""
@@ -173,7 +173,7 @@ def _rope_table_kernel(
     offs_d = tl.arange(0, BLOCK_HALF)
     d_mask = offs_d < HALF
     positions = (offs_s + position_offset).to(tl.int64)
-    cos, sin = _cos_sin_from_frequencies(FREQUENCIES, positions, offs_d, d_mask, HALF, tl.float32)
+    cos, sin = _cos_sin_from_frequencies(FREQUENCIES, positions, offs_d, d_mask, HALF, COMPUTE)
     mask = (offs_s < n_rows)[:, None] & d_mask[None, :]
     row = offs_s.to(tl.int64)[:, None] * (2 * HALF)
     first, second = _pair_columns(offs_d, HALF, INTERLEAVED)
@@ -301,6 +301,7 @@ def rope_table_call(n_rows: int, dim: int, dtype: str, *, position_offset: int =
         inputs=("frequencies",),
         scalars=(n_rows, position_offset),
         outputs=(Output((n_rows, dim), dtype), Output((n_rows, dim), dtype)),
-        constexprs=dict(HALF=half, BLOCK_S=block_s, BLOCK_HALF=block_half, INTERLEAVED=interleaved),
+        constexprs=dict(HALF=half, BLOCK_S=block_s, BLOCK_HALF=block_half, INTERLEAVED=interleaved,
+                        COMPUTE=compute_dtype(dtype)),
         num_warps=4,
     )

@@ -143,7 +143,7 @@ def alibi_softmax(scores, slopes, *, scale: float = 1.0, causal: bool = False,
     top = z.max(axis=-1, keepdims=True)
     e = np.exp(z - np.where(np.isfinite(top), top, 0.0))
     total = e.sum(axis=-1, keepdims=True)
-    return e / np.where(total > 0, total, 1.0)
+    return e / np.where(total == 0, 1.0, total)
 
 
 def alibi_softmax_vjp(y, grad, scale: float = 1.0) -> np.ndarray:

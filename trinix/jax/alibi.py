@@ -150,12 +150,11 @@ def _softmax_xla(scores, slopes, scale, q_offset, causal):
     compute = compute_dtype(scores.dtype)
     distance = _distance(seqlen_q, seqlen_k, q_offset)
     z = scale * scores.astype(compute) + _bias_xla(_per_batch(slopes), distance, causal, compute)
-    if not causal:
-        return jax.nn.softmax(z, axis=-1).astype(scores.dtype)
-    hidden = distance > 0
-    # A row with no key (a query before every key) is 0, as the kernel gives; filling it with
-    # 0 before softmax keeps its gradient finite.
-    z = jnp.where(hidden, -jnp.inf, z)
+    if causal:
+        z = jnp.where(distance > 0, -jnp.inf, z)
+    hidden = z == -jnp.inf  # keys causal masking or the caller's -inf scores hide
+    # A row with no key left is 0, as the kernel gives; filling it with 0 before softmax keeps
+    # its gradient finite.
     z = jnp.where(hidden.all(-1, keepdims=True), 0.0, z)
     return jnp.where(hidden, 0.0, jax.nn.softmax(z, axis=-1)).astype(scores.dtype)
 

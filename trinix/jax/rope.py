@@ -291,6 +291,9 @@ def apply_rotary_pos_emb(q, k, cos, sin, position_ids=None, *, layout: str = "bs
     (q_rot, k_rot) in the layout and dtype of q and k. Concrete position_ids outside the table
     raise ValueError; under jit such tokens come out NaN.
     """
+    for name, table in (("cos", cos), ("sin", sin)):
+        if not isinstance(table, (jax.Array, np.ndarray)):
+            raise TypeError(f"{name} must be a jax or numpy array, got {type(table).__name__}")
     return _rotate(q, k, cos=cos, sin=sin, position_ids=position_ids, layout=layout,
                    interleaved=interleaved, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
                    backend=backend, use_triton=use_triton)

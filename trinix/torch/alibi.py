@@ -144,12 +144,12 @@ def _softmax_torch(scores, slopes, scale, q_offset, causal):
     distance = _distance(seqlen_q, seqlen_k, q_offset, scores.device)
     z = scale * scores.to(compute) + _bias_torch(_per_batch(slopes), distance, causal, compute)
     if causal:
-        hidden = distance > 0
-        # A row with no key (a query before every key) is 0, as the kernel gives; filling it
-        # with 0 before softmax keeps its gradient finite.
-        z = z.masked_fill(hidden, float("-inf")).masked_fill(hidden.all(-1, keepdim=True), 0.0)
-        return torch.softmax(z, -1).masked_fill(hidden, 0.0).to(scores.dtype)
-    return torch.softmax(z, -1).to(scores.dtype)
+        z = z.masked_fill(distance > 0, float("-inf"))
+    hidden = z == float("-inf")  # keys causal masking or the caller's -inf scores hide
+    # A row with no key left is 0, as the kernel gives; filling it with 0 before softmax keeps
+    # its gradient finite.
+    z = z.masked_fill(hidden.all(-1, keepdim=True), 0.0)
+    return torch.softmax(z, -1).masked_fill(hidden, 0.0).to(scores.dtype)
 
 
 def _check_tensor(name: str, value) -> None:

@@ -1,6 +1,7 @@
 """Runs a `KernelCall` on torch tensors: compiled Triton on CUDA, Triton's interpreter on CPU."""
 
 import functools
+import threading
 import types
 
 import torch
@@ -55,6 +56,11 @@ def _rebind(fn: types.FunctionType, namespace: dict) -> types.FunctionType:
     return types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
+# Triton's interpreter keeps global state while it runs (the program id, a patched
+# triton.language): launches through it from several threads must take turns.
+_INTERPRETER_LOCK = threading.Lock()
+
+
 @functools.cache
 def _interpreted(kernel: JITFunction) -> InterpretedFunction:
     """`kernel` for Triton's interpreter, the @triton.jit helpers it calls included.
@@ -95,12 +101,13 @@ def launch(call: KernelCall, arrays: dict[str, torch.Tensor | None], *, interpre
         arrays[out.alias] if out.alias else torch.empty(out.shape, dtype=DTYPES[out.dtype], device=device)
         for out in call.outputs
     ]
-    if all(size > 0 for size in call.grid):
-        if interpret:
-            kernel = _interpreted(call.kernel)
-        else:
-            kernel = wrap_triton(call.kernel) if traceable else call.kernel
-        # Python ints: the interpreter refuses numpy integers.
-        kernel[call.grid](*inputs, *map(int, call.scalars), *outputs, **call.constexprs,
-                          num_warps=call.num_warps, num_stages=call.num_stages)
+    if not all(size > 0 for size in call.grid):
+        return tuple(outputs)
+    options = dict(call.constexprs, num_warps=call.num_warps, num_stages=call.num_stages)
+    if interpret:
+        with _INTERPRETER_LOCK:  # Python ints: the interpreter refuses numpy integers
+            _interpreted(call.kernel)[call.grid](*inputs, *map(int, call.scalars), *outputs, **options)
+    else:
+        kernel = wrap_triton(call.kernel) if traceable else call.kernel
+        kernel[call.grid](*inputs, *call.scalars, *outputs, **options)
     return tuple(outputs)

@@ -229,6 +229,8 @@ def _rotate(q, k, *, cos=None, sin=None, frequencies=None, position_ids=None, of
     if cos is not None:
         _check_table_positions(position_ids, cos.shape[-2])
     max_seqlen = _packed_max_seqlen(cu_seqlens, q.shape[0], max_seqlen)
+    if cu_seqlens is not None:
+        cu_seqlens = cu_seqlens.contiguous()  # the kernel reads it at unit stride
     if cos is not None and position_ids is None:
         host.check_table_rows(cos.shape[-2], max_seqlen)
     backend = resolve_backend(backend, use_triton, q.device)
@@ -261,7 +263,9 @@ def apply_rotary_pos_emb(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor,
     (q_rot, k_rot) in the layout and dtype of q and k (q and k themselves if `inplace`).
     cos and sin are constants to autograd: pass tensors that do not require grad.
     """
-    _check_tensors(cos=cos, sin=sin)
+    for name, table in (("cos", cos), ("sin", sin)):
+        if not isinstance(table, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(table).__name__}")
     return _rotate(q, k, cos=cos, sin=sin, position_ids=position_ids, layout=layout,
                    interleaved=interleaved, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
                    inplace=inplace, backend=backend, use_triton=use_triton)
