@@ -3,3 +3,17 @@ import os
 # JAX takes 75% of GPU memory at its first use unless told otherwise; torch kernels and
 # subprocesses in the same session need it too.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+# Hypothesis profiles (tests/test_properties.py): "ci", the default, keeps the property tests
+# small enough for Triton's interpreter on a CPU; HYPOTHESIS_PROFILE=gpu draws more examples
+# and larger shapes, and on a GPU runs the compiled kernels too. The example database lives in
+# .pytest_cache, which git ignores.
+from pathlib import Path  # noqa: E402
+
+from hypothesis import settings  # noqa: E402
+from hypothesis.database import DirectoryBasedExampleDatabase  # noqa: E402
+
+_DATABASE = DirectoryBasedExampleDatabase(Path(__file__).parent.parent / ".pytest_cache" / "hypothesis")
+settings.register_profile("ci", max_examples=40, deadline=None, database=_DATABASE, print_blob=True)
+settings.register_profile("gpu", max_examples=300, deadline=None, database=_DATABASE, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

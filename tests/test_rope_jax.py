@@ -447,8 +447,8 @@ def test_bad_configuration_is_refused(module, kwargs, error, name):
     (lambda: ROPE.apply_rotary_pos_emb(Q, K, jnp.zeros((3, 5, 8)), jnp.zeros((3, 5, 8))), ValueError, "cos"),
     (lambda: ROPE.apply_rotary_pos_emb(Q, K, COS, jnp.zeros((6, 8))), ValueError, "sin"),
     (lambda: ROPE.apply_rotary_pos_emb(Q, K, COS[:4], COS[:4]), ValueError, "rows"),
-    (lambda: ROPE.apply_rotary_pos_emb(Q, K, COS, None), ValueError, "cos and sin"),
-    (lambda: apply_rotary_pos_emb(Q, K, None, COS), ValueError, "cos and sin"),
+    (lambda: ROPE.apply_rotary_pos_emb(Q, K, COS, None), TypeError, "sin"),
+    (lambda: apply_rotary_pos_emb(Q, K, None, COS), TypeError, "cos"),
     (lambda: ROPE.apply_rotary_pos_emb(Q, K, COS.astype(jnp.int32), COS), TypeError, "cos"),
     # position_ids
     (lambda: ROPE.rotate(Q, K, position_ids=jnp.zeros((2, 4), jnp.int32)), ValueError, "position_ids"),

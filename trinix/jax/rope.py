@@ -248,6 +248,10 @@ def _rotate(q, k, *, cos=None, sin=None, inv_freq=None, attention_factor=1.0, po
             offset=0, layout="bshd", interleaved=False, cu_seqlens=None, max_seqlen=None,
             backend="auto", use_triton=True):
     """Check, then rotate by the chosen backend (see apply_rotary_pos_emb and rope_rotate)."""
+    if inv_freq is None:  # by tables: both are needed
+        for name, table in (("cos", cos), ("sin", sin)):
+            if not isinstance(table, (jax.Array, np.ndarray)):
+                raise TypeError(f"{name} must be a jax or numpy array, got {type(table).__name__}")
     offset, batch_offsets = _split_offset(offset)
     q, k, cos, sin, position_ids, batch_offsets, cu_seqlens = as_arrays(
         q=q, k=k, cos=cos, sin=sin, position_ids=position_ids, offset=batch_offsets,
@@ -291,9 +295,6 @@ def apply_rotary_pos_emb(q, k, cos, sin, position_ids=None, *, layout: str = "bs
     (q_rot, k_rot) in the layout and dtype of q and k. Concrete position_ids outside the table
     raise ValueError; under jit such tokens come out NaN.
     """
-    for name, table in (("cos", cos), ("sin", sin)):
-        if not isinstance(table, (jax.Array, np.ndarray)):
-            raise TypeError(f"{name} must be a jax or numpy array, got {type(table).__name__}")
     return _rotate(q, k, cos=cos, sin=sin, position_ids=position_ids, layout=layout,
                    interleaved=interleaved, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
                    backend=backend, use_triton=use_triton)

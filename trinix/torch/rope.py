@@ -214,6 +214,10 @@ def _rotate(q, k, *, cos=None, sin=None, frequencies=None, position_ids=None, of
             layout="bshd", interleaved=False, cu_seqlens=None, max_seqlen=None, inplace=False,
             backend="auto", use_triton=True):
     """Check, then rotate by the chosen backend (see apply_rotary_pos_emb and rope_rotate)."""
+    if frequencies is None:  # by tables: both are needed
+        for name, table in (("cos", cos), ("sin", sin)):
+            if not isinstance(table, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(table).__name__}")
     offset, batch_offsets = _split_offset(offset)
     _check_tensors(q=q, k=k, cos=cos, sin=sin, position_ids=position_ids, offset=batch_offsets,
                    cu_seqlens=cu_seqlens)
@@ -263,9 +267,6 @@ def apply_rotary_pos_emb(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor,
     (q_rot, k_rot) in the layout and dtype of q and k (q and k themselves if `inplace`).
     cos and sin are constants to autograd: pass tensors that do not require grad.
     """
-    for name, table in (("cos", cos), ("sin", sin)):
-        if not isinstance(table, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(table).__name__}")
     return _rotate(q, k, cos=cos, sin=sin, position_ids=position_ids, layout=layout,
                    interleaved=interleaved, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
                    inplace=inplace, backend=backend, use_triton=use_triton)
@@ -447,8 +448,7 @@ class FastRoPEPositionEmbedding(torch.nn.Module):
                              max_seqlen: int | None = None, inplace: bool = False,
                              backend: str | None = None):
         """Rotate q and k by cos/sin from `forward` (see the module-level apply_rotary_pos_emb)."""
-        _check_tensors(cos=cos)
-        if cos.shape[-1] != self.dim:
+        if isinstance(cos, Tensor) and cos.shape[-1] != self.dim:
             raise ValueError(f"cos has {cos.shape[-1]} columns, the module's rotary dim is {self.dim}")
         return _rotate(q, k, cos=cos, sin=sin, position_ids=position_ids, layout=self.layout,
                        interleaved=self.interleaved, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
