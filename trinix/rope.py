@@ -32,6 +32,11 @@ def check_seq_len(seq_len) -> None:
         raise ValueError(f"seq_len must be >= 0, got {seq_len}")
 
 
+def check_offset(offset) -> None:
+    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)):
+        raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+
+
 def check_float(name: str, dtype: str) -> None:
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a floating-point tensor ({', '.join(FLOAT_DTYPES)}), got {dtype}")
@@ -152,8 +157,7 @@ def check_rope_apply(
                          f"{tuple(k.shape)} in layout {layout!r}")
     if dim is not None:
         check_rotary_dim(dim, qd, "the module's dim or 2 * len(inv_freq)")
-    if not isinstance(position_offset, (int, np.integer)) or isinstance(position_offset, bool):
-        raise TypeError(f"offset must be an int, got {type(position_offset).__name__}")
+    check_offset(position_offset)
 
     if layout == "thd":
         if cu_seqlens is None:

@@ -323,6 +323,7 @@ def rope_cos_sin(inv_freq, seq_len: int, *, offset: int = 0, dtype=jnp.float32,
     offset .. offset + seq_len - 1, times `attention_factor`, in half-split or `interleaved`
     column order; one kernel launch on the Triton backends."""
     host.check_seq_len(seq_len)
+    host.check_offset(offset)
     inv_freq = _inv_freq64(inv_freq)
     dtype = jnp.dtype(dtype)
     if dtype_name(dtype) not in host.FLOAT_DTYPES:

@@ -182,6 +182,8 @@ def _packed_max_seqlen(cu_seqlens: Tensor | None, tokens: int, max_seqlen: int |
     neither, so max_seqlen must be given)."""
     if cu_seqlens is None:
         return 0
+    if max_seqlen is not None and (isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int)):
+        raise TypeError(f"max_seqlen must be an int, got {type(max_seqlen).__name__}")
     if torch.compiler.is_compiling():
         if max_seqlen is None:
             raise ValueError("under torch.compile, packed sequences need max_seqlen (reading it "
@@ -227,6 +229,10 @@ def _rotate(q, k, *, cos=None, sin=None, frequencies=None, position_ids=None, of
         cu_seqlens=operand(cu_seqlens), position_offset=offset,
         dim=None if frequencies is None else 2 * frequencies.shape[1],
     )
+    for name, tensor in (("k", k), ("cos", cos), ("sin", sin), ("position_ids", position_ids),
+                         ("offset", batch_offsets), ("cu_seqlens", cu_seqlens)):
+        if tensor is not None and tensor.device != q.device:
+            raise ValueError(f"{name} is on {tensor.device}, q on {q.device}: they must share a device")
     if cos is not None and (cos.requires_grad or sin.requires_grad):
         raise ValueError("cos and sin must not require grad: trinix rotates by them as constants")
     _check_inplace(inplace, q, k)
@@ -325,6 +331,7 @@ def rope_rotate(q: Tensor, k: Tensor, inv_freq, *, position_ids: Tensor | None =
 
 def _cos_sin(frequencies, seq_len, offset, dtype, interleaved, backend, use_triton):
     host.check_seq_len(seq_len)
+    host.check_offset(offset)
     if dtype not in DTYPES.values():
         raise TypeError(f"dtype must be one of {list(DTYPES.values())}, got {dtype}")
     backend = resolve_backend(backend, use_triton, frequencies.device)
