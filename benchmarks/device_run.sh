@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool): install what is missing, run the test suite with
 # compiled kernels, then the benchmark. Logs go to $OUT.
-#   bash benchmarks/device_run.sh [tests] [bench] [-- extra pytest args]
+#   bash benchmarks/device_run.sh [tests] [sanitize] [bench]
+# tests: the whole suite, compiled kernels included, over PYTEST_WORKERS processes (8); a test
+#   running past 150 s fails with its stack (pytest-timeout, installed there).
+# properties: the property tests in their "gpu" profile (compiled kernels, more examples).
+# TESTS_LIMIT and BENCH_LIMIT (seconds) stop a step early, so that later steps still run and
+# the logs come back.
+# sanitize: the compiled-kernel tests under compute-sanitizer memcheck, then racecheck.
 # jax-triton is not on that machine: carry its wheel in .whl/ (see README).
 set -uo pipefail
 OUT=${OUT:-/tmp/trinix-out}
@@ -19,10 +25,23 @@ status=0
 for step in ${steps[*]}; do
   case "$step" in
     tests)
-      python3 -m pytest -q -rs tests 2>&1 | tee "$OUT/pytest.log" | tail -n 40
+      timeout "${TESTS_LIMIT:-600}" python3 -m pytest -q -rs -p no:benchmark -n "${PYTEST_WORKERS:-8}" --timeout 150 --durations 15 \
+        tests 2>&1 | tee "$OUT/pytest.log" | tail -n 40
       status=$((status | ${PIPESTATUS[0]})) ;;
+    properties)
+      HYPOTHESIS_PROFILE=gpu python3 -m pytest -q -p no:benchmark -n "${PYTEST_WORKERS:-8}" --timeout 300 \
+        --durations 10 tests/test_properties.py 2>&1 | tee "$OUT/properties.log" | tail -n 30
+      status=$((status | ${PIPESTATUS[0]})) ;;
+    sanitize)
+      for tool in memcheck racecheck; do
+        compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
+          python3 -m pytest -q -p no:cacheprovider -k "triton" \
+          tests/test_rope.py tests/test_alibi.py tests/test_edge_cases.py 2>&1 \
+          | tee "$OUT/sanitize-$tool.log" | tail -n 15
+        status=$((status | ${PIPESTATUS[0]}))
+      done ;;
     bench)
-      python3 benchmarks/benchmark_embeddings.py --output "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -n 60
+      timeout "${BENCH_LIMIT:-600}" python3 benchmarks/benchmark_embeddings.py --output "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -n 60
       status=$((status | ${PIPESTATUS[0]})) ;;
   esac
 done
