@@ -5,9 +5,10 @@
 # tests: the whole suite, compiled kernels included, over PYTEST_WORKERS processes (8); a test
 #   running past 150 s fails with its stack (pytest-timeout, installed there).
 # properties: the property tests in their "gpu" profile (compiled kernels, more examples).
-# TESTS_LIMIT and BENCH_LIMIT (seconds) stop a step early, so that later steps still run and
+# TESTS_LIMIT, BENCH_LIMIT and SANITIZE_LIMIT (each tool) (seconds) stop a step early, so that later steps still run and
 # the logs come back.
 # sanitize: the compiled-kernel tests under compute-sanitizer memcheck, then racecheck.
+# probe: benchmarks/probe_rope.py --profile (host time per call, kernel time per tile variant).
 # jax-triton is not on that machine: carry its wheel in .whl/ (see README).
 set -uo pipefail
 OUT=${OUT:-/tmp/trinix-out}
@@ -34,12 +35,15 @@ for step in ${steps[*]}; do
       status=$((status | ${PIPESTATUS[0]})) ;;
     sanitize)
       for tool in memcheck racecheck; do
-        compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
+        timeout "${SANITIZE_LIMIT:-600}" compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
           python3 -m pytest -q -p no:cacheprovider -k "triton" \
           tests/test_rope.py tests/test_alibi.py tests/test_edge_cases.py 2>&1 \
           | tee "$OUT/sanitize-$tool.log" | tail -n 15
         status=$((status | ${PIPESTATUS[0]}))
       done ;;
+    probe)
+      python3 benchmarks/probe_rope.py --profile 2>&1 | tee "$OUT/probe.log" | tail -n 80
+      status=$((status | ${PIPESTATUS[0]})) ;;
     bench)
       timeout "${BENCH_LIMIT:-600}" python3 benchmarks/benchmark_embeddings.py --output "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -n 60
       status=$((status | ${PIPESTATUS[0]})) ;;

@@ -1,0 +1,126 @@
+"""Where RoPE's time goes on a CUDA GPU: host time per call, and kernel time per tile variant.
+
+    python benchmarks/probe_rope.py [--profile]
+
+1. Host: the seed's small configuration (fp16 q and k, 4x512x32x64), called back to back
+   without synchronising (the GPU finishes each kernel faster than the host issues the next),
+   so wall time / calls is the host's cost of one call: trinix's rotate, the same KernelCall
+   launched straight through Triton, and an empty torch op for scale. --profile adds the
+   functions that take the host's time (cProfile).
+2. Kernel: the rotate kernel (cos/sin computed in the kernel, and the table path) at the
+   large and xl configurations for tile sizes x num_warps, each checked against the torch
+   fallback first, timed by CUDA-graph replay (no host time inside), against the roofline
+   at the copy bandwidth measured here.
+"""
+
+import argparse
+import cProfile
+import dataclasses
+import pstats
+import time
+
+import torch
+import triton.testing
+
+import trinix.kernels.rope as kernels_rope
+from trinix.torch.launcher import launch, operand
+from trinix.torch.rope import FastRoPEPositionEmbedding
+
+SMALL = (4, 512, 32, 64)
+LARGE = {"large": (1, 8192, 64, 128), "xl": (1, 32768, 128, 128)}
+TILES = (2048, 4096, 8192, 16384)
+WARPS = (4, 8)
+
+
+def host_us_per_call(fn, calls=2000):
+    for _ in range(50):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return 1e6 * host / calls
+
+
+def graph_ms(fn):
+    """Median GPU time of fn by CUDA-graph replay (host launch cost excluded)."""
+    return triton.testing.do_bench_cudagraph(fn, rep=200)
+
+
+def copy_gbps():
+    x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = graph_ms(lambda: y.copy_(x))
+    return 2 * x.numel() / ms / 1e6
+
+
+def probe_host(profile: bool):
+    batch, seq, heads, head_dim = SMALL
+    q = torch.randn(batch, seq, heads, head_dim, dtype=torch.float16, device="cuda")
+    k = torch.randn_like(q)
+    rope = FastRoPEPositionEmbedding(head_dim).cuda()
+    frequencies = rope.frequencies(q.device)
+    call = kernels_rope.rope_apply_call(operand(q), operand(k))
+    arrays = dict(q=q, k=k, frequencies=frequencies)
+    cases = {
+        "trinix rope.rotate(q, k)": lambda: rope.rotate(q, k),
+        "launch(KernelCall) alone": lambda: launch(call, arrays, interpret=False),
+        "torch.empty_like(q) (scale)": lambda: torch.empty_like(q),
+    }
+    for name, fn in cases.items():
+        print(f"host  {name:32s} {host_us_per_call(fn):8.1f} us/call")
+    if profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(500):
+            rope.rotate(q, k)
+        profiler.disable()
+        torch.cuda.synchronize()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+
+
+def probe_tiles(gbps: float):
+    for name, (batch, seq, heads, head_dim) in LARGE.items():
+        q = torch.randn(batch, seq, heads, head_dim, dtype=torch.float16, device="cuda")
+        k = torch.randn_like(q)
+        rope = FastRoPEPositionEmbedding(head_dim, max_position_embeddings=seq).cuda()
+        cos, sin = rope(q, seq)
+        frequencies = rope.frequencies(q.device)
+        expected = rope.rotate(q, k, backend="torch")
+        roofline_ms = 4 * q.numel() * q.element_size() / gbps / 1e6
+        print(f"\n{name} {tuple(q.shape)} fp16 q+k: roofline {roofline_ms:.4f} ms at {gbps:.0f} GB/s")
+        for source in ("computed", "table"):
+            for tile in TILES:
+                kernels_rope._TILE_ELEMENTS = tile
+                kernels_rope.rope_apply_call.cache_clear()
+                table = source == "table"
+                call = kernels_rope.rope_apply_call(operand(q), operand(k), cos=operand(cos) if table else None,
+                                                   sin=operand(sin) if table else None)
+                arrays = dict(q=q, k=k, cos=cos if table else None, sin=sin if table else None,
+                              frequencies=None if table else frequencies)
+                for warps in WARPS:
+                    variant = dataclasses.replace(call, num_warps=warps)
+                    out = launch(variant, arrays, interpret=False)
+                    ok = all(torch.allclose(o.float(), e.float(), atol=2e-3, rtol=2e-3) for o, e in zip(out, expected))
+                    ms = graph_ms(lambda: launch(variant, arrays, interpret=False)) if ok else float("nan")
+                    c = variant.constexprs
+                    print(f"{name:5s} {source:8s} tile {tile:5d} (S{c['BLOCK_S']:3d} H{c['BLOCK_H']:3d}) "
+                          f"warps {warps}: {ms:.4f} ms  {ms / roofline_ms:.3f}x roofline  {'ok' if ok else 'WRONG'}")
+        kernels_rope._TILE_ELEMENTS = 4096
+        kernels_rope.rope_apply_call.cache_clear()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", action="store_true", help="cProfile the host path")
+    args = parser.parse_args()
+    gbps = copy_gbps()
+    print(f"copy bandwidth {gbps:.0f} GB/s (CUDA-graph replay of a 1 GiB copy)")
+    probe_host(args.profile)
+    probe_tiles(gbps)
+
+
+if __name__ == "__main__":
+    main()
