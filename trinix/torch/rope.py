@@ -192,6 +192,11 @@ def _packed_max_seqlen(cu_seqlens: Tensor | None, tokens: int, max_seqlen: int |
     return host.packed_max_seqlen(cu_seqlens.cpu().numpy(), tokens, max_seqlen)
 
 
+# The checks depend on shapes, strides, dtypes and options alone: a call like an earlier one
+# (every call of a training step) skips them.
+_check_rope_apply = functools.lru_cache(maxsize=4096)(host.check_rope_apply)
+
+
 def _check_tensors(**tensors):
     for name, value in tensors.items():
         if value is not None and not isinstance(value, Tensor):
@@ -223,7 +228,9 @@ def _rotate(q, k, *, cos=None, sin=None, frequencies=None, position_ids=None, of
     offset, batch_offsets = _split_offset(offset)
     _check_tensors(q=q, k=k, cos=cos, sin=sin, position_ids=position_ids, offset=batch_offsets,
                    cu_seqlens=cu_seqlens)
-    host.check_rope_apply(
+    host.check_layout(layout)  # layout and offset key the cached checks: an unhashable one
+    host.check_offset(offset)  # must get its own message, not lru_cache's
+    _check_rope_apply(
         operand(q), operand(k), layout=layout, cos=operand(cos), sin=operand(sin),
         positions=operand(position_ids), batch_offsets=operand(batch_offsets),
         cu_seqlens=operand(cu_seqlens), position_offset=offset,
