@@ -8,7 +8,7 @@
    launched straight through Triton, and an empty torch op for scale. --profile adds the
    functions that take the host's time (cProfile).
 2. Kernel: the rotate kernel (cos/sin computed in the kernel, and the table path) at the
-   large and xl configurations for tile sizes x num_warps, each checked against the torch
+   large and xl configurations for tile limits x num_warps, each checked against the torch
    fallback first, timed by CUDA-graph replay (no host time inside), against the roofline
    at the copy bandwidth measured here.
 """
@@ -28,7 +28,8 @@ from trinix.torch.rope import FastRoPEPositionEmbedding
 
 SMALL = (4, 512, 32, 64)
 LARGE = {"large": (1, 8192, 64, 128), "xl": (1, 32768, 128, 128)}
-TILES = (2048, 4096, 8192, 16384)
+# (heads, tokens) tile limits: kernels.rope's _HEAD_TILE_ELEMENTS and _TILE_ELEMENTS.
+TILES = ((2048, 2048), (4096, 4096), (8192, 4096), (8192, 8192), (16384, 16384))
 WARPS = (4, 8)
 
 
@@ -82,6 +83,7 @@ def probe_host(profile: bool):
 
 
 def probe_tiles(gbps: float):
+    defaults = kernels_rope._HEAD_TILE_ELEMENTS, kernels_rope._TILE_ELEMENTS
     for name, (batch, seq, heads, head_dim) in LARGE.items():
         q = torch.randn(batch, seq, heads, head_dim, dtype=torch.float16, device="cuda")
         k = torch.randn_like(q)
@@ -92,8 +94,8 @@ def probe_tiles(gbps: float):
         roofline_ms = 4 * q.numel() * q.element_size() / gbps / 1e6
         print(f"\n{name} {tuple(q.shape)} fp16 q+k: roofline {roofline_ms:.4f} ms at {gbps:.0f} GB/s")
         for source in ("computed", "table"):
-            for tile in TILES:
-                kernels_rope._TILE_ELEMENTS = tile
+            for head_tile, tile in TILES:
+                kernels_rope._HEAD_TILE_ELEMENTS, kernels_rope._TILE_ELEMENTS = head_tile, tile
                 kernels_rope.rope_apply_call.cache_clear()
                 table = source == "table"
                 call = kernels_rope.rope_apply_call(operand(q), operand(k), cos=operand(cos) if table else None,
@@ -106,9 +108,9 @@ def probe_tiles(gbps: float):
                     ok = all(torch.allclose(o.float(), e.float(), atol=2e-3, rtol=2e-3) for o, e in zip(out, expected))
                     ms = graph_ms(lambda: launch(variant, arrays, interpret=False)) if ok else float("nan")
                     c = variant.constexprs
-                    print(f"{name:5s} {source:8s} tile {tile:5d} (S{c['BLOCK_S']:3d} H{c['BLOCK_H']:3d}) "
+                    print(f"{name:5s} {source:8s} tiles {head_tile:5d} {tile:5d} (S{c['BLOCK_S']:3d} H{c['BLOCK_H']:3d}) "
                           f"warps {warps}: {ms:.4f} ms  {ms / roofline_ms:.3f}x roofline  {'ok' if ok else 'WRONG'}")
-        kernels_rope._TILE_ELEMENTS = 4096
+        kernels_rope._HEAD_TILE_ELEMENTS, kernels_rope._TILE_ELEMENTS = defaults
         kernels_rope.rope_apply_call.cache_clear()
 
 

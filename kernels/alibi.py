@@ -19,6 +19,7 @@ import triton.language as tl
 
 from .call import (KernelCall, Operand, Output, batched_strides, cdiv, compute_dtype, next_power_of_2,
                    row_major_strides)
+from .hints import multiple_of_16, strides_aligned
 
 # Elements of one (BLOCK_Q, BLOCK_K) tile a program writes; rows of at most _BLOCK_K keys
 # keep each thread's stores 16-byte vectors along the contiguous key axis.
@@ -88,7 +89,7 @@ def _alibi_kernel(
     stride_ob, stride_oh, stride_oq, stride_ok,
     OUT,
     HAS_SCORES: tl.constexpr, CAUSAL: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     """OUT = SCORES + bias (logical (batch, heads, seqlen_q, seqlen_k)), or OUT = bias
     without SCORES. OUT may be SCORES itself (in place): each element is read, then written,
@@ -96,6 +97,10 @@ def _alibi_kernel(
 
     Grid: (batch * n_heads * n_q_blocks * n_k_blocks,), one (BLOCK_Q, BLOCK_K) tile each.
     """
+    if ALIGNED:  # row length and batch, head, row strides: multiples of 16 (kernels/hints.py)
+        seqlen_k = multiple_of_16(seqlen_k)
+        stride_b, stride_h, stride_q = multiple_of_16(stride_b), multiple_of_16(stride_h), multiple_of_16(stride_q)
+        stride_ob, stride_oh, stride_oq = multiple_of_16(stride_ob), multiple_of_16(stride_oh), multiple_of_16(stride_oq)
     pid = tl.program_id(0)
     pid_k = pid % n_k_blocks
     pid_q = (pid // n_k_blocks) % n_q_blocks
@@ -155,7 +160,7 @@ def _alibi_softmax_kernel(
     stride_ob, stride_oh, stride_oq, stride_ok,
     OUT,
     SCALE: tl.constexpr, CAUSAL: tl.constexpr, ONE_BLOCK: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     """OUT = softmax over keys of SCALE * SCORES + bias; with CAUSAL the keys after each
     query are masked, and a row with no key left is 0.
@@ -164,6 +169,10 @@ def _alibi_softmax_kernel(
     a row fits in BLOCK_K and is read once; otherwise a first pass keeps the running max and
     sum over key blocks (online softmax) and a second pass reads the row again and writes.
     """
+    if ALIGNED:  # row length and batch, head, row strides: multiples of 16 (kernels/hints.py)
+        seqlen_k = multiple_of_16(seqlen_k)
+        stride_b, stride_h, stride_q = multiple_of_16(stride_b), multiple_of_16(stride_h), multiple_of_16(stride_q)
+        stride_ob, stride_oh, stride_oq = multiple_of_16(stride_ob), multiple_of_16(stride_oh), multiple_of_16(stride_oq)
     pid = tl.program_id(0)
     pid_q = pid % n_q_blocks
     bh = pid // n_q_blocks
@@ -250,16 +259,17 @@ def _elementwise_call(scores: Operand | None, slopes: Operand, shape: tuple[int,
     batch, n_heads, seqlen_q, seqlen_k = shape
     block_q, block_k = _tile(seqlen_q, seqlen_k, _BLOCK_K)
     n_q_blocks, n_k_blocks = cdiv(seqlen_q, block_q), cdiv(seqlen_k, block_k)
+    scores_strides = scores.strides if scores is not None else (0, 0, 0, 0)
     return KernelCall(
         kernel=_alibi_kernel,
         grid=(batch * n_heads * n_q_blocks * n_k_blocks,),
         inputs=("scores", "slopes"),
         scalars=(n_heads, seqlen_q, seqlen_k, q_offset, n_q_blocks, n_k_blocks,
-                 *(scores.strides if scores is not None else (0, 0, 0, 0)),
-                 *batched_strides(slopes, 2), *out_strides),
+                 *scores_strides, *batched_strides(slopes, 2), *out_strides),
         outputs=(out,),
         constexprs=dict(HAS_SCORES=scores is not None, CAUSAL=causal, BLOCK_Q=block_q,
-                        BLOCK_K=block_k, COMPUTE=compute_dtype(compute)),
+                        BLOCK_K=block_k, COMPUTE=compute_dtype(compute),
+                        ALIGNED=strides_aligned(seqlen_k, *scores_strides[:3], *out_strides[:3])),
         num_warps=4,
     )
 
@@ -299,14 +309,16 @@ def alibi_softmax_call(scores: Operand, slopes: Operand, *, scale: float, q_offs
     batch, n_heads, seqlen_q, seqlen_k = scores.shape
     block_q, block_k = _tile(seqlen_q, seqlen_k, _SOFTMAX_BLOCK_K)
     n_q_blocks = cdiv(seqlen_q, block_q)
+    out_strides = row_major_strides(scores.shape)
     return KernelCall(
         kernel=_alibi_softmax_kernel,
         grid=(batch * n_heads * n_q_blocks if seqlen_k else 0,),
         inputs=("scores", "slopes"),
         scalars=(n_heads, seqlen_q, seqlen_k, q_offset, n_q_blocks, *scores.strides,
-                 *batched_strides(slopes, 2), *row_major_strides(scores.shape)),
+                 *batched_strides(slopes, 2), *out_strides),
         outputs=(Output(scores.shape, scores.dtype),),
         constexprs=dict(SCALE=float(scale), CAUSAL=causal, ONE_BLOCK=seqlen_k <= block_k,
-                        BLOCK_Q=block_q, BLOCK_K=block_k, COMPUTE=compute_dtype(scores.dtype)),
+                        BLOCK_Q=block_q, BLOCK_K=block_k, COMPUTE=compute_dtype(scores.dtype),
+                        ALIGNED=strides_aligned(seqlen_k, *scores.strides[:3], *out_strides[:3])),
         num_warps=8 if block_k >= 2048 else 4,
     )

@@ -17,8 +17,13 @@ import triton.language as tl
 
 from .call import (KernelCall, Operand, Output, batched_strides, cdiv, compute_dtype, next_power_of_2,
                    row_major_strides)
+from .hints import multiple_of_16, strides_aligned
 
-# Elements of one half-tile (tokens x heads x half head_dim) a program rotates.
+# A program rotates a tile of BLOCK_S tokens x BLOCK_H heads x BLOCK_HALF pairs: heads fill
+# up to _HEAD_TILE_ELEMENTS (cos/sin, computed once per token, serve every head of the tile;
+# on the H200 at the seed's xl size, 128 heads x 64 pairs ran 4% faster than 64 heads), then
+# tokens up to _TILE_ELEMENTS (benchmarks/NOTES.md).
+_HEAD_TILE_ELEMENTS = 8192
 _TILE_ELEMENTS = 4096
 
 
@@ -99,7 +104,7 @@ def _rope_apply_kernel(
     BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr,
     FROM_TABLE: tl.constexpr, POSITION_IDS: tl.constexpr, BATCH_OFFSETS: tl.constexpr,
     VARLEN: tl.constexpr, INTERLEAVED: tl.constexpr, CONJUGATE: tl.constexpr,
-    INPLACE: tl.constexpr, COMPUTE: tl.constexpr,
+    INPLACE: tl.constexpr, COMPUTE: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     """Rotate q and k, logical layout (batch, seq, heads, head_dim), in one launch.
 
@@ -109,6 +114,15 @@ def _rope_apply_kernel(
     plus POSITIONS[b] (BATCH_OFFSETS). With VARLEN, "batch" b is sequence b of packed tokens:
     its tokens are rows CU_SEQLENS[b] .. CU_SEQLENS[b + 1] - 1 and seq_len is the longest.
     """
+    if ALIGNED:  # batch, token and head strides are multiples of 16 (kernels/hints.py)
+        stride_qb, stride_qs, stride_qh = multiple_of_16(stride_qb), multiple_of_16(stride_qs), multiple_of_16(stride_qh)
+        stride_kb, stride_ks, stride_kh = multiple_of_16(stride_kb), multiple_of_16(stride_ks), multiple_of_16(stride_kh)
+        stride_qob, stride_qos, stride_qoh = (multiple_of_16(stride_qob), multiple_of_16(stride_qos),
+                                              multiple_of_16(stride_qoh))
+        stride_kob, stride_kos, stride_koh = (multiple_of_16(stride_kob), multiple_of_16(stride_kos),
+                                              multiple_of_16(stride_koh))
+        stride_cb, stride_cs = multiple_of_16(stride_cb), multiple_of_16(stride_cs)
+        stride_sb, stride_ss = multiple_of_16(stride_sb), multiple_of_16(stride_ss)
     pid_bs = tl.program_id(0)
     pid_h = tl.program_id(1)
     b = (pid_bs // n_seq_blocks).to(tl.int64)
@@ -247,7 +261,7 @@ def rope_apply_call(
     half = (rotary_dim or head_dim) // 2
     passed = head_dim - 2 * half
     block_half = next_power_of_2(half)
-    block_h = min(next_power_of_2(max(n_heads_q, n_heads_k)), max(1, _TILE_ELEMENTS // block_half))
+    block_h = min(next_power_of_2(max(n_heads_q, n_heads_k)), max(1, _HEAD_TILE_ELEMENTS // block_half))
     block_s = max(1, _TILE_ELEMENTS // (block_h * block_half))
     n_seq_blocks = cdiv(seq_len, block_s)
     n_q_head_blocks = cdiv(n_heads_q, block_h)
@@ -261,14 +275,16 @@ def rope_apply_call(
         q_out_strides, k_out_strides = row_major_strides(q.shape), row_major_strides(k.shape)
     from_table = cos is not None
     # Packed tokens are addressed by row alone: their "batch" stride is 0.
+    tensor_strides = [_bshd(strides, layout, 0) for strides in (q.strides, k.strides, q_out_strides, k_out_strides)]
+    table_strides = [batched_strides(table, 3) for table in (cos, sin)]
     scalars = (
         seq_len, n_heads_q, n_heads_k, n_seq_blocks, n_q_head_blocks, position_offset,
         cos.shape[-2] if from_table else 0,
-        *_bshd(q.strides, layout, 0), *_bshd(k.strides, layout, 0),
-        *_bshd(q_out_strides, layout, 0), *_bshd(k_out_strides, layout, 0),
-        *batched_strides(cos, 3), *batched_strides(sin, 3),
+        *(stride for strides in tensor_strides + table_strides for stride in strides),
         *(batched_strides(positions, 2) if batch_offsets is None else (_batch_stride(batch_offsets), 0)),
     )
+    aligned = strides_aligned(*(stride for strides in tensor_strides for stride in strides[:3]),
+                              *(stride for strides in table_strides for stride in strides[:2]))
     return KernelCall(
         kernel=_rope_apply_kernel,
         grid=(batch * n_seq_blocks, n_q_head_blocks + n_k_head_blocks),
@@ -280,7 +296,7 @@ def rope_apply_call(
             BLOCK_PASS=next_power_of_2(passed), FROM_TABLE=from_table,
             POSITION_IDS=positions is not None, BATCH_OFFSETS=batch_offsets is not None,
             VARLEN=varlen, INTERLEAVED=interleaved, CONJUGATE=conjugate, INPLACE=inplace,
-            COMPUTE=compute_dtype(q.dtype),
+            COMPUTE=compute_dtype(q.dtype), ALIGNED=aligned,
         ),
         num_warps=4,
     )

@@ -1,0 +1,89 @@
+"""The kernels compiled for an H100/H200 (sm_90) without a GPU: Triton's compiler and ptxas run
+on the CPU. jax-triton specializes no integer argument, where Triton's own launcher marks each
+one divisible by 16 (kernels/hints.py): the same kernel must still vectorize its global loads
+and stores when launched the jax-triton way, or the JAX binding moves one element per
+instruction."""
+
+import re
+
+import pytest
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import CUDABackend
+from triton.compiler import ASTSource
+
+from trinix.kernels.alibi import alibi_add_call, alibi_bias_call, alibi_softmax_call
+from trinix.kernels.call import KernelCall, Operand, row_major_strides
+from trinix.kernels.rope import rope_apply_call
+
+TARGET = GPUTarget("cuda", 90, 32)
+TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64",
+                "int32": "i32", "int64": "i64"}
+
+
+def ptx(call: KernelCall, input_dtypes: dict[str, str], mark_divisible_ints: bool) -> str:
+    """PTX of `call`'s kernel as a launcher specializes it: pointers 16-byte aligned, integer
+    arguments equal to 1 compiled in, and (Triton's launcher, not jax-triton's) the others
+    marked divisible by 16 where they are."""
+    backend = CUDABackend(TARGET)
+    names = call.kernel.arg_names
+    signature, constants, attrs = {}, dict(call.constexprs), {}
+    for index, name in enumerate(call.inputs):
+        signature[names[index]] = "*" + TRITON_TYPES[input_dtypes.get(name, "float32")]
+        attrs[(index,)] = backend.parse_attr("D")
+    for offset, value in enumerate(call.scalars):
+        index, name = len(call.inputs) + offset, names[len(call.inputs) + offset]
+        if value == 1:
+            constants[name] = 1
+            continue
+        signature[name] = "i64" if abs(value) >= 2**31 else "i32"
+        attrs[(index,)] = backend.parse_attr("D" if mark_divisible_ints and value % 16 == 0 else "")
+    for offset, out in enumerate(call.outputs):
+        index = len(call.inputs) + len(call.scalars) + offset
+        signature[names[index]] = "*" + TRITON_TYPES[out.dtype]
+        attrs[(index,)] = backend.parse_attr("D")
+    signature.update({name: "constexpr" for name in constants})
+    source = ASTSource(call.kernel, signature, constants, attrs)
+    kernel = triton.compile(source, target=TARGET,
+                            options=dict(num_warps=call.num_warps, num_stages=call.num_stages))
+    return kernel.asm["ptx"]
+
+
+def vector_fraction(code: str) -> float:
+    """Share of global loads and stores that move a vector (.v2/.v4) rather than one element."""
+    accesses = re.findall(r"\b(?:ld|st)\.global[.\w]*", code)
+    return sum(".v" in access for access in accesses) / len(accesses)
+
+
+XL_Q = Operand((1, 4096, 128, 128), row_major_strides((1, 4096, 128, 128)), "float16")
+TABLE = Operand((4096, 128), (128, 1), "float16")
+SCORES = Operand((1, 16, 1024, 1024), row_major_strides((1, 16, 1024, 1024)), "float16")
+SLOPES = Operand((16,), (1,), "float32")
+ROPE_DTYPES = {"q": "float16", "k": "float16", "cos": "float16", "sin": "float16", "positions": "int64"}
+ALIBI_DTYPES = {"scores": "float16"}
+CALLS = {
+    "rope-computed": (rope_apply_call(XL_Q, XL_Q), ROPE_DTYPES),
+    "rope-table": (rope_apply_call(XL_Q, XL_Q, cos=TABLE, sin=TABLE), ROPE_DTYPES),
+    "alibi-bias": (alibi_bias_call(SLOPES, 1024, 1024, q_offset=0, causal=False), ALIBI_DTYPES),
+    "alibi-add": (alibi_add_call(SCORES, SLOPES, q_offset=0, causal=False, inplace=True), ALIBI_DTYPES),
+    "alibi-softmax": (alibi_softmax_call(SCORES, SLOPES, scale=1.0, q_offset=0, causal=False), ALIBI_DTYPES),
+}
+
+
+@pytest.mark.parametrize("name", CALLS)
+def test_jax_triton_launch_vectorizes_like_triton_launch(name):
+    call, dtypes = CALLS[name]
+    assert call.constexprs["ALIGNED"]
+    as_torch_launches = vector_fraction(ptx(call, dtypes, mark_divisible_ints=True))
+    as_jax_launches = vector_fraction(ptx(call, dtypes, mark_divisible_ints=False))
+    assert as_torch_launches > 0.5
+    assert as_jax_launches == as_torch_launches
+
+
+def test_unaligned_rows_are_not_declared_aligned():
+    """head_dim 72: rows of q start 144 bytes apart, not a multiple of 32 (16 fp16 elements)."""
+    q = Operand((1, 64, 4, 72), row_major_strides((1, 64, 4, 72)), "float16")
+    assert not rope_apply_call(q, q).constexprs["ALIGNED"]
+    scores = Operand((1, 4, 33, 33), row_major_strides((1, 4, 33, 33)), "float16")
+    slopes = Operand((4,), (1,), "float32")
+    assert not alibi_add_call(scores, slopes, q_offset=0, causal=False).constexprs["ALIGNED"]
