@@ -8,12 +8,13 @@ Writes <output>/EMBEDDINGS.md, <output>/results/latest.json and PNG plots beside
 <output> defaults to benchmarks/ on a CUDA GPU and to benchmarks/results/cpu/ without one, so a
 CPU run replaces the committed GPU report only when asked to with --output benchmarks.
 
-Method (DESIGN.md, "Performance method"): every provider goes through one harness. A call is
-run `warmup` times, then timed `iters` times, each time after the L2 cache is flushed and the
-device is idle, so host dispatch is inside the time; on a GPU by CUDA events, on a CPU by the
-wall clock. JAX calls end with block_until_ready inside the same timed region. The median is
-reported, beside the roofline: the op's bytes (inputs read once, outputs written once) at the
-copy bandwidth measured in the same run.
+Method (DESIGN.md, "Performance method"; ../shared/ANCHORS.md measured the same way): every
+provider goes through one harness. A call is run `warmup` times, then timed `iters` times. On a
+GPU, torch calls as triton.testing.do_bench times them: L2 flushed before each, CUDA events
+around it, the host dispatching ahead (so the time is the GPU's unless dispatch is slower);
+JAX calls, whose stream torch's events cannot see, by the wall time of bursts of back-to-back
+calls. On a CPU, each call by the wall clock. The median is reported, beside the roofline: the
+op's bytes (inputs read once, outputs written once) at the copy bandwidth of the same run.
 """
 
 import argparse
@@ -740,6 +741,14 @@ PROVIDER_CLASSES = {cls.name: cls for cls in (SeedTorch, TrinixTorch, CompiledTo
 # The harness
 
 
+class Run(NamedTuple):
+    """One call of a row: `start()` dispatches it and returns its output; `wait(out)` returns
+    once that output is ready (torch on the CPU and JAX's async dispatch need it)."""
+
+    start: Callable[[], Any]
+    wait: Callable[[Any], Any]
+
+
 class Harness:
     """Times a call and reads its memory, the same way for every provider."""
 
@@ -748,29 +757,60 @@ class Harness:
         self.warmup, self.iters = warmup, iters
         self.flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device=device) if self.cuda else None
 
-    def _time_once_ms(self, run: Callable[[], Any]) -> float:
-        """One call, timed from an idle device with a cold L2 (a CPU run has no flush)."""
-        if not self.cuda:
-            start = time.perf_counter()
-            run()
-            return (time.perf_counter() - start) * 1e3
-        self.flush.zero_()
+    def _torch_gpu_ms(self, run: Run, iters: int) -> list[float]:
+        """Per-call GPU times as triton.testing.do_bench takes them: before each call the L2 is
+        flushed, CUDA events bracket the call, and nothing waits in between, so the host
+        dispatches ahead of the GPU. The time is the GPU's, unless the host takes longer to
+        dispatch a call than the GPU takes to flush and run it: then it is the host's."""
+        events = []
+        for _ in range(iters):
+            self.flush.zero_()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run.start()
+            end.record()
+            events.append((start, end))
         torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
+        return [start.elapsed_time(end) for start, end in events]
 
-    def median_ms(self, run: Callable[[], Any]) -> float:
+    def _burst_ms(self, run: Run, iters: int) -> list[float]:
+        """Per-call times from bursts of back-to-back calls: a burst's wall time (until its last
+        output is ready) / its calls. JAX runs on a stream of its own that torch's events do not
+        see; dispatching ahead, like the torch rows, its time is the GPU's unless the host's
+        dispatch is longer. No L2 flush between calls (a flush would be a JAX call of its own);
+        at the seed's sizes the JAX rows are host-bound or move far more than the L2 holds."""
+        calls = max(1, min(10, iters))
+        times = []
+        for _ in range(max(1, iters // calls)):
+            begin = time.perf_counter()
+            for _ in range(calls):
+                out = run.start()
+            run.wait(out)
+            times.append((time.perf_counter() - begin) * 1e3 / calls)
+        return times
+
+    def _wall_ms(self, run: Run, iters: int) -> list[float]:
+        """Per-call wall times, each call waited for (a CPU run: no flush, no overlap)."""
+        times = []
+        for _ in range(iters):
+            begin = time.perf_counter()
+            run.wait(run.start())
+            times.append((time.perf_counter() - begin) * 1e3)
+        return times
+
+    def median_ms(self, framework: str, run: Run) -> float:
+        """Median time of one call, after `warmup` calls (compilation included)."""
         for _ in range(self.warmup):
-            run()
-        estimate = max(self._time_once_ms(run), 1e-6)
+            run.wait(run.start())
+        if not self.cuda:
+            timed = self._wall_ms
+        else:
+            timed = self._torch_gpu_ms if framework == "torch" else self._burst_ms
+        estimate = max(statistics.median(timed(run, 3)), 1e-6)
         iters = max(min(self.iters, MIN_ITERS), min(self.iters, int(ROW_BUDGET_S * 1e3 / estimate)))
-        return statistics.median(self._time_once_ms(run) for _ in range(iters))
+        return statistics.median(timed(run, iters))
 
-    def peak_mb(self, framework: str, call: Call, run: Callable[[], Any]) -> float | None:
+    def peak_mb(self, framework: str, call: Call, run: Run) -> float | None:
         """Memory one call needs beyond its inputs (its outputs and temporaries), in MB.
 
         torch: the CUDA allocator's peak above what was allocated before the call (None on a
@@ -791,8 +831,7 @@ class Harness:
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        out = run()
-        torch.cuda.synchronize()
+        out = run.wait(run.start())
         del out
         return (torch.cuda.max_memory_allocated() - before) / 1e6
 
@@ -802,7 +841,7 @@ def copy_gbps(harness: Harness, device: torch.device) -> float:
     nbytes = 4 * 2**30 if device.type == "cuda" else 2**27
     source = torch.ones(nbytes, dtype=torch.uint8, device=device)
     target = torch.empty_like(source)
-    return 2 * nbytes / harness.median_ms(lambda: target.copy_(source)) / 1e6
+    return 2 * nbytes / harness.median_ms("torch", runnable("torch", Call(target.copy_, (source,)))) / 1e6
 
 
 def _release_memory() -> None:
@@ -811,22 +850,27 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def runnable(framework: str, call: Call) -> Callable[[], Any]:
-    """A zero-argument run of the call that returns when its result is ready: JAX dispatches
-    asynchronously, so its run blocks; a torch run is synchronised by the harness."""
+def runnable(framework: str, call: Call) -> Run:
+    """The call as a Run. A donating JAX call feeds its output back as the next call's
+    donated argument."""
     if framework == "torch":
-        return lambda: call.fn(*call.args)
+        def wait(out):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            return out
+
+        return Run(lambda: call.fn(*call.args), wait)
     import jax
 
     args = list(call.args)
 
-    def run():
+    def start():
         out = call.fn(*args)
         if call.donates_first:
             args[0] = out
-        return jax.block_until_ready(out)
+        return out
 
-    return run
+    return Run(start, jax.block_until_ready)
 
 
 def measure(harness: Harness, provider: Provider, method: str, config: Config, op: str,
@@ -842,7 +886,7 @@ def measure(harness: Harness, provider: Provider, method: str, config: Config, o
     try:
         call = build()
         run = runnable(provider.framework, call)
-        ms = harness.median_ms(run)
+        ms = harness.median_ms(provider.framework, run)
         peak = harness.peak_mb(provider.framework, call, run)
     except Exception as error:  # a provider that fails is a row with its error, not a crash
         _release_memory()
