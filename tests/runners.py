@@ -12,21 +12,6 @@ BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 HAS_CUDA = torch.cuda.is_available()
 
 
-# Module configurations both frameworks refuse: (keyword arguments, exception, a word its
-# message must contain, naming the argument).
-BAD_ROPE_CONFIGS = [
-    (dict(dim=7), ValueError, "dim"),
-    (dict(dim=0), ValueError, "dim"),
-    (dict(dim=8.0), TypeError, "dim"),
-    (dict(dim=8, base=0.0), ValueError, "base"),
-    (dict(dim=8, base=-2.0), ValueError, "base"),
-    (dict(dim=8, layout="sbhd"), ValueError, "layout"),
-    (dict(dim=8, backend="cuda"), ValueError, "backend"),
-    (dict(dim=8, use_triton=False, backend="triton"), ValueError, "backend"),
-    (dict(dim=8, use_triton=False, backend="interpret"), ValueError, "use_triton"),
-]
-
-
 def to_torch(array: np.ndarray, device: str = "cpu", noncontiguous: bool = False) -> torch.Tensor:
     """A torch tensor equal to `array`; with `noncontiguous`, a strided view into a larger
     buffer (every other element of the last two dims), so kernels see real strides."""

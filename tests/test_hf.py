@@ -59,12 +59,6 @@ def test_partial_rotation_when_cos_is_narrower_than_head_dim(unsqueeze_dim):
     np.testing.assert_array_equal(q_rot[..., 16:].numpy(), q[..., 16:].numpy())
 
 
-def test_unsqueeze_dim_other_than_1_or_2_is_refused():
-    q = torch.zeros(1, 2, 3, 8)
-    with pytest.raises(ValueError, match="unsqueeze_dim"):
-        hf.apply_rotary_pos_emb(q, q, torch.zeros(1, 3, 8), torch.zeros(1, 3, 8), unsqueeze_dim=0)
-
-
 HF_CONFIGS = {
     **ROPE_PARAMETERS,
     "linear": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0},

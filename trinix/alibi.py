@@ -11,7 +11,6 @@ from trinix.kernels.call import Operand
 from trinix.rope import check_float
 
 _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
-BIAS_DTYPES = tuple(_ITEMSIZE)
 
 
 def alibi_slopes(num_heads: int, *, max_bias: float = 8.0, head_offset: int = 0,
@@ -66,11 +65,6 @@ def check_alibi_config(num_heads, *, max_bias=8.0, head_offset=0, total_heads=No
                          f"total_heads, the model's head count ({total_heads or num_heads})")
     if max_seq_len is not None:
         _check_int("max_seq_len", max_seq_len, 1)
-
-
-def check_bias_dtype(dtype: str) -> None:
-    if dtype not in BIAS_DTYPES:
-        raise TypeError(f"dtype must be one of {BIAS_DTYPES}, got {dtype}")
 
 
 def check_scale(scale) -> None:

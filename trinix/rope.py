@@ -25,11 +25,15 @@ def check_layout(layout) -> None:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
 
 
+def _check_count(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
 def check_seq_len(seq_len) -> None:
-    if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)):
-        raise TypeError(f"seq_len must be an int, got {type(seq_len).__name__}")
-    if seq_len < 0:
-        raise ValueError(f"seq_len must be >= 0, got {seq_len}")
+    _check_count("seq_len", seq_len)
 
 
 def check_offset(offset) -> None:
@@ -70,10 +74,13 @@ def check_rotary_dim(rotary_dim: int, head_dim: int, what: str) -> None:
 
 def as_inv_freq(inv_freq) -> np.ndarray:
     """inv_freq as a non-empty 1-dim float64 array (a host array: the bindings read tensors out)."""
-    inv_freq = np.ascontiguousarray(inv_freq, dtype=np.float64)
-    if inv_freq.ndim != 1 or inv_freq.size == 0:
-        raise ValueError(f"inv_freq must be a non-empty 1-dim array, got shape {inv_freq.shape}")
-    return inv_freq
+    array = np.asarray(inv_freq)
+    if array.dtype.kind not in "iuf":
+        raise TypeError(f"inv_freq must be an array of real numbers, got {type(inv_freq).__name__} of "
+                        f"dtype {array.dtype}")
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"inv_freq must be a non-empty 1-dim array, got shape {array.shape}")
+    return np.ascontiguousarray(array, dtype=np.float64)
 
 
 def check_table_positions(positions: np.ndarray, rows: int) -> None:
@@ -97,14 +104,34 @@ def packed_max_seqlen(bounds: np.ndarray, tokens: int, max_seqlen: int | None) -
     return longest if max_seqlen is None else int(max_seqlen)
 
 
+def _integers(name: str, values) -> np.ndarray:
+    values = np.asarray(values)
+    if values.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integers, got {values.dtype}")
+    return values
+
+
 def positions_extent(shape, layout: str, position_ids, offset, cu_seqlens, max_seqlen) -> int:
     """max position + 1 of a rotation of q of `shape`: the sequence length dynamic NTK and
     LongRoPE choose their frequencies by, as transformers takes it. position_ids, offset (int
-    or per-sequence) and cu_seqlens are values the binding has read (numpy or None)."""
+    or per-sequence) and cu_seqlens are values the binding has read (numpy or None). It runs
+    before check_rope_apply, so it refuses, naming them, what it cannot read."""
     if position_ids is not None:
-        return int(np.max(position_ids, initial=-1)) + 1
+        return int(np.max(_integers("position_ids", position_ids), initial=-1)) + 1
+    if isinstance(offset, np.ndarray):
+        offset = _integers("offsets", offset)
+    else:
+        check_offset(offset)
     if layout == "thd":
-        longest = max_seqlen if max_seqlen is not None else int(np.max(np.diff(cu_seqlens), initial=0))
+        if max_seqlen is not None:
+            _check_count("max_seqlen", max_seqlen)
+            longest = max_seqlen
+        elif cu_seqlens is None:
+            raise ValueError("layout 'thd' (packed sequences) needs cu_seqlens")
+        else:
+            longest = int(np.max(np.diff(_integers("cu_seqlens", cu_seqlens)), initial=0))
+    elif len(shape) != 4:
+        raise ValueError(f"q must have 4 dims {_DIMS[layout]}, got shape {tuple(shape)}")
     else:
         longest = split_bshd(shape, layout)[1]
     return int(np.max(offset, initial=0)) + longest

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from trinix import alibi as host
-from trinix.jax.launcher import (as_arrays, compute_dtype, dtype_name, launch, operand, platform_of,
+from trinix.jax.launcher import (as_arrays, compute_dtype, float_dtype_name, launch, operand, platform_of,
                                  resolve_backend)
 from trinix.kernels.alibi import alibi_add_call, alibi_bias_call, alibi_slopes_call, alibi_softmax_call
 
@@ -167,12 +167,6 @@ def _available_bytes() -> int | None:
     return stats.get("bytes_limit", 0) - stats.get("bytes_in_use", 0)
 
 
-def _bias_dtype(dtype) -> str:
-    name = dtype_name(dtype)
-    host.check_bias_dtype(name)
-    return name
-
-
 def alibi_slopes(num_heads: int, *, max_bias: float = 8.0, head_offset: int = 0,
                  total_heads: int | None = None, backend: str = "auto", use_triton: bool = True):
     """ALiBi slopes of heads head_offset .. head_offset + num_heads - 1 of a model with
@@ -199,7 +193,7 @@ def alibi_bias(slopes, seq_len: int, key_len: int | None = None, *, causal: bool
     seqlen_k = seq_len if key_len is None else key_len
     host.check_size("key_len", seqlen_k)
     q_offset = host.query_offset(q_offset, seq_len, seqlen_k)
-    dtype = _bias_dtype(dtype)
+    dtype = float_dtype_name(dtype)
     host.check_bias_fits((slopes.shape[0], seq_len, seqlen_k), dtype, _available_bytes())
     backend = resolve_backend(backend, use_triton, platform_of(slopes))
     slopes = jax.lax.stop_gradient(slopes)
@@ -253,7 +247,7 @@ class ALiBiMethods:
     def _check_config(self) -> None:
         host.check_alibi_config(self.num_heads, max_bias=self.max_bias, head_offset=self.head_offset,
                                 total_heads=self.total_heads, max_seq_len=self.max_seq_len)
-        _bias_dtype(self.dtype)
+        float_dtype_name(self.dtype)
         resolve_backend(self.backend, self.use_triton, "gpu")
 
     @property

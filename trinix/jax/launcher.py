@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from trinix.kernels.call import KernelCall, Operand, row_major_strides
+from trinix.rope import FLOAT_DTYPES
 
 BACKENDS = ("auto", "triton", "interpret", "xla")
 _GPU_PLATFORMS = ("gpu", "cuda", "rocm")
@@ -44,6 +45,18 @@ def as_arrays(**arrays) -> list:
 
 def dtype_name(dtype) -> str:
     return jnp.dtype(dtype).name
+
+
+def float_dtype_name(dtype) -> str:
+    """The name of `dtype`, the `dtype` argument of tables and biases: a float dtype, else
+    TypeError naming it (None too, which NumPy would read as float64)."""
+    try:
+        name = None if dtype is None else dtype_name(dtype)
+    except TypeError:
+        name = None
+    if name not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype!r}")
+    return name
 
 
 def operand(x: jax.Array | None) -> Operand | None:

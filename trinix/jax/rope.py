@@ -29,8 +29,8 @@ from flax import nnx
 
 from trinix import rope as host
 from trinix.rope_scaling import SEQ_LEN_DEPENDENT, RopeConfig, inv_freq_and_scale
-from trinix.jax.launcher import (as_arrays, compute_dtype, dtype_name, launch, operand, platform_of,
-                                 resolve_backend)
+from trinix.jax.launcher import (as_arrays, compute_dtype, dtype_name, float_dtype_name, launch, operand,
+                                 platform_of, resolve_backend)
 from trinix.kernels.rope import rope_apply_call, rope_table_call
 
 
@@ -325,9 +325,7 @@ def rope_cos_sin(inv_freq, seq_len: int, *, offset: int = 0, dtype=jnp.float32,
     host.check_seq_len(seq_len)
     host.check_offset(offset)
     inv_freq = _inv_freq64(inv_freq)
-    dtype = jnp.dtype(dtype)
-    if dtype_name(dtype) not in host.FLOAT_DTYPES:
-        raise TypeError(f"dtype must be one of {host.FLOAT_DTYPES}, got {dtype}")
+    dtype = jnp.dtype(float_dtype_name(dtype))
     backend = resolve_backend(backend, use_triton, platform_of(None))
     frequencies = jnp.asarray(host.kernel_frequencies(inv_freq, attention_factor))
     if backend == "xla":
@@ -345,6 +343,9 @@ class RoPEMethods:
     rope_config from self."""
 
     def _check_config(self) -> None:
+        if self.rope_config is not None and not isinstance(self.rope_config, RopeConfig):
+            raise TypeError(f"rope_config must be a trinix.rope_scaling.RopeConfig, got "
+                            f"{type(self.rope_config).__name__}")
         config = self.scaling
         if (config.dim, config.base) != (self.dim, self.base):
             raise ValueError(f"rope_config has dim {config.dim} and base {config.base}, the module "
@@ -388,6 +389,8 @@ class RoPEMethods:
                 raise ValueError(f"x must have 4 dims in layout 'bshd' or 'bhsd' to give seq_len, "
                                  f"got shape {tuple(x.shape)} in {self.layout!r}; or pass seq_len")
             seq_len = host.split_bshd(x.shape, self.layout)[1]
+        host.check_seq_len(seq_len)
+        host.check_offset(offset)
         inv_freq, attention_factor = self.frequencies(offset + seq_len)
         return rope_cos_sin(inv_freq, seq_len, offset=offset, dtype=x.dtype,
                             interleaved=self.interleaved, attention_factor=attention_factor,
@@ -410,12 +413,17 @@ class RoPEMethods:
         """`rope_rotate` by the module's frequencies: cos/sin computed, no table."""
         seq_len = None
         if self.scaling.rope_type in SEQ_LEN_DEPENDENT:
+            (q,) = as_arrays(q=q)
             for name, value in (("position_ids", position_ids), ("offset", offset)):
                 if isinstance(value, jax.core.Tracer):
                     raise ValueError(f"{name} is traced: dynamic NTK and LongRoPE choose their "
                                      "frequencies by the longest position, which must be concrete")
-            values = [None if v is None else np.asarray(v) for v in (position_ids, offset, cu_seqlens)]
-            seq_len = host.positions_extent(np.shape(q), self.layout, *values, max_seqlen)
+            if isinstance(cu_seqlens, jax.core.Tracer) and max_seqlen is None:
+                raise ValueError("traced cu_seqlens (under jit or vmap) need max_seqlen, a static int: "
+                                 "reading it from cu_seqlens would need their values")
+            needed = (position_ids, offset, None if max_seqlen is not None else cu_seqlens)
+            values = [np.asarray(v) if isinstance(v, (jax.Array, np.ndarray)) else v for v in needed]
+            seq_len = host.positions_extent(q.shape, self.layout, *values, max_seqlen)
         inv_freq, attention_factor = self.frequencies(seq_len)
         return rope_rotate(q, k, inv_freq, attention_factor=attention_factor,
                            position_ids=position_ids, offset=offset,

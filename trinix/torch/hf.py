@@ -5,6 +5,8 @@
     llama.apply_rotary_pos_emb = hf.apply_rotary_pos_emb   # the model now rotates with trinix
 """
 
+import numbers
+
 from torch import Tensor
 
 from trinix.torch.rope import apply_rotary_pos_emb as _apply_tables
@@ -20,6 +22,8 @@ def apply_rotary_pos_emb(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, unsquee
     columns past it pass through). Returns (q_embed, k_embed). `backend` as everywhere in
     trinix ("auto": Triton on CUDA tensors, torch ops elsewhere); cos and sin are constants to
     autograd, as transformers makes them."""
+    if isinstance(unsqueeze_dim, bool) or not isinstance(unsqueeze_dim, numbers.Integral):
+        raise TypeError(f"unsqueeze_dim must be an int, got {type(unsqueeze_dim).__name__}")
     if unsqueeze_dim not in _LAYOUT_OF_UNSQUEEZE_DIM:
         raise ValueError(f"unsqueeze_dim must be 1 (q, k as (batch, heads, seq, head_dim)) or 2 "
                          f"((batch, seq, heads, head_dim)), got {unsqueeze_dim}")

@@ -397,6 +397,9 @@ class FastRoPEPositionEmbedding(torch.nn.Module):
         super().__init__()
         if rope_config is None:
             rope_config = RopeConfig(dim=dim, base=base, max_position_embeddings=max_position_embeddings)
+        elif not isinstance(rope_config, RopeConfig):
+            raise TypeError(f"rope_config must be a trinix.rope_scaling.RopeConfig, got "
+                            f"{type(rope_config).__name__}")
         elif (rope_config.dim, rope_config.base) != (dim, base):
             raise ValueError(f"rope_config has dim {rope_config.dim} and base {rope_config.base}, the "
                              f"module dim {dim} and base {base}")
@@ -454,6 +457,8 @@ class FastRoPEPositionEmbedding(torch.nn.Module):
                 raise ValueError(f"seq_len is needed unless x has 4 dims in layout 'bshd' or "
                                  f"'bhsd', got shape {tuple(x.shape)} in {self.layout!r}")
             seq_len = host.split_bshd(x.shape, self.layout)[1]
+        host.check_seq_len(seq_len)
+        host.check_offset(offset)
         return _cos_sin(self.frequencies(x.device, offset + seq_len), seq_len, offset, x.dtype,
                         self.interleaved, self.backend, self.use_triton)
 
