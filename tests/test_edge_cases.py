@@ -17,12 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.runners import BFLOAT16, from_torch, rope_runners, to_torch
+from tests.runners import BFLOAT16, HAS_CUDA, from_torch, rope_runners, to_torch
 from tests.test_alibi import JaxAlibi, TorchAlibi
 from tests.test_rope import NUMPY_DTYPES, TOLERANCES, assert_close
 from trinix import reference as ref
 from trinix.jax import alibi as jax_alibi
-from trinix.jax import linen
 from trinix.jax import rope as jax_rope
 from trinix.rope_scaling import RopeConfig
 from trinix.torch import alibi as torch_alibi
@@ -429,8 +428,9 @@ def test_threads_growing_the_frequency_cache_rotate_as_one_thread(backend):
 
 # --- determinism ------------------------------------------------------------------------------
 
-def _interpret_calls():
-    """Interpreted kernel calls of both frameworks, each returning numpy arrays."""
+def _kernel_calls(backend: str):
+    """Kernel calls of both frameworks through `backend` ("interpret", or "triton" compiled on
+    a GPU), each returning arrays."""
     rng = np.random.default_rng(8)
     q = rng.standard_normal((2, 9, 3, 24)).astype(np.float32)
     k = rng.standard_normal((2, 9, 1, 24)).astype(np.float32)
@@ -441,23 +441,24 @@ def _interpret_calls():
     scores = rng.standard_normal((2, 3, 5, 40)).astype(np.float16)
     slopes = np.array([0.5, 0.25, 0.125], np.float32)
     inv_freq = ref.rope_inv_freq(16)
-    backend = dict(backend="interpret")
-    tq, tk, t_packed, t_scores, t_slopes = map(to_torch, (q, k, packed, scores, slopes))
-    tq_grad = to_torch(q).requires_grad_()
+    device = "cuda" if backend == "triton" else "cpu"
+    backend = dict(backend=backend)
+    tq, tk, t_packed, t_scores, t_slopes = (to_torch(x, device) for x in (q, k, packed, scores, slopes))
+    tq_grad = to_torch(q, device).requires_grad_()
 
     def torch_backward():
         out = torch_rope.rope_rotate(tq_grad, tk, inv_freq, offset=5, interleaved=True, **backend)
-        (grad,) = torch.autograd.grad(out[0], tq_grad, to_torch(q))
+        (grad,) = torch.autograd.grad(out[0], tq_grad, to_torch(q, device))
         return [grad]
 
     return {
         "torch-rope-table": lambda: torch_rope.apply_rotary_pos_emb(
-            tq, tk, to_torch(cos), to_torch(sin), torch.from_numpy(ids), **backend),
+            tq, tk, to_torch(cos, device), to_torch(sin, device), torch.from_numpy(ids).to(device), **backend),
         "torch-rope-computed-packed": lambda: torch_rope.rope_rotate(
-            t_packed, t_packed, inv_freq, layout="thd", cu_seqlens=torch.from_numpy(cu),
-            offset=torch.tensor([100, 0, 2**20]), **backend),
+            t_packed, t_packed, inv_freq, layout="thd", cu_seqlens=torch.from_numpy(cu).to(device),
+            offset=torch.tensor([100, 0, 2**20], device=device), **backend),
         "torch-rope-backward": torch_backward,
-        "torch-cos-sin": lambda: torch_rope.rope_cos_sin(inv_freq, 30, offset=2**20, **backend),
+        "torch-cos-sin": lambda: torch_rope.rope_cos_sin(inv_freq, 30, offset=2**20, device=device, **backend),
         "torch-alibi": lambda: [torch_alibi.alibi_add(t_scores, t_slopes, causal=True, **backend),
                                 torch_alibi.alibi_softmax(t_scores, t_slopes, scale=0.3, **backend),
                                 torch_alibi.alibi_bias(t_slopes, 5, 40, q_offset=-3, **backend)],
@@ -475,12 +476,45 @@ def _numpy(x):
     return from_torch(x) if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-@pytest.mark.parametrize("name", list(_interpret_calls()))
-def test_interpreted_runs_are_bit_identical(name):
-    call = _interpret_calls()[name]
+KERNEL_BACKENDS = ["interpret"] + (["triton"] if HAS_CUDA and jax.default_backend() == "gpu" else [])
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("name", list(_kernel_calls("interpret")))
+def test_runs_are_bit_identical(name, backend):
+    """Two runs of the same call give the same bits: interpreted, and compiled on a GPU."""
+    call = _kernel_calls(backend)[name]
     first, second = ([_numpy(x) for x in call()] for _ in range(2))
     for a, b in zip(first, second):
         assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+# --- GPU only: past 2^31 elements -----------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("source", ["computed", "table"])
+def test_rope_past_2_pow_31_elements(source):
+    """q of 2^31 + 16384 elements (fp16, 4.3 GB): element offsets past int32 address the
+    last tokens right, checked against the reference there and at the start."""
+    seq, heads, head_dim = 2**17 + 1, 128, 128
+    q = torch.empty(1, seq, heads, head_dim, dtype=torch.float16, device="cuda").uniform_(-1, 1)
+    k = torch.empty(1, seq, 8, head_dim, dtype=torch.float16, device="cuda").uniform_(-1, 1)
+    assert q.numel() > 2**31
+    rope = torch_rope.FastRoPEPositionEmbedding(head_dim, max_position_embeddings=seq).cuda()
+    tables = {}
+    if source == "computed":
+        q_rot, k_rot = rope.rotate(q, k)
+    else:
+        cos, sin = rope(q)
+        q_rot, k_rot = rope.apply_rotary_pos_emb(q, k, cos, sin)
+        tables = dict(cos=from_torch(cos), sin=from_torch(sin))
+    inv_freq = ref.rope_inv_freq(head_dim)
+    for tokens in (slice(0, 2), slice(seq - 2, seq)):
+        positions = np.arange(seq)[tokens][None]
+        for x, out in ((q, q_rot), (k, k_rot)):
+            expected = rotated(from_torch(x[:, tokens]), positions, inv_freq, **tables)
+            assert_close(from_torch(out[:, tokens]), expected, "float16")
 
 
 # --- bugs these tests found, now fixed -------------------------------------------------------
@@ -518,31 +552,3 @@ def test_float64_cos_sin_tables_keep_float64_precision(runner):
     expected = ref.rope_cos_sin(1 + np.arange(5), inv_freq)
     assert_close(cos, expected[0], "float64", what="cos")
     assert_close(sin, expected[1], "float64", what="sin")
-
-
-def _apply_forms():
-    """Every public table rotation, by name: (framework, call(q, k, cos, sin, backend))."""
-    return {
-        "torch-function": ("torch", lambda q, k, c, s, b: torch_rope.apply_rotary_pos_emb(q, k, c, s, backend=b)),
-        "torch-module": ("torch", lambda q, k, c, s, b: torch_rope.FastRoPEPositionEmbedding(
-            8, backend=b).apply_rotary_pos_emb(q, k, c, s)),
-        "hf": ("torch", lambda q, k, c, s, b: hf.apply_rotary_pos_emb(q, k, c, s, 2, backend=b)),
-        "jax-function": ("jax", lambda q, k, c, s, b: jax_rope.apply_rotary_pos_emb(q, k, c, s, backend=b)),
-        "nnx": ("jax", lambda q, k, c, s, b: jax_rope.FastRoPEPositionEmbedding(
-            8, backend=b).apply_rotary_pos_emb(q, k, c, s)),
-        "linen": ("jax", lambda q, k, c, s, b: linen.FastRoPEPositionEmbedding(8, backend=b).apply(
-            {}, q, k, c, s, method="apply_rotary_pos_emb")),
-    }
-
-
-@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "framework-ops"])
-@pytest.mark.parametrize("form", list(_apply_forms()))
-def test_apply_without_tables_is_refused(form, kernel):
-    """apply_rotary_pos_emb(q, k, None, None) names cos (it was accepted: the kernel backends
-    rotated by a placeholder read out of bounds as frequencies, the framework ops failed inside)."""
-    framework, apply = _apply_forms()[form]
-    backend = "interpret" if kernel else {"torch": "torch", "jax": "xla"}[framework]
-    q = np.zeros((1, 3, 2, 8), np.float32)
-    q = torch.from_numpy(q) if framework == "torch" else jnp.asarray(q)
-    with pytest.raises((TypeError, ValueError), match="cos"):
-        apply(q, q, None, None, backend)
