@@ -12,6 +12,9 @@
    fallback first, timed by CUDA-graph replay (no host time inside), against the roofline
    at the copy bandwidth as the benchmark measures it. (A copy timed by graph replay reads
    2.7 TB/s on the H200, against 4.2 TB/s timed by events: not a usable ceiling.)
+3. Variants at large through the public API, default tiles: GQA (k with 8 heads), BHSD, bf16,
+   fp32, forward + backward; timed by triton.testing.do_bench (autograd does not go into a
+   CUDA graph), whose L2 flush before each call hides the host's dispatch at this size.
 """
 
 import argparse
@@ -110,6 +113,42 @@ def probe_tiles(gbps: float):
         kernels_rope.rope_apply_call.cache_clear()
 
 
+def probe_variants(gbps: float):
+    """GQA, BHSD, bf16, fp32 and forward + backward at large, each checked first (item 3)."""
+    batch, seq, heads, head_dim = LARGE["large"]
+    variants = {"gqa-64-8": dict(k_heads=8), "bhsd": dict(layout="bhsd"), "bf16": dict(dtype=torch.bfloat16),
+                "fp32": dict(dtype=torch.float32), "fwd+bwd": dict(backward=True)}
+    print()
+    for name, variant in variants.items():
+        dtype, layout = variant.get("dtype", torch.float16), variant.get("layout", "bshd")
+        q = torch.randn(batch, seq, heads, head_dim, dtype=dtype, device="cuda")
+        k = torch.randn(batch, seq, variant.get("k_heads", heads), head_dim, dtype=dtype, device="cuda")
+        if layout == "bhsd":
+            q, k = q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous()
+        rope = FastRoPEPositionEmbedding(head_dim, max_position_embeddings=seq, layout=layout).cuda()
+        moved = 2 * (q.numel() + k.numel()) * q.element_size()
+        if variant.get("backward"):
+            q.requires_grad_(), k.requires_grad_()
+            grads = (torch.randn_like(q), torch.randn_like(k))
+
+            def run():
+                return torch.autograd.grad(rope.rotate(q, k), (q, k), grads)
+
+            moved *= 2
+            expected = torch.autograd.grad(rope.rotate(q, k, backend="torch"), (q, k), grads)
+        else:
+            def run():
+                return rope.rotate(q, k)
+
+            expected = rope.rotate(q, k, backend="torch")
+        tolerance = 2e-2 if dtype == torch.bfloat16 else 2e-3
+        ok = all(torch.allclose(o.float(), e.float(), atol=tolerance, rtol=tolerance) for o, e in zip(run(), expected))
+        ms = triton.testing.do_bench(run) if ok else float("nan")
+        roofline_ms = moved / gbps / 1e6
+        print(f"large {name:9s} q {tuple(q.shape)} k {tuple(k.shape)}: {ms:.4f} ms, roofline {roofline_ms:.4f} "
+              f"ms, {ms / roofline_ms:.3f}x  {'ok' if ok else 'WRONG'}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true", help="cProfile the host path")
@@ -119,6 +158,7 @@ def main():
     print(f"copy bandwidth {gbps:.0f} GB/s (the benchmark's measurement)")
     probe_host(args.profile)
     probe_tiles(gbps)
+    probe_variants(gbps)
 
 
 if __name__ == "__main__":
