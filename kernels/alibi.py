@@ -51,6 +51,18 @@ def _distance(offs_q, offs_k, q_offset):
 
 
 @triton.jit
+def _from_nearest_key(distance, offs_q, q_offset, seqlen_k, CAUSAL: tl.constexpr):
+    """distance less, per row, that of the row's nearest visible key, in integers. A row
+    constant in the bias cancels in the softmax; without it, a query far from its keys (a long
+    KV cache) has logits near -m * distance, whose float32 ulp would blur the probabilities."""
+    query = (offs_q + q_offset)[:, None]
+    if CAUSAL:  # the latest key the query sees is min(query, seqlen_k - 1): d <= that one's
+        return distance - tl.minimum(seqlen_k - 1 - query, 0)
+    nearest = tl.maximum(tl.maximum(query - (seqlen_k - 1), -query), 0)
+    return tl.abs(distance) - nearest  # -m |d| + m |d_nearest| = -m (|d| - |d_nearest|)
+
+
+@triton.jit
 def _alibi_tile(slope, distance, CAUSAL: tl.constexpr):
     """Bias of a tile of distances, in slope's dtype: m d (causal) or -m |d|."""
     distance = distance.to(slope.dtype)
@@ -137,7 +149,8 @@ def _scaled_biased_block(x_base, offs_q, k0, seqlen_q, seqlen_k, key_end, q_offs
     x = tl.load(x_ptr, mask=in_bounds & (k0 < key_end), other=0.0).to(COMPUTE)
     distance = _distance(offs_q, offs_k, q_offset)
     valid = in_bounds & (distance <= 0) if CAUSAL else in_bounds
-    return tl.where(valid, x * SCALE + _alibi_tile(slope, distance, CAUSAL), float("-inf"))
+    bias = _alibi_tile(slope, _from_nearest_key(distance, offs_q, q_offset, seqlen_k, CAUSAL), CAUSAL)
+    return tl.where(valid, x * SCALE + bias, float("-inf"))
 
 
 @triton.jit

@@ -298,6 +298,11 @@ SOFTMAX_CASES = [
     Case("noncontiguous-fp16-causal", 2, 8, 17, 30, causal=True, dtype="float16", scale=0.5,
          noncontiguous=True),
     Case("per-batch-slopes-float64", 2, 4, 9, 20, dtype="float64", per_batch_slopes=True),
+    # A query 300000 positions past its keys (a long KV cache): logits near -m * 3e5 keep their
+    # precision only relative to the row's nearest key.
+    Case("far-queries-8h", 1, 8, 3, 40, q_offset=300_000, scale=0.5),
+    Case("far-queries-8h-causal", 1, 8, 3, 40, q_offset=300_000, causal=True),
+    Case("far-queries-before-the-keys", 1, 8, 3, 40, q_offset=-300_000),
 ]
 
 

@@ -133,6 +133,16 @@ def _distance(seqlen_q: int, seqlen_k: int, q_offset: int):
     return jnp.arange(seqlen_k)[None, :] - jnp.arange(q_offset, q_offset + seqlen_q)[:, None]
 
 
+def _from_nearest_key(distance, causal: bool):
+    """distance less, per row, that of the row's nearest visible key: the softmax's bias then
+    keeps its precision far from the keys (kernels/alibi.py, _from_nearest_key)."""
+    seqlen_k = distance.shape[-1]
+    query = -distance[:, :1]
+    if causal:
+        return distance - jnp.minimum(seqlen_k - 1 - query, 0)
+    return jnp.abs(distance) - jnp.maximum(jnp.maximum(query - (seqlen_k - 1), -query), 0)
+
+
 def _bias_xla(slopes, distance, causal: bool, compute):
     """The xla backend's bias, (*slopes.shape, seqlen_q, seqlen_k) in `compute`."""
     m = slopes.astype(compute)[..., None, None]
@@ -149,7 +159,8 @@ def _softmax_xla(scores, slopes, scale, q_offset, causal):
     seqlen_q, seqlen_k = scores.shape[-2:]
     compute = compute_dtype(scores.dtype)
     distance = _distance(seqlen_q, seqlen_k, q_offset)
-    z = scale * scores.astype(compute) + _bias_xla(_per_batch(slopes), distance, causal, compute)
+    bias = _bias_xla(_per_batch(slopes), _from_nearest_key(distance, causal), causal, compute)
+    z = scale * scores.astype(compute) + bias
     if causal:
         z = jnp.where(distance > 0, -jnp.inf, z)
     hidden = z == -jnp.inf  # keys causal masking or the caller's -inf scores hide

@@ -126,6 +126,16 @@ def _distance(seqlen_q: int, seqlen_k: int, q_offset: int, device) -> Tensor:
     return keys[None, :] - queries[:, None]
 
 
+def _from_nearest_key(distance: Tensor, causal: bool) -> Tensor:
+    """distance less, per row, that of the row's nearest visible key: the softmax's bias then
+    keeps its precision far from the keys (kernels/alibi.py, _from_nearest_key)."""
+    seqlen_k = distance.shape[-1]
+    query = -distance[:, :1]
+    if causal:
+        return distance - (seqlen_k - 1 - query).clamp(max=0)
+    return distance.abs() - torch.maximum(query - (seqlen_k - 1), -query).clamp(min=0)
+
+
 def _bias_torch(slopes: Tensor, distance: Tensor, causal: bool, compute: torch.dtype) -> Tensor:
     """The torch backend's bias, (*slopes.shape, seqlen_q, seqlen_k) in `compute`."""
     m = slopes.to(compute)[..., None, None]
@@ -142,7 +152,8 @@ def _softmax_torch(scores, slopes, scale, q_offset, causal):
     seqlen_q, seqlen_k = scores.shape[-2:]
     compute = compute_dtype(scores.dtype)
     distance = _distance(seqlen_q, seqlen_k, q_offset, scores.device)
-    z = scale * scores.to(compute) + _bias_torch(_per_batch(slopes), distance, causal, compute)
+    bias = _bias_torch(_per_batch(slopes), _from_nearest_key(distance, causal), causal, compute)
+    z = scale * scores.to(compute) + bias
     if causal:
         z = z.masked_fill(distance > 0, float("-inf"))
     hidden = z == float("-inf")  # keys causal masking or the caller's -inf scores hide
