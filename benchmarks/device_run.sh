@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool): install what is missing, run the test suite with
 # compiled kernels, then the benchmark. Logs go to $OUT.
-#   bash benchmarks/device_run.sh [tests] [sanitize] [bench]
+#   bash benchmarks/device_run.sh [tests] [properties] [memcheck] [racecheck] [probe] [bench]
 # tests: the whole suite, compiled kernels included, over PYTEST_WORKERS processes (8); a test
-#   running past 150 s fails with its stack (pytest-timeout, installed there).
+#   running past 150 s fails with its stack (pytest-timeout, installed there). ~3 min.
 # properties: the property tests in their "gpu" profile (compiled kernels, more examples).
-# TESTS_LIMIT, BENCH_LIMIT and SANITIZE_LIMIT (each tool) (seconds) stop a step early, so that later steps still run and
-# the logs come back.
-# sanitize: the compiled-kernel tests under compute-sanitizer memcheck, then racecheck.
-# probe: benchmarks/probe_rope.py --profile (host time per call, kernel time per tile variant).
-# jax-triton is not on that machine: carry its wheel in .whl/ (see README).
+# memcheck, racecheck: the compiled-kernel tests (-k triton) of SANITIZE_TESTS under
+#   compute-sanitizer; each took over 130 s for ~2/3 of the three default files.
+# probe: benchmarks/probe_rope.py --profile (host time per call, kernel time per tile, variants).
+# bench: the benchmark, written to $OUT/bench (copy it into benchmarks/ to commit it). ~4 min.
+# TESTS_LIMIT, BENCH_LIMIT, SANITIZE_LIMIT (seconds) stop a step early, so that later steps
+# still run and the logs come back.
+# jax-triton and liger-kernel are not on that machine: carry their wheels in .whl/ (README).
 set -uo pipefail
 OUT=${OUT:-/tmp/trinix-out}
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -33,14 +35,12 @@ for step in ${steps[*]}; do
       HYPOTHESIS_PROFILE=gpu python3 -m pytest -q -p no:benchmark -n "${PYTEST_WORKERS:-8}" --timeout 300 \
         --durations 10 tests/test_properties.py 2>&1 | tee "$OUT/properties.log" | tail -n 30
       status=$((status | ${PIPESTATUS[0]})) ;;
-    sanitize)
-      for tool in memcheck racecheck; do
-        timeout "${SANITIZE_LIMIT:-600}" compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
-          python3 -m pytest -q -p no:cacheprovider -k "triton" \
-          tests/test_rope.py tests/test_alibi.py tests/test_edge_cases.py 2>&1 \
-          | tee "$OUT/sanitize-$tool.log" | tail -n 15
-        status=$((status | ${PIPESTATUS[0]}))
-      done ;;
+    memcheck|racecheck)
+      timeout "${SANITIZE_LIMIT:-600}" compute-sanitizer --tool "$step" --error-exitcode 3 --print-limit 20 \
+        python3 -m pytest -q -p no:cacheprovider -p no:benchmark -k "triton" \
+        ${SANITIZE_TESTS:-tests/test_rope.py tests/test_alibi.py tests/test_edge_cases.py} 2>&1 \
+        | tee "$OUT/$step.log" | tail -n 15
+      status=$((status | ${PIPESTATUS[0]})) ;;
     probe)
       python3 benchmarks/probe_rope.py --profile 2>&1 | tee "$OUT/probe.log" | tail -n 80
       status=$((status | ${PIPESTATUS[0]})) ;;
