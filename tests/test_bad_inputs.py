@@ -121,6 +121,10 @@ ROPE = [
     bad("inv-freq-none", TypeError, "inv_freq", "rope_rotate", Q, K, None),
     bad("inv-freq-strings", TypeError, "inv_freq", "rope_cos_sin", ["0.5", "0.25"], 4),
     bad("inv-freq-scalar", ValueError, "inv_freq", "rope_rotate", Q, K, 0.5),
+    bad("attention-factor-string", TypeError, "attention_factor", "rope_rotate", Q, K, INV_FREQ,
+        attention_factor="1.2"),
+    bad("attention-factor-nan", ValueError, "attention_factor", "rope_cos_sin", INV_FREQ, 4,
+        attention_factor=float("nan")),
     # cos, sin
     bad("cos-sin-missing", TypeError, "cos", "apply_rotary_pos_emb", Q, K, None, None),
     bad("module-cos-sin-missing", TypeError, "cos", "RoPE.apply_rotary_pos_emb", Q, K, None, None),

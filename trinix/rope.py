@@ -1,6 +1,9 @@
 """Host-side RoPE logic shared by the PyTorch and JAX bindings: frequencies and the input
 contract. Works on shapes and dtype names only; never touches a tensor."""
 
+import math
+import numbers
+
 import numpy as np
 
 from trinix.kernels.call import Operand
@@ -14,10 +17,19 @@ def kernel_frequencies(inv_freq: np.ndarray, attention_factor: float = 1.0) -> n
     per position as high and low parts, whose sum keeps float64 precision (a float32 array
     alone would not, and JAX has no float64 arrays by default), then the amplitude cos and sin
     carry (scaled RoPE's attention factor)."""
+    check_attention_factor(attention_factor)
     turns = np.asarray(inv_freq, dtype=np.float64) / (2 * np.pi)
     high = turns.astype(np.float32)
     low = (turns - high.astype(np.float64)).astype(np.float32)
     return np.stack([high, low, np.full_like(high, attention_factor)])
+
+
+def check_attention_factor(attention_factor) -> None:
+    """The amplitude cos and sin carry: a finite real number."""
+    if isinstance(attention_factor, bool) or not isinstance(attention_factor, numbers.Real):
+        raise TypeError(f"attention_factor must be a number, got {type(attention_factor).__name__}")
+    if not math.isfinite(attention_factor):
+        raise ValueError(f"attention_factor must be finite, got {attention_factor}")
 
 
 def check_layout(layout) -> None:

@@ -300,6 +300,7 @@ def _cached_frequencies(inv_freq_bytes: bytes, attention_factor: float, device: 
 def device_frequencies(inv_freq, device, attention_factor: float = 1.0) -> Tensor:
     """The kernels' frequency operand (3, rotary_dim / 2) float32 on `device` (see
     trinix.rope.kernel_frequencies), made once per inv_freq, factor and device."""
+    host.check_attention_factor(attention_factor)
     return _cached_frequencies(_inv_freq64(inv_freq).tobytes(), float(attention_factor),
                                torch.device(device))
 
