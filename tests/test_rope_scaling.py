@@ -339,3 +339,21 @@ BAD_HF = [
 def test_from_hf_bad_config(config, error, name):
     with pytest.raises(error, match=re.escape(name)):
         RopeConfig.from_hf(config)
+
+
+def test_dynamic_tables_at_negative_offsets_take_the_rotations_extent():
+    """cos/sin of a dynamic-NTK module at offset -10 (positions -10 .. -8) use the original
+    frequencies, as rotating at that offset does (a negative offset counts as 0 in both), in
+    both frameworks."""
+    import trinix.jax
+    import trinix.torch
+
+    config = RopeConfig(dim=8, rope_type="dynamic", factor=2.0, max_position_embeddings=16)
+    positions = np.arange(-10, -7)
+    expected = ref.rope_cos_sin(positions, ref.rope_inv_freq(8))
+    x = np.zeros((1, 3, 2, 8), np.float32)
+    torch_rope = trinix.torch.FastRoPEPositionEmbedding(8, 16, rope_config=config, backend="torch")
+    jax_rope = trinix.jax.FastRoPEPositionEmbedding(8, 16, rope_config=config, backend="xla")
+    for cos_sin in (torch_rope(torch.from_numpy(x), 3, offset=-10), jax_rope(x, 3, offset=-10)):
+        for actual, wanted in zip(cos_sin, expected):
+            np.testing.assert_allclose(np.asarray(actual), wanted, rtol=1e-6, atol=1e-6)

@@ -149,6 +149,12 @@ def positions_extent(shape, layout: str, position_ids, offset, cu_seqlens, max_s
     return int(np.max(offset, initial=0)) + longest
 
 
+def table_extent(seq_len: int, offset: int) -> int:
+    """max position + 1 of cos/sin for positions offset .. offset + seq_len - 1, taken as
+    positions_extent takes a rotation's: a negative offset counts as 0."""
+    return max(offset, 0) + seq_len
+
+
 def check_table_rows(rows: int, max_seqlen: int) -> None:
     """Packed sequences read cos/sin row s for their token s: the table must reach the longest."""
     if rows < max_seqlen:

@@ -391,7 +391,7 @@ class RoPEMethods:
             seq_len = host.split_bshd(x.shape, self.layout)[1]
         host.check_seq_len(seq_len)
         host.check_offset(offset)
-        inv_freq, attention_factor = self.frequencies(offset + seq_len)
+        inv_freq, attention_factor = self.frequencies(host.table_extent(seq_len, offset))
         return rope_cos_sin(inv_freq, seq_len, offset=offset, dtype=x.dtype,
                             interleaved=self.interleaved, attention_factor=attention_factor,
                             backend=self.backend, use_triton=self.use_triton)

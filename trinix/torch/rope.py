@@ -460,7 +460,7 @@ class FastRoPEPositionEmbedding(torch.nn.Module):
             seq_len = host.split_bshd(x.shape, self.layout)[1]
         host.check_seq_len(seq_len)
         host.check_offset(offset)
-        return _cos_sin(self.frequencies(x.device, offset + seq_len), seq_len, offset, x.dtype,
+        return _cos_sin(self.frequencies(x.device, host.table_extent(seq_len, offset)), seq_len, offset, x.dtype,
                         self.interleaved, self.backend, self.use_triton)
 
     def apply_rotary_pos_emb(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor,
