@@ -269,10 +269,10 @@ def _environment(rows: Rows, run_info: dict, on_gpu: bool) -> str:
     timing = ("from torch is timed as `triton.testing.do_bench` times it: the L2 cache flushed "
               "(256 MB zeroed) before each call, CUDA events around it, and no wait in between, so "
               "the host dispatches ahead and the time is the GPU's, unless dispatching a call takes "
-              "the host longer than the GPU takes to flush and run it (the small rows: then it is "
-              "the host's). A JAX call, on a stream torch's events do not see, is timed by the wall "
-              "time of bursts of 10 back-to-back calls, the last one waited for, / 10 (no flush "
-              "between them)" if on_gpu else
+              "the host longer than the GPU takes to flush and run it (then it is the host's). A "
+              "JAX call, on a stream torch's events do not see, is timed by the wall time of "
+              "bursts of 10 back-to-back calls, the last one waited for, / 10 (no flush between "
+              "them)" if on_gpu else
               "is timed by the wall clock, waited for (no cache flush)")
     torch_memory = ("the CUDA allocator's peak above what was allocated before the call" if on_gpu
                     else "not measured on a CPU (the allocator keeps no statistics there)")
