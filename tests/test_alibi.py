@@ -130,14 +130,14 @@ def _runners() -> list:
 RUNNERS = _runners()
 
 
-def assert_close(actual, expected, dtype, what="output"):
+def assert_close(actual, expected, dtype, what="output", extra_atol=0.0):
     atol, rtol = TOLERANCES[dtype]
     actual = np.asarray(actual)
     assert actual.dtype == NUMPY_DTYPES[dtype], f"{what}: dtype {actual.dtype}, expected {dtype}"
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
-    np.testing.assert_allclose(actual.astype(np.float64), expected, rtol=rtol, atol=atol * scale,
-                               err_msg=what)
+    np.testing.assert_allclose(actual.astype(np.float64), expected, rtol=rtol,
+                               atol=atol * scale + extra_atol, err_msg=what)
 
 
 def _slopes32(num_heads: int, batch: int | None = None) -> np.ndarray:
