@@ -51,6 +51,15 @@ def _distance(offs_q, offs_k, q_offset):
 
 
 @triton.jit
+def _aligned_rows(seqlen_k, stride_b, stride_h, stride_q, stride_ob, stride_oh, stride_oq):
+    """The row length and the batch, head and row strides of scores and output, all multiples
+    of 16 (the builder's ALIGNED), in a form the compiler sees so (kernels/hints.py)."""
+    return (multiple_of_16(seqlen_k), multiple_of_16(stride_b), multiple_of_16(stride_h),
+            multiple_of_16(stride_q), multiple_of_16(stride_ob), multiple_of_16(stride_oh),
+            multiple_of_16(stride_oq))
+
+
+@triton.jit
 def _from_nearest_key(distance, offs_q, q_offset, seqlen_k, CAUSAL: tl.constexpr):
     """distance less, per row, that of the row's nearest visible key, in integers. A row
     constant in the bias cancels in the softmax; without it, a query far from its keys (a long
@@ -109,10 +118,9 @@ def _alibi_kernel(
 
     Grid: (batch * n_heads * n_q_blocks * n_k_blocks,), one (BLOCK_Q, BLOCK_K) tile each.
     """
-    if ALIGNED:  # row length and batch, head, row strides: multiples of 16 (kernels/hints.py)
-        seqlen_k = multiple_of_16(seqlen_k)
-        stride_b, stride_h, stride_q = multiple_of_16(stride_b), multiple_of_16(stride_h), multiple_of_16(stride_q)
-        stride_ob, stride_oh, stride_oq = multiple_of_16(stride_ob), multiple_of_16(stride_oh), multiple_of_16(stride_oq)
+    if ALIGNED:
+        seqlen_k, stride_b, stride_h, stride_q, stride_ob, stride_oh, stride_oq = _aligned_rows(
+            seqlen_k, stride_b, stride_h, stride_q, stride_ob, stride_oh, stride_oq)
     pid = tl.program_id(0)
     pid_k = pid % n_k_blocks
     pid_q = (pid // n_k_blocks) % n_q_blocks
@@ -182,10 +190,9 @@ def _alibi_softmax_kernel(
     a row fits in BLOCK_K and is read once; otherwise a first pass keeps the running max and
     sum over key blocks (online softmax) and a second pass reads the row again and writes.
     """
-    if ALIGNED:  # row length and batch, head, row strides: multiples of 16 (kernels/hints.py)
-        seqlen_k = multiple_of_16(seqlen_k)
-        stride_b, stride_h, stride_q = multiple_of_16(stride_b), multiple_of_16(stride_h), multiple_of_16(stride_q)
-        stride_ob, stride_oh, stride_oq = multiple_of_16(stride_ob), multiple_of_16(stride_oh), multiple_of_16(stride_oq)
+    if ALIGNED:
+        seqlen_k, stride_b, stride_h, stride_q, stride_ob, stride_oh, stride_oq = _aligned_rows(
+            seqlen_k, stride_b, stride_h, stride_q, stride_ob, stride_oh, stride_oq)
     pid = tl.program_id(0)
     pid_q = pid % n_q_blocks
     bh = pid // n_q_blocks
