@@ -149,6 +149,19 @@ def positions_extent(shape, layout: str, position_ids, offset, cu_seqlens, max_s
     return int(np.max(offset, initial=0)) + longest
 
 
+def table_seq_len(shape: tuple[int, ...], layout: str, seq_len, offset) -> int:
+    """The rows of a module's cos/sin for an input of `shape`: seq_len, or by default the seq
+    dim of a 4-dim "bshd"/"bhsd" input; seq_len and offset checked."""
+    if seq_len is None:
+        if len(shape) != 4 or layout == "thd":
+            raise ValueError(f"seq_len is needed unless x has 4 dims in layout 'bshd' or 'bhsd', "
+                             f"got shape {tuple(shape)} in {layout!r}")
+        seq_len = split_bshd(shape, layout)[1]
+    check_seq_len(seq_len)
+    check_offset(offset)
+    return seq_len
+
+
 def table_extent(seq_len: int, offset: int) -> int:
     """max position + 1 of cos/sin for positions offset .. offset + seq_len - 1, taken as
     positions_extent takes a rotation's: a negative offset counts as 0."""

@@ -384,13 +384,7 @@ class RoPEMethods:
         """cos and sin, each (seq_len, dim) in x's dtype, for positions offset .. offset +
         seq_len - 1; seq_len defaults to x's seq dim (x 4 dims in layout "bshd" or "bhsd")."""
         (x,) = as_arrays(x=x)
-        if seq_len is None:
-            if x.ndim != 4 or self.layout == "thd":
-                raise ValueError(f"x must have 4 dims in layout 'bshd' or 'bhsd' to give seq_len, "
-                                 f"got shape {tuple(x.shape)} in {self.layout!r}; or pass seq_len")
-            seq_len = host.split_bshd(x.shape, self.layout)[1]
-        host.check_seq_len(seq_len)
-        host.check_offset(offset)
+        seq_len = host.table_seq_len(x.shape, self.layout, seq_len, offset)
         inv_freq, attention_factor = self.frequencies(host.table_extent(seq_len, offset))
         return rope_cos_sin(inv_freq, seq_len, offset=offset, dtype=x.dtype,
                             interleaved=self.interleaved, attention_factor=attention_factor,

@@ -453,13 +453,7 @@ class FastRoPEPositionEmbedding(torch.nn.Module):
         """cos and sin for positions offset .. offset + seq_len - 1, each (seq_len, dim) in the
         dtype and on the device of x; seq_len defaults to x's sequence length."""
         _check_tensors(x=x)
-        if seq_len is None:
-            if x.ndim != 4 or self.layout == "thd":
-                raise ValueError(f"seq_len is needed unless x has 4 dims in layout 'bshd' or "
-                                 f"'bhsd', got shape {tuple(x.shape)} in {self.layout!r}")
-            seq_len = host.split_bshd(x.shape, self.layout)[1]
-        host.check_seq_len(seq_len)
-        host.check_offset(offset)
+        seq_len = host.table_seq_len(x.shape, self.layout, seq_len, offset)
         return _cos_sin(self.frequencies(x.device, host.table_extent(seq_len, offset)), seq_len, offset, x.dtype,
                         self.interleaved, self.backend, self.use_triton)
 
