@@ -10,6 +10,7 @@ of a few programs. Profiles (tests/conftest.py): "ci", the default, and "gpu"
 """
 
 import dataclasses
+import functools
 import os
 
 import jax
@@ -584,10 +585,12 @@ def _scores_backends(kernel: str):
     return ["torch"] + [kernel] * (kernel in TORCH_KERNELS), ["xla"] + [kernel] * (kernel in JAX_KERNELS)
 
 
-def _jax_call(case: ScoresCase, fn, *arrays):
-    """fn(*arrays) under jit (XLA always: eager XLA compiles op by op) or eagerly, as drawn."""
+def _jax_call(case: ScoresCase, backend: str, fn, *arrays):
+    """fn(*arrays, backend=backend) under jit (XLA always: eager XLA compiles op by op) or
+    eagerly, as drawn."""
+    call = functools.partial(fn, backend=backend)
     with _x64(case.dtype):
-        return np.asarray((jax.jit(fn) if case.jit else fn)(*map(jnp.asarray, arrays)))
+        return np.asarray((jax.jit(call) if case.jit or backend == "xla" else call)(*map(jnp.asarray, arrays)))
 
 
 def _check_scores_outputs(case: ScoresCase, outputs: dict, expected: np.ndarray, kernel: str, what: str,
@@ -625,10 +628,9 @@ def test_alibi_bias_matches_reference(data):
         bias = torch_alibi.alibi_bias(strided(slopes, case.strides, device)[0], seqlen_q, seqlen_k,
                                       dtype=TORCH_DTYPES[case.dtype], backend=backend, **options)
         outputs["torch", backend] = from_torch(bias)
+    bias = functools.partial(jax_alibi.alibi_bias, seq_len=seqlen_q, key_len=seqlen_k, dtype=case.dtype, **options)
     for backend in jax_backends:
-        fn = lambda m: jax_alibi.alibi_bias(m, seqlen_q, seqlen_k, dtype=case.dtype,  # noqa: E731
-                                           backend=backend, **options)
-        outputs["jax", backend] = _jax_call(dataclasses.replace(case, jit=case.jit or backend == "xla"), fn, slopes)
+        outputs["jax", backend] = _jax_call(case, backend, bias, slopes)
     expected = ref.alibi_bias(slopes, seqlen_q, seqlen_k, **options)
     _check_scores_outputs(case, outputs, expected, kernel, "bias")
 
@@ -654,9 +656,8 @@ def test_alibi_add_matches_reference(data):
         assert_outside_untouched(scores, buffer)
         outputs["torch", backend] = from_torch(out)
     for backend in jax_backends:
-        fn = lambda s, m: jax_alibi.alibi_add(s, m, backend=backend, **options)  # noqa: E731
-        replaced = dataclasses.replace(case, jit=case.jit or backend == "xla")
-        outputs["jax", backend] = _jax_call(replaced, fn, case.scores, case.slopes)
+        outputs["jax", backend] = _jax_call(case, backend, functools.partial(jax_alibi.alibi_add, **options),
+                                            case.scores, case.slopes)
     _, _, seqlen_q, seqlen_k = case.scores.shape
     expected = case.scores.astype(np.float64) + ref.alibi_bias(_per_batch(case.slopes), seqlen_q, seqlen_k, **options)
     _check_scores_outputs(case, outputs, expected, kernel, "scores + bias")
@@ -685,8 +686,7 @@ def test_alibi_softmax_matches_reference(data):
         assert_outside_untouched(scores, buffer)
         outputs["torch", backend] = from_torch(out)
     for backend in jax_backends:
-        fn = lambda s, m: jax_alibi.alibi_softmax(s, m, backend=backend, **options)  # noqa: E731
-        replaced = dataclasses.replace(case, jit=case.jit or backend == "xla")
-        outputs["jax", backend] = _jax_call(replaced, fn, case.scores, case.slopes)
+        outputs["jax", backend] = _jax_call(case, backend, functools.partial(jax_alibi.alibi_softmax, **options),
+                                            case.scores, case.slopes)
     expected = ref.alibi_softmax(case.scores, _per_batch(case.slopes), **options)
     _check_scores_outputs(case, outputs, expected, kernel, "softmax", _reference_softmax_rounding(case))
