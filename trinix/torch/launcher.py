@@ -139,4 +139,4 @@ def _launch_compiled(call: KernelCall, tensors: list[torch.Tensor], options: dic
         _COMPILED[key] = (call, compiled, tuple(call.constexprs[name] for name in names))
         return
     _, compiled, constexprs = cached
-    compiled[call.grid](*arguments, *constexprs)
+    compiled[(*call.grid, 1, 1)[:3]](*arguments, *constexprs)  # it reads all three grid sizes
