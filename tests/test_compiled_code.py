@@ -87,3 +87,13 @@ def test_unaligned_rows_are_not_declared_aligned():
     scores = Operand((1, 4, 33, 33), row_major_strides((1, 4, 33, 33)), "float16")
     slopes = Operand((4,), (1,), "float32")
     assert not alibi_add_call(scores, slopes, q_offset=0, causal=False).constexprs["ALIGNED"]
+
+
+@pytest.mark.parametrize("name", CALLS)
+def test_constexprs_are_the_kernels_trailing_parameters(name):
+    """The launcher passes a cached compiled kernel its arguments in signature order: inputs,
+    scalars, outputs, then the constexprs, which must be exactly the kernel's other parameters."""
+    call, _ = CALLS[name]
+    positional = len(call.inputs) + len(call.scalars) + len(call.outputs)
+    trailing = call.kernel.arg_names[positional:]
+    assert len(trailing) == len(call.constexprs) and set(trailing) == set(call.constexprs)
