@@ -96,6 +96,12 @@ def _row_sum(x):
 
 
 @triton.jit
+def _inverse_sum(row_sum):
+    """1 / row_sum, where a row with no key (sum 0) stays 0 and a NaN sum stays NaN."""
+    return 1.0 / tl.where(row_sum == 0, 1.0, row_sum)
+
+
+@triton.jit
 def _finite(row_max):
     """row_max with -inf (a row with no key yet) as 0: exp(-inf - 0) = 0, never NaN."""
     return tl.where(row_max == float("-inf"), 0.0, row_max)
@@ -162,12 +168,11 @@ def _scaled_biased_block(x_base, offs_q, k0, seqlen_q, seqlen_k, key_end, q_offs
 
 
 @triton.jit
-def _store_probabilities(o_base, z, shift, inv_sum, offs_q, k0, seqlen_q, seqlen_k,
-                         stride_oq, stride_ok, BLOCK_K: tl.constexpr):
-    """Write exp(z - shift) / sum for keys k0 .. k0 + BLOCK_K of rows offs_q."""
+def _store_block(o_base, y, offs_q, k0, seqlen_q, seqlen_k, stride_oq, stride_ok,
+                 BLOCK_K: tl.constexpr):
+    """Write the probabilities y of keys k0 .. k0 + BLOCK_K of rows offs_q."""
     offs_k = k0 + tl.arange(0, BLOCK_K)
     o_ptr = o_base + offs_q.to(tl.int64)[:, None] * stride_oq + offs_k.to(tl.int64)[None, :] * stride_ok
-    y = tl.exp(z - shift[:, None]) * inv_sum[:, None]
     mask = (offs_q < seqlen_q)[:, None] & (offs_k < seqlen_k)[None, :]
     tl.store(o_ptr, y.to(o_base.dtype.element_ty), mask=mask)
 
@@ -210,10 +215,15 @@ def _alibi_softmax_kernel(
     z = _scaled_biased_block(x_base, offs_q, 0, seqlen_q, seqlen_k, key_end, q_offset, slope,
                              stride_q, stride_k, SCALE, CAUSAL, BLOCK_K, COMPUTE)
     row_max = _row_max(z)
-    row_sum = _row_sum(tl.exp(z - _finite(row_max)[:, None]))
-    # `while`, not `for k0 in range(...)`: Triton 3.6's interpreter cannot take a runtime
-    # bound in range() under NumPy 2 (its scalars are 1-element arrays).
-    if not ONE_BLOCK:
+    if ONE_BLOCK:
+        # The exponentials are kept for the store: one exp per score, not two.
+        p = tl.exp(z - _finite(row_max)[:, None])
+        _store_block(o_base, p * _inverse_sum(_row_sum(p))[:, None], offs_q, 0, seqlen_q, seqlen_k,
+                     stride_oq, stride_ok, BLOCK_K)
+    else:
+        row_sum = _row_sum(tl.exp(z - _finite(row_max)[:, None]))
+        # `while`, not `for k0 in range(...)`: Triton 3.6's interpreter cannot take a runtime
+        # bound in range() under NumPy 2 (its scalars are 1-element arrays).
         k0 = BLOCK_K
         while k0 < key_end:
             z = _scaled_biased_block(x_base, offs_q, k0, seqlen_q, seqlen_k, key_end, q_offset,
@@ -223,20 +233,14 @@ def _alibi_softmax_kernel(
             row_sum = row_sum * tl.exp(row_max - shift) + _row_sum(tl.exp(z - shift[:, None]))
             row_max = new_max
             k0 += BLOCK_K
-    shift = _finite(row_max)
-    # A row with no key sums to 0 and stays 0; a NaN sum (a NaN or +inf score) stays NaN.
-    inv_sum = 1.0 / tl.where(row_sum == 0, 1.0, row_sum)
-
-    if ONE_BLOCK:
-        _store_probabilities(o_base, z, shift, inv_sum, offs_q, 0, seqlen_q, seqlen_k,
-                             stride_oq, stride_ok, BLOCK_K)
-    else:
+        shift = _finite(row_max)
+        inv_sum = _inverse_sum(row_sum)
         k0 = 0
         while k0 < seqlen_k:
             z = _scaled_biased_block(x_base, offs_q, k0, seqlen_q, seqlen_k, key_end, q_offset, slope,
                                      stride_q, stride_k, SCALE, CAUSAL, BLOCK_K, COMPUTE)
-            _store_probabilities(o_base, z, shift, inv_sum, offs_q, k0, seqlen_q, seqlen_k,
-                                 stride_oq, stride_ok, BLOCK_K)
+            _store_block(o_base, tl.exp(z - shift[:, None]) * inv_sum[:, None], offs_q, k0,
+                         seqlen_q, seqlen_k, stride_oq, stride_ok, BLOCK_K)
             k0 += BLOCK_K
 
 
