@@ -25,6 +25,11 @@ from .hints import multiple_of_16, strides_aligned
 # tokens up to _TILE_ELEMENTS (benchmarks/NOTES.md).
 _HEAD_TILE_ELEMENTS = 8192
 _TILE_ELEMENTS = 4096
+# Warps per program. Reading cos/sin tables, a tile of 4096 pairs or more takes 8 warps: at
+# xl (128 heads x 64 pairs a program) 4 warps need 207 registers a thread, and on the H200
+# the tile ran 1.058x its roofline with 8 warps against 1.081x with 4 (CUDA-graph replay,
+# benchmarks/NOTES.md). Computing cos/sin, 4 warps were faster (1.047x against 1.082x).
+_TABLE_WARPS_FROM_PAIRS = 4096
 
 
 @triton.jit
@@ -298,7 +303,7 @@ def rope_apply_call(
             VARLEN=varlen, INTERLEAVED=interleaved, CONJUGATE=conjugate, INPLACE=inplace,
             COMPUTE=compute_dtype(q.dtype), ALIGNED=aligned,
         ),
-        num_warps=4,
+        num_warps=8 if from_table and block_s * block_h * block_half >= _TABLE_WARPS_FROM_PAIRS else 4,
     )
 
 
