@@ -784,6 +784,7 @@ class Harness:
         for _ in range(max(1, iters // calls)):
             begin = time.perf_counter()
             for _ in range(calls):
+                out = None  # freed before the next call allocates its own (a large bias is 34 GB)
                 out = run.start()
             run.wait(out)
             times.append((time.perf_counter() - begin) * 1e3 / calls)
