@@ -32,16 +32,17 @@ class _Options(NamedTuple):
     max_seqlen: int
 
 
-def _launch_apply(tensors, options: _Options, conjugate, interpret, inplace, traceable=False):
+def _launch_apply(tensors, options: _Options, conjugate, interpret, inplace, traceable=False,
+                  operands=None):
     """Rotate by one kernel launch; tensors: (q, k, cos, sin, frequencies, positions,
-    batch_offsets, cu_seqlens), None where not used."""
+    batch_offsets, cu_seqlens), None where not used; operands: theirs, if already made."""
     q, k, cos, sin, frequencies, positions, batch_offsets, cu_seqlens = tensors
+    q_, k_, cos_, sin_, _, positions_, batch_offsets_, cu_seqlens_ = operands or map(operand, tensors)
     call = rope_apply_call(
-        operand(q), operand(k), layout=options.layout,
+        q_, k_, layout=options.layout,
         rotary_dim=None if frequencies is None else 2 * frequencies.shape[1],
-        interleaved=options.interleaved, cos=operand(cos), sin=operand(sin),
-        positions=operand(positions), batch_offsets=operand(batch_offsets),
-        cu_seqlens=operand(cu_seqlens), max_seqlen=options.max_seqlen,
+        interleaved=options.interleaved, cos=cos_, sin=sin_, positions=positions_,
+        batch_offsets=batch_offsets_, cu_seqlens=cu_seqlens_, max_seqlen=options.max_seqlen,
         position_offset=options.offset, conjugate=conjugate, inplace=inplace,
     )
     arrays = dict(q=q, k=k, cos=cos, sin=sin, frequencies=frequencies, positions=positions,
@@ -73,7 +74,7 @@ def _rope_apply_inplace_op(
                   inplace=True, traceable=True)
 
 
-def _rotate_by_kernel(tensors, options: _Options, interpret: bool, inplace: bool):
+def _rotate_by_kernel(tensors, options: _Options, interpret: bool, inplace: bool, operands=None):
     """The forward rotation: launched directly when eager, through the torch.library ops under
     torch.compile, which the compiler can trace (their dispatch costs tens of microseconds per
     eager call)."""
@@ -82,11 +83,11 @@ def _rotate_by_kernel(tensors, options: _Options, interpret: bool, inplace: bool
         if traced:
             _rope_apply_inplace_op(*tensors, *options, interpret)
         else:
-            _launch_apply(tensors, options, False, interpret, inplace=True)
+            _launch_apply(tensors, options, False, interpret, inplace=True, operands=operands)
         return tensors[0], tensors[1]
     if traced:
         return _rope_apply_op(*tensors, *options, False, interpret)
-    return _launch_apply(tensors, options, False, interpret, inplace=False)
+    return _launch_apply(tensors, options, False, interpret, inplace=False, operands=operands)
 
 
 class _RopeApply(torch.autograd.Function):
@@ -230,10 +231,12 @@ def _rotate(q, k, *, cos=None, sin=None, frequencies=None, position_ids=None, of
                    cu_seqlens=cu_seqlens)
     host.check_layout(layout)  # layout and offset key the cached checks: an unhashable one
     host.check_offset(offset)  # must get its own message, not lru_cache's
+    tensors = (q, k, cos, sin, frequencies, position_ids, batch_offsets, cu_seqlens)
+    operands = tuple(map(operand, tensors))
+    q_, k_, cos_, sin_, _, positions_, batch_offsets_, cu_seqlens_ = operands
     _check_rope_apply(
-        operand(q), operand(k), layout=layout, cos=operand(cos), sin=operand(sin),
-        positions=operand(position_ids), batch_offsets=operand(batch_offsets),
-        cu_seqlens=operand(cu_seqlens), position_offset=offset,
+        q_, k_, layout=layout, cos=cos_, sin=sin_, positions=positions_,
+        batch_offsets=batch_offsets_, cu_seqlens=cu_seqlens_, position_offset=offset,
         dim=None if frequencies is None else 2 * frequencies.shape[1],
     )
     for name, tensor in (("k", k), ("cos", cos), ("sin", sin), ("position_ids", position_ids),
@@ -246,8 +249,9 @@ def _rotate(q, k, *, cos=None, sin=None, frequencies=None, position_ids=None, of
     if cos is not None:
         _check_table_positions(position_ids, cos.shape[-2])
     max_seqlen = _packed_max_seqlen(cu_seqlens, q.shape[0], max_seqlen)
-    if cu_seqlens is not None:
+    if cu_seqlens is not None and not cu_seqlens.is_contiguous():
         cu_seqlens = cu_seqlens.contiguous()  # the kernel reads it at unit stride
+        tensors, operands = (*tensors[:-1], cu_seqlens), (*operands[:-1], operand(cu_seqlens))
     if cos is not None and position_ids is None:
         host.check_table_rows(cos.shape[-2], max_seqlen)
     backend = resolve_backend(backend, use_triton, q.device)
@@ -260,11 +264,10 @@ def _rotate(q, k, *, cos=None, sin=None, frequencies=None, position_ids=None, of
             cos, sin = _rows(cos, positions, batch_index), _rows(sin, positions, batch_index)
         return _rotate_torch(q, k, cos, sin, layout, interleaved, inplace)
     options = _Options(layout, offset, interleaved, max_seqlen)
-    tensors = (q, k, cos, sin, frequencies, position_ids, batch_offsets, cu_seqlens)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
         return _RopeApply.apply(*tensors, options, backend == "interpret", inplace)
     # Nothing to differentiate (inference, or q and k are constants): skip autograd's cost.
-    return _rotate_by_kernel(tensors, options, backend == "interpret", inplace)
+    return _rotate_by_kernel(tensors, options, backend == "interpret", inplace, operands)
 
 
 def apply_rotary_pos_emb(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor,
