@@ -7,9 +7,10 @@
 # properties: the property tests in their "gpu" profile (compiled kernels, more examples).
 # memcheck, racecheck: the compiled-kernel tests (-k triton) of SANITIZE_TESTS under
 #   compute-sanitizer; each took over 130 s for ~2/3 of the three default files.
-# probe: benchmarks/probe_rope.py --profile (host time per call, kernel time per tile, variants).
+# probe: benchmarks/probe_rope.py $PROBE_ARGS (default --profile: host time per call, kernel
+#   time per tile, variants; "--host-only" for the first alone).
 # bench: the benchmark, written to $OUT/bench (copy it into benchmarks/ to commit it). ~4 min.
-# TESTS_LIMIT, BENCH_LIMIT, SANITIZE_LIMIT (seconds) stop a step early, so that later steps
+# TESTS_LIMIT, PROPERTIES_LIMIT, BENCH_LIMIT, SANITIZE_LIMIT (seconds) stop a step early, so that later steps
 # still run and the logs come back.
 # jax-triton and liger-kernel are not on that machine: carry their wheels in .whl/ (README).
 set -uo pipefail
@@ -32,7 +33,7 @@ for step in ${steps[*]}; do
         tests 2>&1 | tee "$OUT/pytest.log" | tail -n 40
       status=$((status | ${PIPESTATUS[0]})) ;;
     properties)
-      HYPOTHESIS_PROFILE=gpu python3 -m pytest -q -p no:benchmark -n "${PYTEST_WORKERS:-8}" --timeout 300 \
+      HYPOTHESIS_PROFILE=gpu timeout "${PROPERTIES_LIMIT:-600}" python3 -m pytest -q -p no:benchmark -n "${PYTEST_WORKERS:-8}" --timeout 300 \
         --durations 10 tests/test_properties.py 2>&1 | tee "$OUT/properties.log" | tail -n 30
       status=$((status | ${PIPESTATUS[0]})) ;;
     memcheck|racecheck)
@@ -42,7 +43,7 @@ for step in ${steps[*]}; do
         | tee "$OUT/$step.log" | tail -n 15
       status=$((status | ${PIPESTATUS[0]})) ;;
     probe)
-      python3 benchmarks/probe_rope.py --profile 2>&1 | tee "$OUT/probe.log" | tail -n 80
+      python3 benchmarks/probe_rope.py ${PROBE_ARGS:---profile} 2>&1 | tee "$OUT/probe.log" | tail -n 80
       status=$((status | ${PIPESTATUS[0]})) ;;
     bench)
       timeout "${BENCH_LIMIT:-600}" python3 benchmarks/benchmark_embeddings.py --output "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -n 60

@@ -1,12 +1,13 @@
 """Where RoPE's time goes on a CUDA GPU: host time per call, and kernel time per tile variant.
 
-    python benchmarks/probe_rope.py [--profile]
+    python benchmarks/probe_rope.py [--profile] [--host-only]
 
 1. Host: the seed's small configuration (fp16 q and k, 4x512x32x64), called back to back
    without synchronising (the GPU finishes each kernel faster than the host issues the next),
    so wall time / calls is the host's cost of one call: trinix's rotate, the same KernelCall
-   launched straight through Triton, and an empty torch op for scale. --profile adds the
-   functions that take the host's time (cProfile).
+   launched straight through Triton, and an empty torch op for scale; then forward +
+   backward through autograd, trinix's and two torch multiplications' for scale. --profile
+   adds the functions that take the host's time (cProfile).
 2. Kernel: the rotate kernel (cos/sin computed in the kernel, and the table path) at the
    large and xl configurations for tile limits x num_warps, each checked against the torch
    fallback first, timed by CUDA-graph replay (no host time inside), against the roofline
@@ -64,13 +65,17 @@ def probe_host(profile: bool):
     frequencies = rope.frequencies(q.device)
     call = kernels_rope.rope_apply_call(operand(q), operand(k))
     arrays = dict(q=q, k=k, frequencies=frequencies)
+    q_leaf, k_leaf = q.detach().requires_grad_(), k.detach().requires_grad_()
+    grads = (torch.randn_like(q), torch.randn_like(k))
     cases = {
         "trinix rope.rotate(q, k)": lambda: rope.rotate(q, k),
         "launch(KernelCall) alone": lambda: launch(call, arrays, interpret=False),
         "torch.empty_like(q) (scale)": lambda: torch.empty_like(q),
+        "trinix rotate fwd+bwd (autograd.grad)": lambda: torch.autograd.grad(rope.rotate(q_leaf, k_leaf), (q_leaf, k_leaf), grads),
+        "torch q*2, k*2 fwd+bwd (scale)": lambda: torch.autograd.grad((q_leaf * 2, k_leaf * 2), (q_leaf, k_leaf), grads),
     }
     for name, fn in cases.items():
-        print(f"host  {name:32s} {host_us_per_call(fn):8.1f} us/call")
+        print(f"host  {name:40s} {host_us_per_call(fn):8.1f} us/call")
     if profile:
         profiler = cProfile.Profile()
         profiler.enable()
@@ -152,13 +157,15 @@ def probe_variants(gbps: float):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true", help="cProfile the host path")
+    parser.add_argument("--host-only", action="store_true", help="item 1 alone")
     args = parser.parse_args()
     device = torch.device("cuda")
     gbps = copy_gbps(Harness(device, warmup=3, iters=20), device)
     print(f"copy bandwidth {gbps:.0f} GB/s (the benchmark's measurement)")
     probe_host(args.profile)
-    probe_tiles(gbps)
-    probe_variants(gbps)
+    if not args.host_only:
+        probe_tiles(gbps)
+        probe_variants(gbps)
 
 
 if __name__ == "__main__":
