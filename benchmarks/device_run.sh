@@ -4,7 +4,10 @@
 #   bash benchmarks/device_run.sh [tests] [properties] [memcheck] [racecheck] [probe] [bench]
 # tests: the whole suite, compiled kernels included, over PYTEST_WORKERS processes (8); a test
 #   running past 150 s fails with its stack (pytest-timeout, installed there). ~3 min.
-# properties: the property tests in their "gpu" profile (compiled kernels, more examples).
+# properties: the property tests in their "gpu" profile (compiled kernels, larger shapes), one
+#   test per worker; a test still running after PROPERTIES_TEST_TIMEOUT (230 s) fails as a
+#   timeout, so that the failures and their falsifying examples print before PROPERTIES_LIMIT
+#   (290 s) ends the step (session 3 lost a failure that way).
 # memcheck, racecheck: the compiled-kernel tests (-k triton) of SANITIZE_TESTS under
 #   compute-sanitizer; each took over 130 s for ~2/3 of the three default files.
 # probe: benchmarks/probe_rope.py $PROBE_ARGS (default --profile: host time per call, kernel
@@ -33,8 +36,9 @@ for step in ${steps[*]}; do
         tests 2>&1 | tee "$OUT/pytest.log" | tail -n 40
       status=$((status | ${PIPESTATUS[0]})) ;;
     properties)
-      HYPOTHESIS_PROFILE=gpu timeout "${PROPERTIES_LIMIT:-600}" python3 -m pytest -q -p no:benchmark -n "${PYTEST_WORKERS:-8}" --timeout 300 \
-        --durations 10 tests/test_properties.py 2>&1 | tee "$OUT/properties.log" | tail -n 30
+      HYPOTHESIS_PROFILE=gpu timeout "${PROPERTIES_LIMIT:-290}" python3 -m pytest -q -p no:benchmark -n "${PYTEST_WORKERS:-8}" \
+        --timeout "${PROPERTIES_TEST_TIMEOUT:-230}" -rf --durations 10 tests/test_properties.py 2>&1 \
+        | tee "$OUT/properties.log" | tail -n 60
       status=$((status | ${PIPESTATUS[0]})) ;;
     memcheck|racecheck)
       timeout "${SANITIZE_LIMIT:-600}" compute-sanitizer --tool "$step" --error-exitcode 3 --print-limit 20 \

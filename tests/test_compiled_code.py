@@ -12,9 +12,9 @@ from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import CUDABackend
 from triton.compiler import ASTSource
 
-from trinix.kernels.alibi import alibi_add_call, alibi_bias_call, alibi_softmax_call
+from trinix.kernels.alibi import alibi_add_call, alibi_bias_call, alibi_slopes_call, alibi_softmax_call
 from trinix.kernels.call import KernelCall, Operand, row_major_strides
-from trinix.kernels.rope import rope_apply_call
+from trinix.kernels.rope import rope_apply_call, rope_table_call
 
 TARGET = GPUTarget("cuda", 90, 32)
 TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64",
@@ -97,3 +97,20 @@ def test_constexprs_are_the_kernels_trailing_parameters(name):
     positional = len(call.inputs) + len(call.scalars) + len(call.outputs)
     trailing = call.kernel.arg_names[positional:]
     assert len(trailing) == len(call.constexprs) and set(trailing) == set(call.constexprs)
+
+
+BUILDERS = {
+    "rope_apply_call": lambda: rope_apply_call(XL_Q, XL_Q, cos=TABLE, sin=TABLE),
+    "rope_table_call": lambda: rope_table_call(4096, 128, "float16"),
+    "alibi_slopes_call": lambda: alibi_slopes_call(16),
+    "alibi_bias_call": lambda: alibi_bias_call(SLOPES, 1024, 1024, q_offset=0, causal=False),
+    "alibi_add_call": lambda: alibi_add_call(SCORES, SLOPES, q_offset=0, causal=False),
+    "alibi_softmax_call": lambda: alibi_softmax_call(SCORES, SLOPES, scale=1.0, q_offset=0, causal=False),
+}
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_call_builders_return_the_same_call_for_the_same_arguments(name):
+    """The torch launcher keeps a launch's compiled kernel by its KernelCall object: a builder
+    that made a new call each time would recompile-check every launch through Triton."""
+    assert BUILDERS[name]() is BUILDERS[name]()
