@@ -19,10 +19,11 @@ from .call import (KernelCall, Operand, Output, batched_strides, cdiv, compute_d
                    row_major_strides)
 from .hints import multiple_of_16, strides_aligned
 
-# A program rotates a tile of BLOCK_S tokens x BLOCK_H heads x BLOCK_HALF pairs: heads fill
-# up to _HEAD_TILE_ELEMENTS (cos/sin, computed once per token, serve every head of the tile;
-# on the H200 at the seed's xl size, 128 heads x 64 pairs ran 4% faster than 64 heads), then
-# tokens up to _TILE_ELEMENTS (benchmarks/NOTES.md).
+# A program rotates a tile of BLOCK_S tokens x BLOCK_H heads x BLOCK_HALF pairs of q or of k,
+# each tensor's tiles shaped for its own head count: heads fill up to _HEAD_TILE_ELEMENTS
+# (cos/sin, computed once per token, serve every head of the tile; on the H200 at the seed's xl
+# size, 128 heads x 64 pairs ran 4% faster than 64 heads), then tokens up to _TILE_ELEMENTS
+# (benchmarks/NOTES.md).
 _HEAD_TILE_ELEMENTS = 8192
 _TILE_ELEMENTS = 4096
 # Warps per program. Reading cos/sin tables, a tile of 4096 pairs or more takes 8 warps: at
@@ -94,44 +95,18 @@ def _rotate_heads(X, X_OUT, x_base, o_base, rows, s_mask, h0, n_heads,
 
 
 @triton.jit
-def _rope_apply_kernel(
-    Q, K, COS, SIN, FREQUENCIES, POSITIONS, CU_SEQLENS,
-    seq_len, n_heads_q, n_heads_k, n_seq_blocks, n_q_head_blocks, position_offset, table_rows,
-    stride_qb, stride_qs, stride_qh, stride_qd,
-    stride_kb, stride_ks, stride_kh, stride_kd,
-    stride_qob, stride_qos, stride_qoh, stride_qod,
-    stride_kob, stride_kos, stride_koh, stride_kod,
-    stride_cb, stride_cs, stride_cd,
-    stride_sb, stride_ss, stride_sd,
-    stride_pb, stride_ps,
-    Q_OUT, K_OUT,
-    HALF: tl.constexpr, PASS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr,
-    FROM_TABLE: tl.constexpr, POSITION_IDS: tl.constexpr, BATCH_OFFSETS: tl.constexpr,
-    VARLEN: tl.constexpr, INTERLEAVED: tl.constexpr, CONJUGATE: tl.constexpr,
-    INPLACE: tl.constexpr, COMPUTE: tl.constexpr, ALIGNED: tl.constexpr,
-):
-    """Rotate q and k, logical layout (batch, seq, heads, head_dim), in one launch.
-
-    Grid: (batch * n_seq_blocks, n_q_head_blocks + n_k_head_blocks); a program takes
-    BLOCK_S tokens and BLOCK_H heads of q or of k, and shares their cos/sin across heads.
-    Position of token s of batch b: POSITIONS[b, s] (POSITION_IDS), else position_offset + s,
-    plus POSITIONS[b] (BATCH_OFFSETS). With VARLEN, "batch" b is sequence b of packed tokens:
-    its tokens are rows CU_SEQLENS[b] .. CU_SEQLENS[b + 1] - 1 and seq_len is the longest.
-    """
-    if ALIGNED:  # batch, token and head strides are multiples of 16 (kernels/hints.py)
-        stride_qb, stride_qs, stride_qh = multiple_of_16(stride_qb), multiple_of_16(stride_qs), multiple_of_16(stride_qh)
-        stride_kb, stride_ks, stride_kh = multiple_of_16(stride_kb), multiple_of_16(stride_ks), multiple_of_16(stride_kh)
-        stride_qob, stride_qos, stride_qoh = (multiple_of_16(stride_qob), multiple_of_16(stride_qos),
-                                              multiple_of_16(stride_qoh))
-        stride_kob, stride_kos, stride_koh = (multiple_of_16(stride_kob), multiple_of_16(stride_kos),
-                                              multiple_of_16(stride_koh))
-        stride_cb, stride_cs = multiple_of_16(stride_cb), multiple_of_16(stride_cs)
-        stride_sb, stride_ss = multiple_of_16(stride_sb), multiple_of_16(stride_ss)
-    pid_bs = tl.program_id(0)
-    pid_h = tl.program_id(1)
-    b = (pid_bs // n_seq_blocks).to(tl.int64)
-    offs_s = (pid_bs % n_seq_blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
+def _rotate_tile(X, X_OUT, COS, SIN, FREQUENCIES, POSITIONS, CU_SEQLENS, b, seq_block, head_block,
+                 seq_len, n_heads, position_offset, table_rows,
+                 stride_b, stride_s, stride_h, stride_d, stride_ob, stride_os, stride_oh, stride_od,
+                 stride_cb, stride_cs, stride_cd, stride_sb, stride_ss, stride_sd, stride_pb, stride_ps,
+                 HALF: tl.constexpr, PASS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
+                 BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr,
+                 FROM_TABLE: tl.constexpr, POSITION_IDS: tl.constexpr, BATCH_OFFSETS: tl.constexpr,
+                 VARLEN: tl.constexpr, INTERLEAVED: tl.constexpr, CONJUGATE: tl.constexpr,
+                 INPLACE: tl.constexpr, COMPUTE: tl.constexpr):
+    """Rotate tokens seq_block * BLOCK_S .. + BLOCK_S and heads head_block * BLOCK_H .. +
+    BLOCK_H of batch b of X (q or k), with one cos/sin per token shared by the tile's heads."""
+    offs_s = seq_block * BLOCK_S + tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_HALF)
     d_mask = offs_d < HALF
     if VARLEN:
@@ -166,18 +141,70 @@ def _rope_apply_kernel(
         s2 = s1
     if CONJUGATE:
         s1, s2 = -s2, -s1
+    _rotate_heads(X, X_OUT, b * stride_b, b * stride_ob, rows, s_mask, head_block * BLOCK_H, n_heads,
+                  stride_s, stride_h, stride_d, stride_os, stride_oh, stride_od,
+                  c1, c2, s1, s2, offs_d, d_mask,
+                  HALF, PASS, BLOCK_H, BLOCK_PASS, INTERLEAVED, INPLACE, COMPUTE)
 
-    if pid_h < n_q_head_blocks:
-        _rotate_heads(Q, Q_OUT, b * stride_qb, b * stride_qob, rows, s_mask, pid_h * BLOCK_H,
-                      n_heads_q, stride_qs, stride_qh, stride_qd, stride_qos, stride_qoh, stride_qod,
-                      c1, c2, s1, s2, offs_d, d_mask,
-                      HALF, PASS, BLOCK_H, BLOCK_PASS, INTERLEAVED, INPLACE, COMPUTE)
+
+@triton.jit
+def _rope_apply_kernel(
+    Q, K, COS, SIN, FREQUENCIES, POSITIONS, CU_SEQLENS,
+    seq_len, n_heads_q, n_heads_k, n_q_seq_blocks, n_k_seq_blocks, n_q_tiles, n_tiles,
+    position_offset, table_rows,
+    stride_qb, stride_qs, stride_qh, stride_qd,
+    stride_kb, stride_ks, stride_kh, stride_kd,
+    stride_qob, stride_qos, stride_qoh, stride_qod,
+    stride_kob, stride_kos, stride_koh, stride_kod,
+    stride_cb, stride_cs, stride_cd,
+    stride_sb, stride_ss, stride_sd,
+    stride_pb, stride_ps,
+    Q_OUT, K_OUT,
+    HALF: tl.constexpr, PASS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_S_K: tl.constexpr, BLOCK_H_K: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr,
+    FROM_TABLE: tl.constexpr, POSITION_IDS: tl.constexpr, BATCH_OFFSETS: tl.constexpr,
+    VARLEN: tl.constexpr, INTERLEAVED: tl.constexpr, CONJUGATE: tl.constexpr,
+    INPLACE: tl.constexpr, COMPUTE: tl.constexpr, ALIGNED: tl.constexpr,
+):
+    """Rotate q and k, logical layout (batch, seq, heads, head_dim), in one launch.
+
+    Grid: (batch * n_tiles,). Each batch has n_q_tiles tiles of q, BLOCK_S tokens x BLOCK_H
+    heads (token blocks first), then tiles of k, BLOCK_S_K tokens x BLOCK_H_K heads: k's
+    tiles have their own shape, so that a k of few heads (GQA) takes as many elements per
+    program as q. Position of token s of batch b: POSITIONS[b, s] (POSITION_IDS), else
+    position_offset + s, plus POSITIONS[b] (BATCH_OFFSETS). With VARLEN, "batch" b is sequence
+    b of packed tokens: its tokens are rows CU_SEQLENS[b] .. CU_SEQLENS[b + 1] - 1 and seq_len
+    is the longest.
+    """
+    if ALIGNED:  # batch, token and head strides are multiples of 16 (kernels/hints.py)
+        stride_qb, stride_qs, stride_qh = multiple_of_16(stride_qb), multiple_of_16(stride_qs), multiple_of_16(stride_qh)
+        stride_kb, stride_ks, stride_kh = multiple_of_16(stride_kb), multiple_of_16(stride_ks), multiple_of_16(stride_kh)
+        stride_qob, stride_qos, stride_qoh = (multiple_of_16(stride_qob), multiple_of_16(stride_qos),
+                                              multiple_of_16(stride_qoh))
+        stride_kob, stride_kos, stride_koh = (multiple_of_16(stride_kob), multiple_of_16(stride_kos),
+                                              multiple_of_16(stride_koh))
+        stride_cb, stride_cs = multiple_of_16(stride_cb), multiple_of_16(stride_cs)
+        stride_sb, stride_ss = multiple_of_16(stride_sb), multiple_of_16(stride_ss)
+    pid = tl.program_id(0)
+    b = (pid // n_tiles).to(tl.int64)
+    tile = pid % n_tiles
+    if tile < n_q_tiles:
+        _rotate_tile(Q, Q_OUT, COS, SIN, FREQUENCIES, POSITIONS, CU_SEQLENS, b,
+                     tile % n_q_seq_blocks, tile // n_q_seq_blocks, seq_len, n_heads_q, position_offset,
+                     table_rows, stride_qb, stride_qs, stride_qh, stride_qd,
+                     stride_qob, stride_qos, stride_qoh, stride_qod,
+                     stride_cb, stride_cs, stride_cd, stride_sb, stride_ss, stride_sd, stride_pb, stride_ps,
+                     HALF, PASS, BLOCK_S, BLOCK_H, BLOCK_HALF, BLOCK_PASS, FROM_TABLE, POSITION_IDS,
+                     BATCH_OFFSETS, VARLEN, INTERLEAVED, CONJUGATE, INPLACE, COMPUTE)
     else:
-        _rotate_heads(K, K_OUT, b * stride_kb, b * stride_kob, rows, s_mask,
-                      (pid_h - n_q_head_blocks) * BLOCK_H,
-                      n_heads_k, stride_ks, stride_kh, stride_kd, stride_kos, stride_koh, stride_kod,
-                      c1, c2, s1, s2, offs_d, d_mask,
-                      HALF, PASS, BLOCK_H, BLOCK_PASS, INTERLEAVED, INPLACE, COMPUTE)
+        tile -= n_q_tiles
+        _rotate_tile(K, K_OUT, COS, SIN, FREQUENCIES, POSITIONS, CU_SEQLENS, b,
+                     tile % n_k_seq_blocks, tile // n_k_seq_blocks, seq_len, n_heads_k, position_offset,
+                     table_rows, stride_kb, stride_ks, stride_kh, stride_kd,
+                     stride_kob, stride_kos, stride_koh, stride_kod,
+                     stride_cb, stride_cs, stride_cd, stride_sb, stride_ss, stride_sd, stride_pb, stride_ps,
+                     HALF, PASS, BLOCK_S_K, BLOCK_H_K, BLOCK_HALF, BLOCK_PASS, FROM_TABLE, POSITION_IDS,
+                     BATCH_OFFSETS, VARLEN, INTERLEAVED, CONJUGATE, INPLACE, COMPUTE)
 
 
 @triton.jit
@@ -220,6 +247,13 @@ def _bshd(values: tuple[int, ...], layout: str, batch_value: int) -> tuple[int, 
 def _batch_stride(offsets: Operand) -> int:
     """Stride of per-sequence offsets (batch,): 0 for one offset shared by every sequence."""
     return 0 if offsets.shape[0] == 1 else offsets.strides[0]
+
+
+def _tile(n_heads: int, block_half: int) -> tuple[int, int]:
+    """(BLOCK_S, BLOCK_H) of a tensor's tiles: heads up to _HEAD_TILE_ELEMENTS pairs, then
+    tokens up to _TILE_ELEMENTS."""
+    block_h = min(next_power_of_2(n_heads), max(1, _HEAD_TILE_ELEMENTS // block_half))
+    return max(1, _TILE_ELEMENTS // (block_h * block_half)), block_h
 
 
 # Builders are pure functions of hashable shapes and options, called on every launch: caching
@@ -266,11 +300,11 @@ def rope_apply_call(
     half = (rotary_dim or head_dim) // 2
     passed = head_dim - 2 * half
     block_half = next_power_of_2(half)
-    block_h = min(next_power_of_2(max(n_heads_q, n_heads_k)), max(1, _HEAD_TILE_ELEMENTS // block_half))
-    block_s = max(1, _TILE_ELEMENTS // (block_h * block_half))
-    n_seq_blocks = cdiv(seq_len, block_s)
-    n_q_head_blocks = cdiv(n_heads_q, block_h)
-    n_k_head_blocks = cdiv(n_heads_k, block_h)
+    block_s, block_h = _tile(n_heads_q, block_half)
+    block_s_k, block_h_k = _tile(n_heads_k, block_half)
+    n_q_seq_blocks, n_k_seq_blocks = cdiv(seq_len, block_s), cdiv(seq_len, block_s_k)
+    n_q_tiles = n_q_seq_blocks * cdiv(n_heads_q, block_h)
+    n_tiles = n_q_tiles + n_k_seq_blocks * cdiv(n_heads_k, block_h_k)
 
     if inplace:
         outputs = (Output(q.shape, q.dtype, alias="q"), Output(k.shape, k.dtype, alias="k"))
@@ -283,8 +317,8 @@ def rope_apply_call(
     tensor_strides = [_bshd(strides, layout, 0) for strides in (q.strides, k.strides, q_out_strides, k_out_strides)]
     table_strides = [batched_strides(table, 3) for table in (cos, sin)]
     scalars = (
-        seq_len, n_heads_q, n_heads_k, n_seq_blocks, n_q_head_blocks, position_offset,
-        cos.shape[-2] if from_table else 0,
+        seq_len, n_heads_q, n_heads_k, n_q_seq_blocks, n_k_seq_blocks, n_q_tiles, n_tiles,
+        position_offset, cos.shape[-2] if from_table else 0,
         *(stride for strides in tensor_strides + table_strides for stride in strides),
         *(batched_strides(positions, 2) if batch_offsets is None else (_batch_stride(batch_offsets), 0)),
     )
@@ -292,12 +326,13 @@ def rope_apply_call(
                               *(stride for strides in table_strides for stride in strides[:2]))
     return KernelCall(
         kernel=_rope_apply_kernel,
-        grid=(batch * n_seq_blocks, n_q_head_blocks + n_k_head_blocks),
+        grid=(batch * n_tiles,),
         inputs=("q", "k", "cos", "sin", "frequencies", "positions", "cu_seqlens"),
         scalars=scalars,
         outputs=outputs,
         constexprs=dict(
-            HALF=half, PASS=passed, BLOCK_S=block_s, BLOCK_H=block_h, BLOCK_HALF=block_half,
+            HALF=half, PASS=passed, BLOCK_S=block_s, BLOCK_H=block_h, BLOCK_S_K=block_s_k,
+            BLOCK_H_K=block_h_k, BLOCK_HALF=block_half,
             BLOCK_PASS=next_power_of_2(passed), FROM_TABLE=from_table,
             POSITION_IDS=positions is not None, BATCH_OFFSETS=batch_offsets is not None,
             VARLEN=varlen, INTERLEAVED=interleaved, CONJUGATE=conjugate, INPLACE=inplace,

@@ -56,6 +56,7 @@ def vector_fraction(code: str) -> float:
 
 
 XL_Q = Operand((1, 4096, 128, 128), row_major_strides((1, 4096, 128, 128)), "float16")
+XL_K_GQA = Operand((1, 4096, 8, 128), row_major_strides((1, 4096, 8, 128)), "float16")
 TABLE = Operand((4096, 128), (128, 1), "float16")
 SCORES = Operand((1, 16, 1024, 1024), row_major_strides((1, 16, 1024, 1024)), "float16")
 SLOPES = Operand((16,), (1,), "float32")
@@ -64,6 +65,7 @@ ALIBI_DTYPES = {"scores": "float16"}
 CALLS = {
     "rope-computed": (rope_apply_call(XL_Q, XL_Q), ROPE_DTYPES),
     "rope-table": (rope_apply_call(XL_Q, XL_Q, cos=TABLE, sin=TABLE), ROPE_DTYPES),
+    "rope-gqa": (rope_apply_call(XL_Q, XL_K_GQA), ROPE_DTYPES),
     "alibi-bias": (alibi_bias_call(SLOPES, 1024, 1024, q_offset=0, causal=False), ALIBI_DTYPES),
     "alibi-add": (alibi_add_call(SCORES, SLOPES, q_offset=0, causal=False, inplace=True), ALIBI_DTYPES),
     "alibi-softmax": (alibi_softmax_call(SCORES, SLOPES, scale=1.0, q_offset=0, causal=False), ALIBI_DTYPES),
