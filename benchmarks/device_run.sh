@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool): install what is missing, run the test suite with
 # compiled kernels, then the benchmark. Logs go to $OUT.
-#   bash benchmarks/device_run.sh [tests] [properties] [memcheck] [racecheck] [probe] [bench]
+#   bash benchmarks/device_run.sh [tests] [properties] [memcheck] [racecheck] [probe] [probe-alibi] [bench]
 # tests: the whole suite, compiled kernels included, over PYTEST_WORKERS processes (8); a test
 #   running past 150 s fails with its stack (pytest-timeout, installed there). ~3 min.
 # properties: the property tests in their "gpu" profile (compiled kernels, larger shapes), one
@@ -12,6 +12,8 @@
 #   compute-sanitizer; each took over 130 s for ~2/3 of the three default files.
 # probe: benchmarks/probe_rope.py $PROBE_ARGS (default --profile: host time per call, kernel
 #   time per tile, variants; "--host-only" for the first alone).
+# probe-alibi: benchmarks/probe_alibi.py (the ALiBi softmax per loop shape and num_warps),
+#   stopped after PROBE_LIMIT (300 s).
 # bench: the benchmark, written to $OUT/bench (copy it into benchmarks/ to commit it). ~4 min.
 # TESTS_LIMIT, PROPERTIES_LIMIT, BENCH_LIMIT, SANITIZE_LIMIT (seconds) stop a step early, so that later steps
 # still run and the logs come back.
@@ -48,6 +50,9 @@ for step in ${steps[*]}; do
       status=$((status | ${PIPESTATUS[0]})) ;;
     probe)
       python3 benchmarks/probe_rope.py ${PROBE_ARGS:---profile} 2>&1 | tee "$OUT/probe.log" | tail -n 80
+      status=$((status | ${PIPESTATUS[0]})) ;;
+    probe-alibi)
+      timeout "${PROBE_LIMIT:-300}" python3 benchmarks/probe_alibi.py 2>&1 | tee "$OUT/probe_alibi.log" | tail -n 80
       status=$((status | ${PIPESTATUS[0]})) ;;
     bench)
       timeout "${BENCH_LIMIT:-600}" python3 benchmarks/benchmark_embeddings.py --output "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -n 60
