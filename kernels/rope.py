@@ -31,6 +31,10 @@ _TILE_ELEMENTS = 4096
 # the tile ran 1.058x its roofline with 8 warps against 1.081x with 4 (CUDA-graph replay,
 # benchmarks/NOTES.md). Computing cos/sin, 4 warps were faster (1.047x against 1.082x).
 _TABLE_WARPS_FROM_PAIRS = 4096
+# Pairs a program of the cos/sin table kernel computes: each is a float64 angle, a cos and a
+# sin (~100 instructions). At 4096 pairs a program the H200 took 0.019 ms for the large and xl
+# tables (4-5x their write roofline), with 4-512 programs in all; at 512 a thread has 4 pairs.
+_TABLE_TILE_PAIRS = 512
 
 
 @triton.jit
@@ -350,7 +354,7 @@ def rope_table_call(n_rows: int, dim: int, dtype: str, *, position_offset: int =
     order. Input: "frequencies" (3, dim/2) float32."""
     half = dim // 2
     block_half = next_power_of_2(half)
-    block_s = max(1, _TILE_ELEMENTS // block_half)
+    block_s = max(1, _TABLE_TILE_PAIRS // block_half)
     return KernelCall(
         kernel=_rope_table_kernel,
         grid=(cdiv(n_rows, block_s),),
