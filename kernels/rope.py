@@ -124,7 +124,8 @@ def _rotate_tile(X, X_OUT, COS, SIN, FREQUENCIES, POSITIONS, CU_SEQLENS, b, seq_
     if POSITION_IDS:
         positions = tl.load(POSITIONS + b * stride_pb + rows * stride_ps, mask=s_mask, other=0).to(tl.int64)
     else:
-        positions = (offs_s + position_offset).to(tl.int64)
+        # In int64 before the add: an int32 offset near 2**31 would wrap.
+        positions = offs_s.to(tl.int64) + position_offset
         if BATCH_OFFSETS:
             positions += tl.load(POSITIONS + b * stride_pb).to(tl.int64)
 
@@ -222,7 +223,7 @@ def _rope_table_kernel(
     offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_HALF)
     d_mask = offs_d < HALF
-    positions = (offs_s + position_offset).to(tl.int64)
+    positions = offs_s.to(tl.int64) + position_offset  # int64 first, as in _rotate_tile
     cos, sin = _cos_sin_from_frequencies(FREQUENCIES, positions, offs_d, d_mask, HALF, COMPUTE)
     mask = (offs_s < n_rows)[:, None] & d_mask[None, :]
     row = offs_s.to(tl.int64)[:, None] * (2 * HALF)

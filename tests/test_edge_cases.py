@@ -173,6 +173,27 @@ def test_positions_near_2_pow_20_keep_their_angle(positions, dtype, runner):
         assert_close(out, rotated(x, token_positions, inv_freq), dtype)
 
 
+EDGE = 2**31 - 3 + np.arange(6)  # positions across the int32 limit
+
+
+@pytest.mark.parametrize("runner", [r for r in ROPE_RUNNERS if r.backend != "xla"], ids=_id)
+def test_offsets_across_the_int32_limit(runner):
+    """An int offset with positions past 2**31 - 1 (the kernels once added it to the token index
+    in int32, which wrapped to negative positions); the tables too. float16: an error from a
+    wrapped position is of order 1, far above its tolerance."""
+    inv_freq = ref.rope_inv_freq(16)
+    rng = np.random.default_rng(3)
+    q = rng.uniform(-1, 1, (1, EDGE.size, 2, 16)).astype(np.float16)
+    k = rng.uniform(-1, 1, (1, EDGE.size, 1, 16)).astype(np.float16)
+    q_rot, k_rot = runner.apply(q, k, inv_freq=inv_freq, offset=int(EDGE[0]))
+    for x, out in ((q, q_rot), (k, k_rot)):
+        assert_close(out, rotated(x, EDGE[None], inv_freq), "float16")
+    cos, sin = runner.cos_sin(inv_freq, EDGE.size, int(EDGE[0]), "float16")
+    expected = ref.rope_cos_sin(EDGE, inv_freq)
+    assert_close(cos, expected[0], "float16", what="cos")
+    assert_close(sin, expected[1], "float16", what="sin")
+
+
 @pytest.mark.parametrize("runner", [r for r in ROPE_RUNNERS if r.backend != "xla"], ids=_id)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_cos_sin_tables_near_2_pow_20(dtype, runner):
