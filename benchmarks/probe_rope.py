@@ -9,8 +9,8 @@
    backward through autograd, trinix's and two torch multiplications' for scale. --profile
    adds the functions that take the host's time (cProfile).
 2. Kernel: the rotate kernel (cos/sin computed in the kernel, and the table path) at the
-   large and xl configurations for tile limits x num_warps, each checked against the torch
-   fallback first, timed by CUDA-graph replay (no host time inside), against the roofline
+   large and xl configurations, and large in BHSD layout, for tile limits x num_warps, each
+   checked against the torch fallback first, timed by CUDA-graph replay (no host time inside), against the roofline
    at the copy bandwidth as the benchmark measures it. (A copy timed by graph replay reads
    2.7 TB/s on the H200, against 4.2 TB/s timed by events: not a usable ceiling.)
 3. Variants at large through the public API, default tiles: GQA (k with 8 heads), BHSD, bf16,
@@ -37,6 +37,9 @@ SMALL = (4, 512, 32, 64)
 LARGE = {"large": (1, 8192, 64, 128), "xl": (1, 32768, 128, 128)}
 # (heads, tokens) tile limits: kernels.rope's _HEAD_TILE_ELEMENTS and _TILE_ELEMENTS.
 TILES = ((2048, 2048), (4096, 4096), (8192, 4096), (8192, 8192), (16384, 16384))
+# BHSD keeps a head's tokens contiguous: tiles of few heads and many tokens too.
+BHSD_TILES = ((64, 4096), (128, 4096), (512, 4096), (2048, 4096), (8192, 4096))
+TILE_CASES = {"large": ("bshd", TILES), "xl": ("bshd", TILES), "large-bhsd": ("bhsd", BHSD_TILES)}
 WARPS = (4, 8)
 
 
@@ -88,21 +91,25 @@ def probe_host(profile: bool):
 
 def probe_tiles(gbps: float):
     defaults = kernels_rope._HEAD_TILE_ELEMENTS, kernels_rope._TILE_ELEMENTS
-    for name, (batch, seq, heads, head_dim) in LARGE.items():
+    for name, (layout, tiles) in TILE_CASES.items():
+        batch, seq, heads, head_dim = LARGE[name.split("-")[0]]
         q = torch.randn(batch, seq, heads, head_dim, dtype=torch.float16, device="cuda")
+        if layout == "bhsd":
+            q = q.transpose(1, 2).contiguous()
         k = torch.randn_like(q)
-        rope = FastRoPEPositionEmbedding(head_dim, max_position_embeddings=seq).cuda()
+        rope = FastRoPEPositionEmbedding(head_dim, max_position_embeddings=seq, layout=layout).cuda()
         cos, sin = rope(q, seq)
         frequencies = rope.frequencies(q.device)
         expected = rope.rotate(q, k, backend="torch")
         roofline_ms = 4 * q.numel() * q.element_size() / gbps / 1e6
         print(f"\n{name} {tuple(q.shape)} fp16 q+k: roofline {roofline_ms:.4f} ms at {gbps:.0f} GB/s")
         for source in ("computed", "table"):
-            for head_tile, tile in TILES:
+            for head_tile, tile in tiles:
                 kernels_rope._HEAD_TILE_ELEMENTS, kernels_rope._TILE_ELEMENTS = head_tile, tile
                 kernels_rope.rope_apply_call.cache_clear()
                 table = source == "table"
-                call = kernels_rope.rope_apply_call(operand(q), operand(k), cos=operand(cos) if table else None,
+                call = kernels_rope.rope_apply_call(operand(q), operand(k), layout=layout,
+                                                   cos=operand(cos) if table else None,
                                                    sin=operand(sin) if table else None)
                 arrays = dict(q=q, k=k, cos=cos if table else None, sin=sin if table else None,
                               frequencies=None if table else frequencies)
@@ -112,7 +119,7 @@ def probe_tiles(gbps: float):
                     ok = all(torch.allclose(o.float(), e.float(), atol=2e-3, rtol=2e-3) for o, e in zip(out, expected))
                     ms = graph_ms(lambda: launch(variant, arrays, interpret=False)) if ok else float("nan")
                     c = variant.constexprs
-                    print(f"{name:5s} {source:8s} tiles {head_tile:5d} {tile:5d} (S{c['BLOCK_S']:3d} H{c['BLOCK_H']:3d}) "
+                    print(f"{name:10s} {source:8s} tiles {head_tile:5d} {tile:5d} (S{c['BLOCK_S']:3d} H{c['BLOCK_H']:3d}) "
                           f"warps {warps}: {ms:.4f} ms  {ms / roofline_ms:.3f}x roofline  {'ok' if ok else 'WRONG'}")
         kernels_rope._HEAD_TILE_ELEMENTS, kernels_rope._TILE_ELEMENTS = defaults
         kernels_rope.rope_apply_call.cache_clear()
