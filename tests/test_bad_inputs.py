@@ -317,6 +317,10 @@ ALIBI = [
     bad("slopes-batch-differs", ValueError, "slopes", "alibi_softmax", SCORES, np.ones((3, 4), np.float32)),
     bad("slopes-integer-for-scores", TypeError, "slopes", "alibi_add", SCORES, SLOPES.astype(np.int32)),
     bad("scores-q-offset-float", TypeError, "q_offset", "alibi_softmax", SCORES, SLOPES, q_offset=0.5),
+    # queries within seqlen of 2^31: int32 positions and distances would wrap
+    bad("scores-q-offset-past-int32", ValueError, "q_offset", "alibi_softmax", SCORES, SLOPES,
+        q_offset=2**31 - 2),
+    bad("q-offset-past-int32-negative", ValueError, "q_offset", "alibi_bias", SLOPES, 3, q_offset=-(2**31) + 1),
     bad("scale-nan", ValueError, "scale", "ALiBi.softmax", SCORES, scale=float("nan")),
     bad("scale-string", TypeError, "scale", "alibi_softmax", SCORES, SLOPES, scale="0.5"),
     bad("inplace-leaf-requiring-grad", ValueError, "inplace", "ALiBi.add_to_scores", RequiresGrad(SCORES),

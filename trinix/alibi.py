@@ -29,11 +29,17 @@ def alibi_slopes(num_heads: int, *, max_bias: float = 8.0, head_offset: int = 0,
 
 
 def query_offset(q_offset: int | None, seqlen_q: int, seqlen_k: int) -> int:
-    """Key position of query 0; None means seqlen_k - seqlen_q (bottom-right alignment)."""
+    """Key position of query 0; None means seqlen_k - seqlen_q (bottom-right alignment).
+
+    The kernels form query positions and key-query distances in int32: |q_offset| + seqlen_q
+    + seqlen_k must stay below 2**31 (past it they would wrap), on every backend alike."""
     if q_offset is None:
-        return seqlen_k - seqlen_q
-    if isinstance(q_offset, bool) or not isinstance(q_offset, (int, np.integer)):
+        q_offset = seqlen_k - seqlen_q
+    elif isinstance(q_offset, bool) or not isinstance(q_offset, (int, np.integer)):
         raise TypeError(f"q_offset must be an int or None, got {type(q_offset).__name__}")
+    if abs(int(q_offset)) + seqlen_q + seqlen_k >= 2**31:
+        raise ValueError(f"q_offset {q_offset} with {seqlen_q} queries and {seqlen_k} keys: "
+                         f"|q_offset| + seqlen_q + seqlen_k must be below 2**31 (int32 distances)")
     return int(q_offset)
 
 
