@@ -8,7 +8,7 @@ import numpy as np
 
 from trinix.kernels.alibi import largest_power_of_two
 from trinix.kernels.call import Operand
-from trinix.rope import check_float
+from trinix.rope import check_float, check_int
 
 _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
@@ -43,34 +43,27 @@ def query_offset(q_offset: int | None, seqlen_q: int, seqlen_k: int) -> int:
     return int(q_offset)
 
 
-def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-
-
 def check_size(name: str, value) -> None:
     """seq_len, key_len, batch_size: an int >= 0."""
-    _check_int(name, value, 0)
+    check_int(name, value, 0)
 
 
 def check_alibi_config(num_heads, *, max_bias=8.0, head_offset=0, total_heads=None,
                        max_seq_len=None) -> None:
     """Raise ValueError/TypeError, naming the argument, for a configuration ALiBi can't take."""
-    _check_int("num_heads", num_heads, 1)
+    check_int("num_heads", num_heads, 1)
     if isinstance(max_bias, bool) or not isinstance(max_bias, (int, float, np.integer, np.floating)):
         raise TypeError(f"max_bias must be a number, got {type(max_bias).__name__}")
     if not math.isfinite(max_bias) or max_bias <= 0:
         raise ValueError(f"max_bias must be a finite number > 0, got {max_bias}")
-    _check_int("head_offset", head_offset, 0)
+    check_int("head_offset", head_offset, 0)
     if total_heads is not None:
-        _check_int("total_heads", total_heads, 1)
+        check_int("total_heads", total_heads, 1)
     if head_offset + num_heads > (total_heads or num_heads):
         raise ValueError(f"head_offset + num_heads ({head_offset} + {num_heads}) must be <= "
                          f"total_heads, the model's head count ({total_heads or num_heads})")
     if max_seq_len is not None:
-        _check_int("max_seq_len", max_seq_len, 1)
+        check_int("max_seq_len", max_seq_len, 1)
 
 
 def check_scale(scale) -> None:

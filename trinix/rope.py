@@ -37,15 +37,16 @@ def check_layout(layout) -> None:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
 
 
-def _check_count(name: str, value) -> None:
+def check_int(name: str, value, low: int) -> None:
+    """An int (NumPy ints too, not bool) >= low, else TypeError / ValueError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
 def check_seq_len(seq_len) -> None:
-    _check_count("seq_len", seq_len)
+    check_int("seq_len", seq_len, 0)
 
 
 def check_offset(offset) -> None:
@@ -136,7 +137,7 @@ def positions_extent(shape, layout: str, position_ids, offset, cu_seqlens, max_s
         check_offset(offset)
     if layout == "thd":
         if max_seqlen is not None:
-            _check_count("max_seqlen", max_seqlen)
+            check_int("max_seqlen", max_seqlen, 0)
             longest = max_seqlen
         elif cu_seqlens is None:
             raise ValueError("layout 'thd' (packed sequences) needs cu_seqlens")
