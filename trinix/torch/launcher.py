@@ -105,15 +105,19 @@ def launch(call: KernelCall, arrays: dict[str, torch.Tensor | None], *, interpre
     ]
     if 0 in call.grid:  # an empty tensor: nothing to launch
         return tuple(outputs)
-    options = dict(call.constexprs, num_warps=call.num_warps, num_stages=call.num_stages)
     if interpret:
         with _INTERPRETER_LOCK:  # Python ints: the interpreter refuses numpy integers
-            _interpreted(call.kernel)[call.grid](*inputs, *map(int, call.scalars), *outputs, **options)
+            _interpreted(call.kernel)[call.grid](*inputs, *map(int, call.scalars), *outputs, **_options(call))
     elif traceable:
-        wrap_triton(call.kernel)[call.grid](*inputs, *call.scalars, *outputs, **options)
+        wrap_triton(call.kernel)[call.grid](*inputs, *call.scalars, *outputs, **_options(call))
     else:
-        _launch_compiled(call, inputs, outputs, options)
+        _launch_compiled(call, inputs, outputs)
     return tuple(outputs)
+
+
+def _options(call: KernelCall) -> dict:
+    """The keyword arguments of a launch through Triton's JITFunction: constexprs and config."""
+    return dict(call.constexprs, num_warps=call.num_warps, num_stages=call.num_stages)
 
 
 # Compiled kernels by (KernelCall, device, 16-byte alignment of each input): what Triton's
@@ -127,15 +131,14 @@ _COMPILED: dict[tuple, tuple[KernelCall, Any, tuple]] = {}
 _COMPILED_MAX = 4096
 
 
-def _launch_compiled(call: KernelCall, inputs: list[torch.Tensor], outputs: list[torch.Tensor],
-                     options: dict) -> None:
+def _launch_compiled(call: KernelCall, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
     """Launch `call`, compiled by its first launch on this device and input alignment."""
     device = torch.cuda.current_device()
     key = (id(call), device, *(tensor.data_ptr() % 16 == 0 for tensor in inputs))
     arguments = (*inputs, *call.scalars, *outputs)
     cached = _COMPILED.get(key)
     if cached is None:
-        compiled = call.kernel[call.grid](*arguments, **options)
+        compiled = call.kernel[call.grid](*arguments, **_options(call))
         names = call.kernel.arg_names[len(arguments):]
         if len(_COMPILED) >= _COMPILED_MAX:
             _COMPILED.clear()
