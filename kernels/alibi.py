@@ -28,11 +28,6 @@ _BLOCK_K = 256
 # The fused softmax keeps a row of up to this many keys in registers (one read); longer
 # rows are read twice, the second time mostly from L2.
 _SOFTMAX_BLOCK_K = 8192
-# Row blocks a softmax program takes in turn when a row fits one block, loading the next
-# while reducing this one (STAGES deep): a program that held one row alone had nothing loading
-# while it reduced (benchmarks/NOTES.md, session 3).
-_SOFTMAX_ROW_BLOCKS = 4
-_SOFTMAX_STAGES = 2
 _BLOCK_HEADS = 1024
 
 
@@ -183,13 +178,31 @@ def _store_block(o_base, y, offs_q, k0, seqlen_q, seqlen_k, stride_oq, stride_ok
 
 
 @triton.jit
-def _softmax_row_block(SCORES, SLOPES, OUT, b, h, pid_q, seqlen_q, seqlen_k, q_offset,
-                       stride_b, stride_h, stride_q, stride_k, stride_mb, stride_mh,
-                       stride_ob, stride_oh, stride_oq, stride_ok,
-                       SCALE: tl.constexpr, CAUSAL: tl.constexpr, ONE_BLOCK: tl.constexpr,
-                       BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr):
-    """The softmax of rows pid_q * BLOCK_Q .. + BLOCK_Q of batch b, head h (none if seqlen_q
-    is 0)."""
+def _alibi_softmax_kernel(
+    SCORES, SLOPES,
+    n_heads, seqlen_q, seqlen_k, q_offset, n_q_blocks,
+    stride_b, stride_h, stride_q, stride_k,
+    stride_mb, stride_mh,
+    stride_ob, stride_oh, stride_oq, stride_ok,
+    OUT,
+    SCALE: tl.constexpr, CAUSAL: tl.constexpr, ONE_BLOCK: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, ALIGNED: tl.constexpr,
+):
+    """OUT = softmax over keys of SCALE * SCORES + bias; with CAUSAL the keys after each
+    query are masked, and a row with no key left is 0.
+
+    Grid: (batch * n_heads * n_q_blocks,); a program owns BLOCK_Q whole rows. With ONE_BLOCK
+    a row fits in BLOCK_K and is read once; otherwise a first pass keeps the running max and
+    sum over key blocks (online softmax) and a second pass reads the row again and writes.
+    """
+    if ALIGNED:
+        seqlen_k, stride_b, stride_h, stride_q, stride_ob, stride_oh, stride_oq = _aligned_rows(
+            seqlen_k, stride_b, stride_h, stride_q, stride_ob, stride_oh, stride_oq)
+    pid = tl.program_id(0)
+    pid_q = pid % n_q_blocks
+    bh = pid // n_q_blocks
+    b = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
     offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
     slope = tl.load(SLOPES + b * stride_mb + h * stride_mh).to(COMPUTE)
     x_base = SCORES + b * stride_b + h * stride_h
@@ -229,43 +242,6 @@ def _softmax_row_block(SCORES, SLOPES, OUT, b, h, pid_q, seqlen_q, seqlen_k, q_o
             _store_block(o_base, tl.exp(z - shift[:, None]) * inv_sum[:, None], offs_q, k0,
                          seqlen_q, seqlen_k, stride_oq, stride_ok, BLOCK_K)
             k0 += BLOCK_K
-
-
-@triton.jit
-def _alibi_softmax_kernel(
-    SCORES, SLOPES,
-    n_heads, seqlen_q, seqlen_k, q_offset, n_q_blocks, n_row_blocks,
-    stride_b, stride_h, stride_q, stride_k,
-    stride_mb, stride_mh,
-    stride_ob, stride_oh, stride_oq, stride_ok,
-    OUT,
-    SCALE: tl.constexpr, CAUSAL: tl.constexpr, ONE_BLOCK: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, ROW_BLOCKS: tl.constexpr, STAGES: tl.constexpr,
-    COMPUTE: tl.constexpr, ALIGNED: tl.constexpr,
-):
-    """OUT = softmax over keys of SCALE * SCORES + bias; with CAUSAL the keys after each
-    query are masked, and a row with no key left is 0.
-
-    Grid: (cdiv(n_row_blocks, ROW_BLOCKS),): a program takes ROW_BLOCKS blocks of BLOCK_Q whole
-    rows, of the n_row_blocks = batch * n_heads * n_q_blocks, in a loop of STAGES stages (the
-    next block's scores load while this block reduces). With ONE_BLOCK a row fits in BLOCK_K
-    and is read once; otherwise a first pass keeps the running max and sum over key blocks
-    (online softmax) and a second pass reads the row again and writes.
-    """
-    if ALIGNED:
-        seqlen_k, stride_b, stride_h, stride_q, stride_ob, stride_oh, stride_oq = _aligned_rows(
-            seqlen_k, stride_b, stride_h, stride_q, stride_ob, stride_oh, stride_oq)
-    for i in tl.range(0, ROW_BLOCKS, num_stages=STAGES):
-        block = tl.program_id(0) * ROW_BLOCKS + i
-        # A block past the last one repeats the last block's addresses with no row to read or
-        # write: the loop body stays the same for every block.
-        rows = tl.where(block < n_row_blocks, seqlen_q, 0)
-        block = tl.minimum(block, n_row_blocks - 1)
-        bh = block // n_q_blocks
-        _softmax_row_block(SCORES, SLOPES, OUT, (bh // n_heads).to(tl.int64), (bh % n_heads).to(tl.int64),
-                           block % n_q_blocks, rows, seqlen_k, q_offset, stride_b, stride_h, stride_q,
-                           stride_k, stride_mb, stride_mh, stride_ob, stride_oh, stride_oq, stride_ok,
-                           SCALE, CAUSAL, ONE_BLOCK, BLOCK_Q, BLOCK_K, COMPUTE)
 
 
 def largest_power_of_two(n: int) -> int:
@@ -357,21 +333,16 @@ def alibi_softmax_call(scores: Operand, slopes: Operand, *, scale: float, q_offs
     batch, n_heads, seqlen_q, seqlen_k = scores.shape
     block_q, block_k = _tile(seqlen_q, seqlen_k, _SOFTMAX_BLOCK_K)
     n_q_blocks = cdiv(seqlen_q, block_q)
-    n_row_blocks = batch * n_heads * n_q_blocks if seqlen_k else 0
-    one_block = seqlen_k <= block_k
-    row_blocks = _SOFTMAX_ROW_BLOCKS if one_block else 1
     out_strides = row_major_strides(scores.shape)
     return KernelCall(
         kernel=_alibi_softmax_kernel,
-        grid=(cdiv(n_row_blocks, row_blocks),),
+        grid=(batch * n_heads * n_q_blocks if seqlen_k else 0,),
         inputs=("scores", "slopes"),
-        scalars=(n_heads, seqlen_q, seqlen_k, q_offset, n_q_blocks, n_row_blocks, *scores.strides,
+        scalars=(n_heads, seqlen_q, seqlen_k, q_offset, n_q_blocks, *scores.strides,
                  *batched_strides(slopes, 2), *out_strides),
         outputs=(Output(scores.shape, scores.dtype),),
-        constexprs=dict(SCALE=float(scale), CAUSAL=causal, ONE_BLOCK=one_block,
-                        BLOCK_Q=block_q, BLOCK_K=block_k, ROW_BLOCKS=row_blocks,
-                        STAGES=_SOFTMAX_STAGES if row_blocks > 1 else 1,
-                        COMPUTE=compute_dtype(scores.dtype),
+        constexprs=dict(SCALE=float(scale), CAUSAL=causal, ONE_BLOCK=seqlen_k <= block_k,
+                        BLOCK_Q=block_q, BLOCK_K=block_k, COMPUTE=compute_dtype(scores.dtype),
                         ALIGNED=strides_aligned(seqlen_k, *scores.strides[:3], *out_strides[:3])),
         num_warps=8 if block_k >= 2048 else 4,
     )
