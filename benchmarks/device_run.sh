@@ -4,10 +4,11 @@
 #   bash benchmarks/device_run.sh [tests] [properties] [memcheck] [racecheck] [probe] [probe-alibi] [bench]
 # tests: the whole suite, compiled kernels included, over PYTEST_WORKERS processes (8); a test
 #   running past 150 s fails with its stack (pytest-timeout, installed there). ~3 min.
-# properties: the property tests in their "gpu" profile (compiled kernels, larger shapes), one
-#   test per worker; a test still running after PROPERTIES_TEST_TIMEOUT (230 s) fails as a
-#   timeout, so that the failures and their falsifying examples print before PROPERTIES_LIMIT
-#   (290 s) ends the step (session 3 lost a failure that way).
+# properties: the property tests in their "gpu" profile (compiled kernels, larger shapes), each
+#   test in its own process, in the background while the later steps run (put timing steps
+#   before it); each writes $OUT/properties-<test>.log as it ends, so a failure and its
+#   falsifying example come back even if another test is cut by PROPERTIES_LIMIT (290 s; session
+#   3 lost a failure to one summary printed at the end). The script waits for them at its end.
 # memcheck, racecheck: the compiled-kernel tests (-k triton) of SANITIZE_TESTS under
 #   compute-sanitizer; each took over 130 s for ~2/3 of the three default files.
 # probe: benchmarks/probe_rope.py $PROBE_ARGS (default --profile: host time per call, kernel
@@ -23,14 +24,19 @@ OUT=${OUT:-/tmp/trinix-out}
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 mkdir -p "$OUT"
 steps=("${@:-tests bench}")
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+# Installs once per machine, so that two runs of this script may share it (one step in the
+# background, e.g. a sanitizer beside the tests).
+if [[ ! -d /tmp/site ]] && compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --target /tmp/site .whl/*.whl
 fi
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
+[[ -d /tmp/site ]] && export PYTHONPATH=/tmp/site
+(cd /tmp && python3 -c "import trinix.kernels" 2>/dev/null) \
+  || python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton, jax, flax; print('torch', torch.__version__, 'triton', triton.__version__, 'jax', jax.__version__, 'flax', flax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
 status=0
+property_pids=()
 for step in ${steps[*]}; do
   case "$step" in
     tests)
@@ -38,10 +44,11 @@ for step in ${steps[*]}; do
         tests 2>&1 | tee "$OUT/pytest.log" | tail -n 40
       status=$((status | ${PIPESTATUS[0]})) ;;
     properties)
-      HYPOTHESIS_PROFILE=gpu timeout "${PROPERTIES_LIMIT:-290}" python3 -m pytest -q -p no:benchmark -n "${PYTEST_WORKERS:-8}" \
-        --timeout "${PROPERTIES_TEST_TIMEOUT:-230}" -rf --durations 10 tests/test_properties.py 2>&1 \
-        | tee "$OUT/properties.log" | tail -n 60
-      status=$((status | ${PIPESTATUS[0]})) ;;
+      for test in $(python3 -m pytest -q -p no:benchmark --collect-only tests/test_properties.py | grep '::'); do
+        HYPOTHESIS_PROFILE=gpu timeout "${PROPERTIES_LIMIT:-290}" python3 -m pytest -q -p no:benchmark \
+          -p no:cacheprovider -rf "$test" >"$OUT/properties-${test##*::}.log" 2>&1 &
+        property_pids+=($!)
+      done ;;
     memcheck|racecheck)
       timeout "${SANITIZE_LIMIT:-600}" compute-sanitizer --tool "$step" --error-exitcode 3 --print-limit 20 \
         python3 -m pytest -q -p no:cacheprovider -p no:benchmark -k "triton" \
@@ -59,4 +66,11 @@ for step in ${steps[*]}; do
       status=$((status | ${PIPESTATUS[0]})) ;;
   esac
 done
+for pid in "${property_pids[@]}"; do
+  wait "$pid"
+  status=$((status | $?))
+done
+if ((${#property_pids[@]})); then
+  tail -n 3 "$OUT"/properties-*.log
+fi
 exit $status
