@@ -19,7 +19,7 @@ import triton.language as tl
 
 from .call import (KernelCall, Operand, Output, batched_strides, cdiv, compute_dtype, next_power_of_2,
                    row_major_strides)
-from .hints import multiple_of_16, strides_aligned
+from .hints import kernel, multiple_of_16, strides_aligned
 
 # Elements of one (BLOCK_Q, BLOCK_K) tile a program writes; rows of at most _BLOCK_K keys
 # keep each thread's stores 16-byte vectors along the contiguous key axis.
@@ -28,13 +28,15 @@ _BLOCK_K = 256
 # The fused softmax keeps a row of up to this many keys in registers (one read); longer
 # rows are read twice, the second time mostly from L2.
 _SOFTMAX_BLOCK_K = 8192
-# Rows of up to this many keys reduce on 4 warps: on the H200 at medium (2048 keys, 4 rows a
-# program) 4 warps ran 0.561 ms, 1.12x the roofline, against 0.636 ms on 8 (probe_alibi.py).
+# Rows of up to this many keys reduce on 4 warps, longer ones on 16. On the H200
+# (probe_alibi.py, do_bench, fp16, full / causal): medium (2048 keys, 4 rows a program) 0.560 /
+# 0.607 ms on 4 warps, 0.642 / 0.641 on 8, 0.741 / 0.750 on 16; large (8192 keys, one row)
+# 12.17 / 10.23 ms on 4, 11.66 / 11.05 on 8, 11.17 / 10.66 on 16.
 _SOFTMAX_FOUR_WARPS_TO_K = 2048
 _BLOCK_HEADS = 1024
 
 
-@triton.jit
+@kernel
 def _alibi_slopes_kernel(MAX_BIAS, n_heads, head_offset, power, SLOPES, BLOCK_H: tl.constexpr):
     """SLOPES[h] = slope of global head head_offset + h, for h < n_heads; `power` is the
     largest power of two <= the total head count, MAX_BIAS a (1,) array."""
@@ -110,7 +112,7 @@ def _finite(row_max):
     return tl.where(row_max == float("-inf"), 0.0, row_max)
 
 
-@triton.jit
+@kernel
 def _alibi_kernel(
     SCORES, SLOPES,
     n_heads, seqlen_q, seqlen_k, q_offset, n_q_blocks, n_k_blocks,
@@ -180,7 +182,7 @@ def _store_block(o_base, y, offs_q, k0, seqlen_q, seqlen_k, stride_oq, stride_ok
     tl.store(o_ptr, y.to(o_base.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@kernel
 def _alibi_softmax_kernel(
     SCORES, SLOPES,
     n_heads, seqlen_q, seqlen_k, q_offset, n_q_blocks,
@@ -347,5 +349,5 @@ def alibi_softmax_call(scores: Operand, slopes: Operand, *, scale: float, q_offs
         constexprs=dict(SCALE=float(scale), CAUSAL=causal, ONE_BLOCK=seqlen_k <= block_k,
                         BLOCK_Q=block_q, BLOCK_K=block_k, COMPUTE=compute_dtype(scores.dtype),
                         ALIGNED=strides_aligned(seqlen_k, *scores.strides[:3], *out_strides[:3])),
-        num_warps=8 if block_k > _SOFTMAX_FOUR_WARPS_TO_K else 4,
+        num_warps=16 if block_k > _SOFTMAX_FOUR_WARPS_TO_K else 4,
     )

@@ -1,5 +1,7 @@
 """Facts about a launch that the Triton compiler needs and not every launcher passes on."""
 
+import inspect
+
 import triton
 
 # Triton's own launcher specializes each integer argument that is a multiple of 16, so the
@@ -10,7 +12,21 @@ import triton
 # seed's xl size, 0 of 261 global loads vectorized, against 38 of 54 as torch launches it).
 # Kernels therefore take a constexpr ALIGNED, set by the call builder when all their row
 # strides and row lengths are multiples of 16, and pass those values through multiple_of_16.
+# ALIGNED is then the compiler's only source of divisibility: a launched kernel is declared
+# with `kernel`, which turns Triton's own integer specialization off, so that both launchers
+# compile the same code for the same call. (They did not where ALIGNED was unset: on the H200
+# the ALiBi softmax of a (1, 16, 202, 16) float32 view with strides (1, 1, 16, 3232) differed
+# in its last bits between torch and JAX: Triton marked 16, 3232 and the output strides
+# divisible, chose other layouts and summed in another order.)
 ALIGNMENT = 16
+
+
+def kernel(fn):
+    """triton.jit for a kernel that trinix launches: its scalar arguments (lower-case names;
+    pointers and constexprs are upper case) are not specialized on divisibility by 16. An
+    argument equal to 1 is still compiled in, by both launchers."""
+    scalars = [name for name in inspect.signature(fn).parameters if name.islower()]
+    return triton.jit(do_not_specialize_on_alignment=scalars)(fn)
 
 
 @triton.jit

@@ -17,7 +17,7 @@ import triton.language as tl
 
 from .call import (KernelCall, Operand, Output, batched_strides, cdiv, compute_dtype, next_power_of_2,
                    row_major_strides)
-from .hints import multiple_of_16, strides_aligned
+from .hints import kernel, multiple_of_16, strides_aligned
 
 # A program rotates a tile of BLOCK_S tokens x BLOCK_H heads x BLOCK_HALF pairs of q or of k,
 # each tensor's tiles shaped for its own head count: heads fill up to _HEAD_TILE_ELEMENTS
@@ -152,7 +152,7 @@ def _rotate_tile(X, X_OUT, COS, SIN, FREQUENCIES, POSITIONS, CU_SEQLENS, b, seq_
                   HALF, PASS, BLOCK_H, BLOCK_PASS, INTERLEAVED, INPLACE, COMPUTE)
 
 
-@triton.jit
+@kernel
 def _rope_apply_kernel(
     Q, K, COS, SIN, FREQUENCIES, POSITIONS, CU_SEQLENS,
     seq_len, n_heads_q, n_heads_k, n_q_seq_blocks, n_k_seq_blocks, n_q_tiles, n_tiles,
@@ -212,7 +212,7 @@ def _rope_apply_kernel(
                      BATCH_OFFSETS, VARLEN, INTERLEAVED, CONJUGATE, INPLACE, COMPUTE)
 
 
-@triton.jit
+@kernel
 def _rope_table_kernel(
     FREQUENCIES, n_rows, position_offset, COS, SIN,
     HALF: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_HALF: tl.constexpr,
