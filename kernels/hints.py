@@ -14,10 +14,10 @@ import triton
 # strides and row lengths are multiples of 16, and pass those values through multiple_of_16.
 # ALIGNED is then the compiler's only source of divisibility: a launched kernel is declared
 # with `kernel`, which turns Triton's own integer specialization off, so that both launchers
-# compile the same code for the same call. (They did not where ALIGNED was unset: on the H200
-# the ALiBi softmax of a (1, 16, 202, 16) float32 view with strides (1, 1, 16, 3232) differed
-# in its last bits between torch and JAX: Triton marked 16, 3232 and the output strides
-# divisible, chose other layouts and summed in another order.)
+# compile the same code for the same call. (They did not where ALIGNED was unset: for the ALiBi
+# softmax of contiguous (1, 16, 32, 33) float32 scores Triton's launcher marked 16 heads, 32
+# queries and the 1056 head stride divisible and compiled other PTX than jax-triton; a
+# softmax compiled for other layouts sums in another order, so its last bits differ.)
 ALIGNMENT = 16
 
 

@@ -84,14 +84,16 @@ def test_jax_triton_launch_vectorizes_like_triton_launch(name):
 
 
 def test_both_launchers_compile_unaligned_calls_alike():
-    """Where ALIGNED is unset, Triton's launcher would still mark the strides that are multiples
-    of 16; the H200 found the ALiBi softmax of this float32 view (memory in reversed dim order)
-    differing in its last bits between torch and JAX before the kernels declined it."""
-    scores = Operand((1, 16, 202, 16), (1, 1, 16, 3232), "float32")
-    call = alibi_softmax_call(scores, Operand((16,), (1,), "float32"), scale=1 / 3, q_offset=-131,
-                              causal=True)
-    assert not call.constexprs["ALIGNED"]
-    assert ptx(call, {}, "triton") == ptx(call, {}, "jax-triton")
+    """Where ALIGNED is unset, Triton's launcher would still mark the sizes and strides that are
+    multiples of 16 (here 16 heads, 32 queries, a head stride of 1056), and compile other code
+    than jax-triton for the same call; the kernels decline that specialization."""
+    shape = (1, 16, 32, 33)
+    softmax = alibi_softmax_call(Operand(shape, row_major_strides(shape), "float32"),
+                                 Operand((16,), (1,), "float32"), scale=1 / 3, q_offset=-131, causal=True)
+    q = Operand((2, 100, 16, 72), row_major_strides((2, 100, 16, 72)), "float16")
+    for call, dtypes in ((softmax, {}), (rope_apply_call(q, q), ROPE_DTYPES)):
+        assert not call.constexprs["ALIGNED"]
+        assert ptx(call, dtypes, "triton") == ptx(call, dtypes, "jax-triton")
 
 
 @pytest.mark.parametrize("name", CALLS)

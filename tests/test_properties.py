@@ -594,10 +594,13 @@ def _jax_call(case: ScoresCase, backend: str, fn, *arrays):
 
 
 def _check_scores_outputs(case: ScoresCase, outputs: dict, expected: np.ndarray, kernel: str, what: str,
-                          extra_atol: float = 0.0):
+                          extra_atol: float = 0.0, same_launch: bool = True):
+    """Each output close to `expected`; the kernel's from torch and jax bit-identical where both
+    launched it alike (`same_launch`)."""
     for (framework, backend), out in outputs.items():
         assert_close_alibi(out, expected, case.dtype, f"{framework}-{backend} {what}", extra_atol)
-    assert_same_kernel(outputs, kernel, what)
+    if same_launch:
+        assert_same_kernel(outputs, kernel, what)
 
 
 def _reference_softmax_rounding(case: ScoresCase) -> float:
@@ -689,4 +692,8 @@ def test_alibi_softmax_matches_reference(data):
         outputs["jax", backend] = _jax_call(case, backend, functools.partial(jax_alibi.alibi_softmax, **options),
                                             case.scores, case.slopes)
     expected = ref.alibi_softmax(case.scores, _per_batch(case.slopes), **options)
-    _check_scores_outputs(case, outputs, expected, kernel, "softmax", _reference_softmax_rounding(case))
+    # jax arrays are row-major: torch's strided scores are another launch, compiled for other
+    # strides (other layouts, sums in another order: on the H200 a permuted float32 view differed
+    # from jax in its last bits), so bit parity holds where the scores are contiguous.
+    _check_scores_outputs(case, outputs, expected, kernel, "softmax", _reference_softmax_rounding(case),
+                          same_launch=case.strides == "contiguous")
