@@ -44,7 +44,7 @@ for step in ${steps[*]}; do
         tests 2>&1 | tee "$OUT/pytest.log" | tail -n 40
       status=$((status | ${PIPESTATUS[0]})) ;;
     properties)
-      for test in $(python3 -m pytest -q -p no:benchmark --collect-only tests/test_properties.py | grep '::'); do
+      for test in $(python3 -m pytest -q -p no:benchmark --collect-only tests/test_properties.py | grep '::' | grep -e "${PROPERTIES_MATCH:-::}"); do
         HYPOTHESIS_PROFILE=gpu timeout "${PROPERTIES_LIMIT:-290}" python3 -m pytest -q -p no:benchmark \
           -p no:cacheprovider -rf "$test" >"$OUT/properties-${test##*::}.log" 2>&1 &
         property_pids+=($!)
