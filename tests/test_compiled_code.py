@@ -96,16 +96,6 @@ def test_both_launchers_compile_unaligned_calls_alike():
         assert ptx(call, dtypes, "triton") == ptx(call, dtypes, "jax-triton")
 
 
-@pytest.mark.parametrize("name", CALLS)
-def test_scalars_are_the_kernels_lower_case_parameters(name):
-    """kernels.hints.kernel finds a kernel's scalar parameters by their lower-case names."""
-    call, _ = CALLS[name]
-    names = call.kernel.arg_names
-    scalars = names[len(call.inputs):len(call.inputs) + len(call.scalars)]
-    others = names[:len(call.inputs)] + names[len(call.inputs) + len(call.scalars):]
-    assert all(name.islower() for name in scalars) and not any(name.islower() for name in others)
-
-
 def test_unaligned_rows_are_not_declared_aligned():
     """head_dim 72: rows of q start 144 bytes apart, not a multiple of 32 (16 fp16 elements)."""
     q = Operand((1, 64, 4, 72), row_major_strides((1, 64, 4, 72)), "float16")
@@ -140,3 +130,13 @@ def test_call_builders_return_the_same_call_for_the_same_arguments(name):
     """The torch launcher keeps a launch's compiled kernel by its KernelCall object: a builder
     that made a new call each time would recompile-check every launch through Triton."""
     assert BUILDERS[name]() is BUILDERS[name]()
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_scalars_are_the_kernels_lower_case_parameters(name):
+    """kernels.hints.kernel finds a kernel's scalar parameters by their lower-case names."""
+    call = BUILDERS[name]()
+    names = call.kernel.arg_names
+    scalars = names[len(call.inputs):len(call.inputs) + len(call.scalars)]
+    others = names[:len(call.inputs)] + names[len(call.inputs) + len(call.scalars):]
+    assert all(arg.islower() for arg in scalars) and not any(arg.islower() for arg in others)
