@@ -7,13 +7,15 @@
 # properties: the property tests in their "gpu" profile (compiled kernels, larger shapes), each
 #   test in its own process, in the background while the later steps run (put timing steps
 #   before it); each writes $OUT/properties-<test>.log as it ends, so a failure and its
-#   falsifying example come back even if another test is cut by PROPERTIES_LIMIT (290 s; session
-#   3 lost a failure to one summary printed at the end). The script waits for them at its end.
+#   falsifying example come back even if another test is cut (session 3 lost a failure to one
+#   summary printed at the end): pytest-timeout stops a test at PROPERTIES_TEST_TIMEOUT (270 s)
+#   and prints its stack, `timeout` kills it at PROPERTIES_LIMIT (290 s). PROPERTIES_MATCH (a
+#   grep pattern) picks some of the tests. The script waits for them at its end.
 # memcheck, racecheck: the compiled-kernel tests (-k triton) of SANITIZE_TESTS under
 #   compute-sanitizer; each took over 130 s for ~2/3 of the three default files.
 # probe: benchmarks/probe_rope.py $PROBE_ARGS (default --profile: host time per call, kernel
 #   time per tile, variants; "--host-only" for the first alone).
-# probe-alibi: benchmarks/probe_alibi.py (the ALiBi softmax per loop shape and num_warps),
+# probe-alibi: benchmarks/probe_alibi.py (the ALiBi softmax per num_warps),
 #   stopped after PROBE_LIMIT (300 s).
 # bench: the benchmark, written to $OUT/bench (copy it into benchmarks/ to commit it). ~4 min.
 # TESTS_LIMIT, PROPERTIES_LIMIT, BENCH_LIMIT, SANITIZE_LIMIT (seconds) stop a step early, so that later steps
@@ -46,7 +48,8 @@ for step in ${steps[*]}; do
     properties)
       for test in $(python3 -m pytest -q -p no:benchmark --collect-only tests/test_properties.py | grep '::' | grep -e "${PROPERTIES_MATCH:-::}"); do
         HYPOTHESIS_PROFILE=gpu timeout "${PROPERTIES_LIMIT:-290}" python3 -m pytest -q -p no:benchmark \
-          -p no:cacheprovider -rf "$test" >"$OUT/properties-${test##*::}.log" 2>&1 &
+          -p no:cacheprovider -rf --timeout "${PROPERTIES_TEST_TIMEOUT:-270}" "$test" \
+          >"$OUT/properties-${test##*::}.log" 2>&1 &
         property_pids+=($!)
       done ;;
     memcheck|racecheck)
