@@ -35,7 +35,8 @@ from trinix.torch.rope import FastRoPEPositionEmbedding
 
 SMALL = (4, 512, 32, 64)
 LARGE = {"large": (1, 8192, 64, 128), "xl": (1, 32768, 128, 128)}
-# (heads, tokens) tile limits: kernels.rope's _HEAD_TILE_ELEMENTS and _TILE_ELEMENTS.
+# (heads, tokens) tile limits: kernels.rope's head limit (_HEAD_TILE_ELEMENTS, and
+# _BHSD_COMPUTED_HEAD_TILE_ELEMENTS for "bhsd" computing cos/sin) and _TILE_ELEMENTS.
 TILES = ((2048, 2048), (4096, 4096), (8192, 4096), (8192, 8192), (16384, 16384))
 # BHSD keeps a head's tokens contiguous: tiles of few heads and many tokens too.
 BHSD_TILES = ((64, 4096), (128, 4096), (512, 4096), (2048, 4096), (8192, 4096))
@@ -90,7 +91,8 @@ def probe_host(profile: bool):
 
 
 def probe_tiles(gbps: float):
-    defaults = kernels_rope._HEAD_TILE_ELEMENTS, kernels_rope._TILE_ELEMENTS
+    limits = ("_HEAD_TILE_ELEMENTS", "_BHSD_COMPUTED_HEAD_TILE_ELEMENTS", "_TILE_ELEMENTS")
+    defaults = {name: getattr(kernels_rope, name) for name in limits}
     for name, (layout, tiles) in TILE_CASES.items():
         batch, seq, heads, head_dim = LARGE[name.split("-")[0]]
         q = torch.randn(batch, seq, heads, head_dim, dtype=torch.float16, device="cuda")
@@ -105,7 +107,8 @@ def probe_tiles(gbps: float):
         print(f"\n{name} {tuple(q.shape)} fp16 q+k: roofline {roofline_ms:.4f} ms at {gbps:.0f} GB/s")
         for source in ("computed", "table"):
             for head_tile, tile in tiles:
-                kernels_rope._HEAD_TILE_ELEMENTS, kernels_rope._TILE_ELEMENTS = head_tile, tile
+                for name, value in zip(limits, (head_tile, head_tile, tile)):
+                    setattr(kernels_rope, name, value)
                 kernels_rope.rope_apply_call.cache_clear()
                 table = source == "table"
                 call = kernels_rope.rope_apply_call(operand(q), operand(k), layout=layout,
@@ -121,7 +124,8 @@ def probe_tiles(gbps: float):
                     c = variant.constexprs
                     print(f"{name:10s} {source:8s} tiles {head_tile:5d} {tile:5d} (S{c['BLOCK_S']:3d} H{c['BLOCK_H']:3d}) "
                           f"warps {warps}: {ms:.4f} ms  {ms / roofline_ms:.3f}x roofline  {'ok' if ok else 'WRONG'}")
-        kernels_rope._HEAD_TILE_ELEMENTS, kernels_rope._TILE_ELEMENTS = defaults
+        for name, value in defaults.items():
+            setattr(kernels_rope, name, value)
         kernels_rope.rope_apply_call.cache_clear()
 
 

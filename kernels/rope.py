@@ -26,6 +26,11 @@ from .hints import kernel, multiple_of_16, strides_aligned
 # (benchmarks/NOTES.md).
 _HEAD_TILE_ELEMENTS = 8192
 _TILE_ELEMENTS = 4096
+# In "bhsd" a head's tokens are contiguous: computing cos/sin, a tile of 8 heads x 8 tokens
+# (at 64 pairs) ran 1.085x its roofline on the H200 against 1.122x for 64 heads x 1 token,
+# and 3.8x for 1 head x 64 tokens (each token's cos/sin then serves one head). Reading tables,
+# no tile beat the default by more than 1% (CUDA-graph replay at large, benchmarks/NOTES.md).
+_BHSD_COMPUTED_HEAD_TILE_ELEMENTS = 512
 # Warps per program. Reading cos/sin tables, a tile of 4096 pairs or more takes 8 warps: at
 # xl (128 heads x 64 pairs a program) 4 warps need 207 registers a thread, and on the H200
 # the tile ran 1.058x its roofline with 8 warps against 1.081x with 4 (CUDA-graph replay,
@@ -254,10 +259,10 @@ def _batch_stride(offsets: Operand) -> int:
     return 0 if offsets.shape[0] == 1 else offsets.strides[0]
 
 
-def _tile(n_heads: int, block_half: int) -> tuple[int, int]:
-    """(BLOCK_S, BLOCK_H) of a tensor's tiles: heads up to _HEAD_TILE_ELEMENTS pairs, then
+def _tile(n_heads: int, block_half: int, head_tile_elements: int) -> tuple[int, int]:
+    """(BLOCK_S, BLOCK_H) of a tensor's tiles: heads up to head_tile_elements pairs, then
     tokens up to _TILE_ELEMENTS."""
-    block_h = min(next_power_of_2(n_heads), max(1, _HEAD_TILE_ELEMENTS // block_half))
+    block_h = min(next_power_of_2(n_heads), max(1, head_tile_elements // block_half))
     return max(1, _TILE_ELEMENTS // (block_h * block_half)), block_h
 
 
@@ -305,8 +310,11 @@ def rope_apply_call(
     half = (rotary_dim or head_dim) // 2
     passed = head_dim - 2 * half
     block_half = next_power_of_2(half)
-    block_s, block_h = _tile(n_heads_q, block_half)
-    block_s_k, block_h_k = _tile(n_heads_k, block_half)
+    from_table = cos is not None
+    head_tile_elements = (_BHSD_COMPUTED_HEAD_TILE_ELEMENTS if layout == "bhsd" and not from_table
+                          else _HEAD_TILE_ELEMENTS)
+    block_s, block_h = _tile(n_heads_q, block_half, head_tile_elements)
+    block_s_k, block_h_k = _tile(n_heads_k, block_half, head_tile_elements)
     n_q_seq_blocks, n_k_seq_blocks = cdiv(seq_len, block_s), cdiv(seq_len, block_s_k)
     n_q_tiles = n_q_seq_blocks * cdiv(n_heads_q, block_h)
     n_tiles = n_q_tiles + n_k_seq_blocks * cdiv(n_heads_k, block_h_k)
@@ -317,7 +325,6 @@ def rope_apply_call(
     else:
         outputs = (Output(q.shape, q.dtype), Output(k.shape, k.dtype))
         q_out_strides, k_out_strides = row_major_strides(q.shape), row_major_strides(k.shape)
-    from_table = cos is not None
     # Packed tokens are addressed by row alone: their "batch" stride is 0.
     tensor_strides = [_bshd(strides, layout, 0) for strides in (q.strides, k.strides, q_out_strides, k_out_strides)]
     table_strides = [batched_strides(table, 3) for table in (cos, sin)]

@@ -57,6 +57,9 @@ CASES = [
     # transformers' layout and strided inputs, no copies.
     RopeCase("bhsd", 2, 40, 6, 2, 64, layout="bhsd", positions="ids"),
     RopeCase("bhsd-shared-ids", 2, 40, 6, 2, 64, layout="bhsd", positions="shared-ids"),
+    # Computing cos/sin in "bhsd", 12 heads of 64 pairs take tiles of 8 heads x 8 tokens: a
+    # partial head block and a partial token block.
+    RopeCase("bhsd-12-heads", 1, 19, 12, 4, 128, layout="bhsd"),
     RopeCase("shared-ids-table", 3, 20, 4, 4, 32, "float16", positions="shared-ids", source="table"),
     RopeCase("bhsd-table-fp16", 2, 40, 6, 6, 64, "float16", layout="bhsd", source="table"),
     RopeCase("noncontiguous", 2, 24, 4, 2, 32, noncontiguous=True, positions="offset"),
