@@ -9,7 +9,8 @@
    backward through autograd, trinix's and two torch multiplications' for scale. --profile
    adds the functions that take the host's time (cProfile).
 2. Kernel: the rotate kernel (cos/sin computed in the kernel, and the table path) at the
-   large and xl configurations, and large in BHSD layout, for tile limits x num_warps, each
+   large and xl configurations, and large in BHSD layout and with GQA (k of 8 heads), for
+   tile limits x num_warps, each
    checked against the torch fallback first, timed by CUDA-graph replay (no host time inside), against the roofline
    at the copy bandwidth as the benchmark measures it. (A copy timed by graph replay reads
    2.7 TB/s on the H200, against 4.2 TB/s timed by events: not a usable ceiling.)
@@ -40,7 +41,9 @@ LARGE = {"large": (1, 8192, 64, 128), "xl": (1, 32768, 128, 128)}
 TILES = ((2048, 2048), (4096, 4096), (8192, 4096), (8192, 8192), (16384, 16384))
 # BHSD keeps a head's tokens contiguous: tiles of few heads and many tokens too.
 BHSD_TILES = ((64, 4096), (128, 4096), (512, 4096), (2048, 4096), (8192, 4096))
-TILE_CASES = {"large": ("bshd", TILES), "xl": ("bshd", TILES), "large-bhsd": ("bhsd", BHSD_TILES)}
+# name: (layout, tile limits, k's heads (None: q's))
+TILE_CASES = {"large": ("bshd", TILES, None), "xl": ("bshd", TILES, None),
+              "large-bhsd": ("bhsd", BHSD_TILES, None), "large-gqa": ("bshd", TILES, 8)}
 WARPS = (4, 8)
 
 
@@ -93,22 +96,22 @@ def probe_host(profile: bool):
 def probe_tiles(gbps: float):
     limits = ("_HEAD_TILE_ELEMENTS", "_BHSD_COMPUTED_HEAD_TILE_ELEMENTS", "_TILE_ELEMENTS")
     defaults = {name: getattr(kernels_rope, name) for name in limits}
-    for name, (layout, tiles) in TILE_CASES.items():
+    for name, (layout, tiles, k_heads) in TILE_CASES.items():
         batch, seq, heads, head_dim = LARGE[name.split("-")[0]]
         q = torch.randn(batch, seq, heads, head_dim, dtype=torch.float16, device="cuda")
+        k = torch.randn(batch, seq, k_heads or heads, head_dim, dtype=torch.float16, device="cuda")
         if layout == "bhsd":
-            q = q.transpose(1, 2).contiguous()
-        k = torch.randn_like(q)
+            q, k = q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous()
         rope = FastRoPEPositionEmbedding(head_dim, max_position_embeddings=seq, layout=layout).cuda()
         cos, sin = rope(q, seq)
         frequencies = rope.frequencies(q.device)
         expected = rope.rotate(q, k, backend="torch")
-        roofline_ms = 4 * q.numel() * q.element_size() / gbps / 1e6
-        print(f"\n{name} {tuple(q.shape)} fp16 q+k: roofline {roofline_ms:.4f} ms at {gbps:.0f} GB/s")
+        roofline_ms = 2 * (q.numel() + k.numel()) * q.element_size() / gbps / 1e6
+        print(f"\n{name} q {tuple(q.shape)} k {tuple(k.shape)} fp16: roofline {roofline_ms:.4f} ms at {gbps:.0f} GB/s")
         for source in ("computed", "table"):
             for head_tile, tile in tiles:
-                for name, value in zip(limits, (head_tile, head_tile, tile)):
-                    setattr(kernels_rope, name, value)
+                for limit, value in zip(limits, (head_tile, head_tile, tile)):
+                    setattr(kernels_rope, limit, value)
                 kernels_rope.rope_apply_call.cache_clear()
                 table = source == "table"
                 call = kernels_rope.rope_apply_call(operand(q), operand(k), layout=layout,
@@ -122,10 +125,11 @@ def probe_tiles(gbps: float):
                     ok = all(torch.allclose(o.float(), e.float(), atol=2e-3, rtol=2e-3) for o, e in zip(out, expected))
                     ms = graph_ms(lambda: launch(variant, arrays, interpret=False)) if ok else float("nan")
                     c = variant.constexprs
-                    print(f"{name:10s} {source:8s} tiles {head_tile:5d} {tile:5d} (S{c['BLOCK_S']:3d} H{c['BLOCK_H']:3d}) "
+                    print(f"{name:10s} {source:8s} tiles {head_tile:5d} {tile:5d} (S{c['BLOCK_S']:3d} H{c['BLOCK_H']:3d}"
+                          f" k S{c['BLOCK_S_K']:3d} H{c['BLOCK_H_K']:3d}) "
                           f"warps {warps}: {ms:.4f} ms  {ms / roofline_ms:.3f}x roofline  {'ok' if ok else 'WRONG'}")
-        for name, value in defaults.items():
-            setattr(kernels_rope, name, value)
+        for limit, value in defaults.items():
+            setattr(kernels_rope, limit, value)
         kernels_rope.rope_apply_call.cache_clear()
 
 
