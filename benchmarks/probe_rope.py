@@ -17,17 +17,23 @@
 3. Variants at large through the public API, default tiles: GQA (k with 8 heads), BHSD, bf16,
    fp32, forward + backward; timed by triton.testing.do_bench (autograd does not go into a
    CUDA graph), whose L2 flush before each call hides the host's dispatch at this size.
+4. Timing methods: the benchmark's `apply` rows at medium, large and xl, trinix through torch
+   timed both ways the benchmark times (CUDA events after an L2 flush, its torch rows; wall
+   time of bursts, its JAX rows), trinix through JAX and XLA's jnp by bursts: whether the JAX
+   rows' gap to torch's (+17-57 us in session 4's report) is the method or the JAX launch.
 """
 
 import argparse
 import cProfile
 import dataclasses
 import pstats
+import statistics
 import time
 
 import torch
 import triton.testing
 
+import benchmark_embeddings as bench
 from benchmark_embeddings import Harness, copy_gbps
 
 import trinix.kernels.rope as kernels_rope
@@ -169,6 +175,28 @@ def probe_variants(gbps: float):
               f"ms, {ms / roofline_ms:.3f}x  {'ok' if ok else 'WRONG'}")
 
 
+def probe_timing():
+    """Item 4."""
+    harness = Harness(torch.device("cuda"), warmup=3, iters=30)
+    print()
+    for config in bench.CONFIGS["rope"][1:]:
+        torch_inputs = bench.TorchInputs(config, "float16", torch.device("cuda"))
+        jax_inputs = bench.JaxInputs(config, "float16")
+        runs = {
+            "torch": bench.runnable("torch", bench.TrinixTorch(torch_inputs, "rope").rope_apply()),
+            "jax-triton": bench.runnable("jax", bench.TrinixJax(jax_inputs, "rope").rope_apply()),
+            "jax-xla": bench.runnable("jax", bench.SeedJax(jax_inputs, "rope").rope_apply()),
+        }
+        for run in runs.values():
+            for _ in range(harness.warmup):
+                run.wait(run.start())
+        times = {"torch, events": harness._torch_gpu_ms(runs["torch"], harness.iters),
+                 **{f"{name}, bursts": harness._burst_ms(run, harness.iters) for name, run in runs.items()}}
+        print(f"{config.name:6s} apply: " + ", ".join(
+            f"{name} {statistics.median(ms):.4f} ms" for name, ms in times.items()))
+        del runs, torch_inputs, jax_inputs
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true", help="cProfile the host path")
@@ -181,6 +209,7 @@ def main():
     if not args.host_only:
         probe_tiles(gbps)
         probe_variants(gbps)
+        probe_timing()
 
 
 if __name__ == "__main__":
