@@ -7,7 +7,8 @@
    so wall time / calls is the host's cost of one call: trinix's rotate, the same KernelCall
    launched straight through Triton, and an empty torch op for scale; then forward +
    backward through autograd, trinix's and two torch multiplications' for scale. --profile
-   adds the functions that take the host's time (cProfile).
+   adds the functions that take the host's time (cProfile), in rotate and in forward +
+   backward.
 2. Kernel: the rotate kernel (cos/sin computed in the kernel, and the table path) at the
    large and xl configurations, and large in BHSD layout and with GQA (k of 8 heads), for
    tile limits x num_warps, each
@@ -89,14 +90,16 @@ def probe_host(profile: bool):
     }
     for name, fn in cases.items():
         print(f"host  {name:40s} {host_us_per_call(fn):8.1f} us/call")
-    if profile:
-        profiler = cProfile.Profile()
-        profiler.enable()
-        for _ in range(500):
-            rope.rotate(q, k)
-        profiler.disable()
-        torch.cuda.synchronize()
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    if profile:  # the host's time in trinix's rotate, and in its forward + backward (autograd)
+        for name in ("trinix rope.rotate(q, k)", "trinix rotate fwd+bwd (autograd.grad)"):
+            profiler = cProfile.Profile()
+            profiler.enable()
+            for _ in range(500):
+                cases[name]()
+            profiler.disable()
+            torch.cuda.synchronize()
+            print(f"\n{name}, 500 calls under cProfile:")
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 
 def probe_tiles(gbps: float):
