@@ -113,6 +113,38 @@ def test_triton_backend_compiles_fullgraph_with_autograd(method):
         assert q.grad is not None and torch.isfinite(q.grad).all()
 
 
+@pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need a CUDA GPU")
+@pytest.mark.parametrize("method", ["rotate", "table"])
+def test_decode_step_replays_in_a_cuda_graph(method):
+    """Serving captures decode steps in CUDA graphs, so that a step costs no host time: the
+    launch must be capturable, and a replay must rotate what the captured inputs hold then."""
+    rope = FastRoPEPositionEmbedding(dim=64, max_position_embeddings=256, backend="triton")
+    q = torch.randn(2, 1, 8, 64, device="cuda", dtype=torch.float16)
+    k = torch.randn(2, 1, 2, 64, device="cuda", dtype=torch.float16)
+    positions = torch.tensor([[5], [9]], device="cuda")
+    cos, sin = rope(q, 256)
+
+    def step():
+        if method == "rotate":
+            return rope.rotate(q, k, position_ids=positions)
+        return rope.apply_rotary_pos_emb(q, k, cos, sin, positions)
+
+    step()  # compiles the kernel outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        q_out, k_out = step()
+    new_q, new_k = torch.randn_like(q), torch.randn_like(k)
+    new_positions = torch.tensor([[200], [0]], device="cuda")
+    q.copy_(new_q)
+    k.copy_(new_k)
+    positions.copy_(new_positions)
+    graph.replay()
+    expected = rope.rotate(new_q, new_k, position_ids=new_positions, backend="torch")
+    torch.testing.assert_close(q_out, expected[0], atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(k_out, expected[1], atol=2e-3, rtol=2e-3)
+
+
 @pytest.mark.parametrize("backend", ["interpret", "torch"])
 def test_empty_sequence_gives_empty_results(backend):
     rope = FastRoPEPositionEmbedding(dim=8, backend=backend)

@@ -46,6 +46,14 @@ def _placeholder(device: torch.device) -> torch.Tensor:
     return torch.empty(1, device=device)
 
 
+def may_synchronize(device: torch.device) -> bool:
+    """Whether a check may read tensor values to the host: not while torch.compile traces, nor
+    while a CUDA graph captures (a copy to the host would end the capture with an error)."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+
+
 def resolve_backend(backend: str, use_triton: bool, device: torch.device) -> str:
     """The backend a call runs on: "triton", "interpret" or "torch"."""
     if backend not in BACKENDS:

@@ -20,7 +20,8 @@ from torch.library import triton_op
 from trinix import rope as host
 from trinix.rope_scaling import SEQ_LEN_DEPENDENT, RopeConfig, inv_freq_and_scale
 from trinix.kernels.rope import rope_apply_call, rope_table_call
-from trinix.torch.launcher import DTYPES, compute_dtype, dtype_name, launch, operand, resolve_backend
+from trinix.torch.launcher import (DTYPES, compute_dtype, dtype_name, launch, may_synchronize, operand,
+                                   resolve_backend)
 
 
 class _Options(NamedTuple):
@@ -173,22 +174,23 @@ def _rows(table: Tensor, positions: Tensor, batch_index: Tensor) -> Tensor:
 
 def _check_table_positions(positions: Tensor | None, rows: int) -> None:
     """Positions outside a cos/sin table are refused; reading them costs one sync, so only on
-    the table path, and not while torch.compile traces (the kernel then yields NaN for them)."""
-    if positions is not None and positions.numel() and not torch.compiler.is_compiling():
+    the table path, and not while torch.compile traces or a CUDA graph captures (the kernel
+    then yields NaN for them)."""
+    if positions is not None and positions.numel() and may_synchronize(positions.device):
         host.check_table_positions(torch.stack(torch.aminmax(positions)).cpu().numpy(), rows)
 
 
 def _packed_max_seqlen(cu_seqlens: Tensor | None, tokens: int, max_seqlen: int | None) -> int:
-    """The longest packed sequence, after checking cu_seqlens (one sync; under torch.compile
-    neither, so max_seqlen must be given)."""
+    """The longest packed sequence, after checking cu_seqlens (one sync; neither under
+    torch.compile nor while a CUDA graph captures, so max_seqlen must be given there)."""
     if cu_seqlens is None:
         return 0
     if max_seqlen is not None and (isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int)):
         raise TypeError(f"max_seqlen must be an int, got {type(max_seqlen).__name__}")
-    if torch.compiler.is_compiling():
+    if not may_synchronize(cu_seqlens.device):
         if max_seqlen is None:
-            raise ValueError("under torch.compile, packed sequences need max_seqlen (reading it "
-                             "from cu_seqlens would synchronise)")
+            raise ValueError("under torch.compile or CUDA graph capture, packed sequences need "
+                             "max_seqlen (reading it from cu_seqlens would synchronise)")
         return max_seqlen
     return host.packed_max_seqlen(cu_seqlens.cpu().numpy(), tokens, max_seqlen)
 
