@@ -15,7 +15,7 @@
 #   compute-sanitizer; each took over 130 s for ~2/3 of the three default files.
 # probe: benchmarks/probe_rope.py $PROBE_ARGS (default --profile: host time per call, kernel
 #   time per tile, variants; "--host-only" for the first alone).
-# probe-alibi: benchmarks/probe_alibi.py (the ALiBi softmax per num_warps),
+# probe-alibi: benchmarks/probe_alibi.py (the ALiBi softmax per row block and num_warps),
 #   stopped after PROBE_LIMIT (300 s).
 # bench: the benchmark, written to $OUT/bench (copy it into benchmarks/ to commit it). ~4 min.
 # TESTS_LIMIT, PROPERTIES_LIMIT, BENCH_LIMIT, SANITIZE_LIMIT (seconds) stop a step early, so that later steps
