@@ -28,10 +28,11 @@ _BLOCK_K = 256
 # The fused softmax keeps a row of up to this many keys in registers (one read); longer
 # rows are read twice, the second time mostly from L2.
 _SOFTMAX_BLOCK_K = 8192
-# Rows of up to this many keys reduce on 4 warps, longer ones on 16. On the H200
-# (probe_alibi.py, do_bench, fp16, full / causal): medium (2048 keys, 4 rows a program) 0.560 /
-# 0.607 ms on 4 warps, 0.642 / 0.641 on 8, 0.741 / 0.750 on 16; large (8192 keys, one row)
-# 12.17 / 10.23 ms on 4, 11.66 / 11.05 on 8, 11.17 / 10.66 on 16.
+# Causal rows, and full rows of up to this many keys, reduce on 4 warps; longer full rows on
+# 16. On the H200 (probe_alibi.py, do_bench, fp16, full / causal): medium (2048 keys, 4 rows a
+# program) 0.560 / 0.607 ms on 4 warps, 0.642 / 0.641 on 8, 0.741 / 0.750 on 16; large (8192
+# keys, one row) 12.17 / 10.23 ms on 4, 11.66 / 11.05 on 8, 11.17 / 10.66 on 16 (session 4),
+# and 12.28 / 10.29, 11.78 / 11.08, 11.21 / 10.69 on another machine (session 5).
 _SOFTMAX_FOUR_WARPS_TO_K = 2048
 _BLOCK_HEADS = 1024
 
@@ -349,5 +350,5 @@ def alibi_softmax_call(scores: Operand, slopes: Operand, *, scale: float, q_offs
         constexprs=dict(SCALE=float(scale), CAUSAL=causal, ONE_BLOCK=seqlen_k <= block_k,
                         BLOCK_Q=block_q, BLOCK_K=block_k, COMPUTE=compute_dtype(scores.dtype),
                         ALIGNED=strides_aligned(seqlen_k, *scores.strides[:3], *out_strides[:3])),
-        num_warps=16 if block_k > _SOFTMAX_FOUR_WARPS_TO_K else 4,
+        num_warps=4 if causal or block_k <= _SOFTMAX_FOUR_WARPS_TO_K else 16,
     )
