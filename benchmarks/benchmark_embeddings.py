@@ -47,6 +47,10 @@ ROPE_BASE = 10000.0
 FLUSH_BYTES = 256 * 2**20  # larger than any L2 cache
 ROW_BUDGET_S = 2.0  # timed iterations of one row are cut to fit this, but never below MIN_ITERS
 MIN_ITERS = 10
+# A burst of JAX calls lasts about this long (and at least one call): its first dispatch and
+# its last wait, which no other call overlaps, are then a small part of it.
+BURST_MS = 10.0
+MIN_BURSTS = 3
 QUICK_WARMUP, QUICK_ITERS = 3, 10
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 FRAMEWORK_PROVIDERS = {"torch": ("pytorch", "triton", "torch_compile", "liger"),
@@ -773,13 +777,14 @@ class Harness:
         torch.cuda.synchronize()
         return [start.elapsed_time(end) for start, end in events]
 
-    def _burst_ms(self, run: Run, iters: int) -> list[float]:
-        """Per-call times from bursts of back-to-back calls: a burst's wall time (until its last
-        output is ready) / its calls. JAX runs on a stream of its own that torch's events do not
-        see; dispatching ahead, like the torch rows, its time is the GPU's unless the host's
-        dispatch is longer. No L2 flush between calls (a flush would be a JAX call of its own);
-        at the seed's sizes the JAX rows are host-bound or move far more than the L2 holds."""
-        calls = max(1, min(10, iters))
+    def _burst_ms(self, run: Run, iters: int, calls: int) -> list[float]:
+        """Per-call times from bursts of `calls` back-to-back calls (iters // calls bursts, at
+        least one): a burst's wall time (until its last output is ready) / its calls. JAX runs on
+        a stream of its own that torch's events do not see; dispatching ahead, like the torch
+        rows, its time is the GPU's unless the host's dispatch is longer. A burst also holds its
+        first dispatch and its last wait, which BURST_MS makes small beside it. No L2 flush
+        between calls (a flush would be a JAX call of its own); at the seed's sizes the JAX rows
+        are host-bound or move far more than the L2 holds."""
         times = []
         for _ in range(max(1, iters // calls)):
             begin = time.perf_counter()
@@ -799,17 +804,25 @@ class Harness:
             times.append((time.perf_counter() - begin) * 1e3)
         return times
 
-    def median_ms(self, framework: str, run: Run) -> float:
-        """Median time of one call, after `warmup` calls (compilation included)."""
+    def median_ms(self, framework: str, run: Run, bursts: bool = False) -> float:
+        """Median time of one call, after `warmup` calls (compilation included). On a GPU, torch
+        calls by CUDA events, JAX calls (and torch's with `bursts`) by bursts."""
         for _ in range(self.warmup):
             run.wait(run.start())
         if not self.cuda:
-            timed = self._wall_ms
-        else:
-            timed = self._torch_gpu_ms if framework == "torch" else self._burst_ms
-        estimate = max(statistics.median(timed(run, 3)), 1e-6)
-        iters = max(min(self.iters, MIN_ITERS), min(self.iters, int(ROW_BUDGET_S * 1e3 / estimate)))
-        return statistics.median(timed(run, iters))
+            estimate = statistics.median(self._wall_ms(run, 3))
+            return statistics.median(self._wall_ms(run, self._iters(estimate)))
+        if framework == "torch" and not bursts:
+            estimate = statistics.median(self._torch_gpu_ms(run, 3))
+            return statistics.median(self._torch_gpu_ms(run, self._iters(estimate)))
+        estimate = statistics.median(self._burst_ms(run, 3, calls=3))
+        calls = max(1, math.ceil(BURST_MS / max(estimate, 1e-6)))
+        return statistics.median(self._burst_ms(run, max(self._iters(estimate), MIN_BURSTS * calls), calls))
+
+    def _iters(self, estimate_ms: float) -> int:
+        """Timed calls of a row: `iters`, fewer where they would take over ROW_BUDGET_S."""
+        estimate_ms = max(estimate_ms, 1e-6)
+        return max(min(self.iters, MIN_ITERS), min(self.iters, int(ROW_BUDGET_S * 1e3 / estimate_ms)))
 
     def peak_mb(self, framework: str, call: Call, run: Run) -> float | None:
         """Memory one call needs beyond its inputs (its outputs and temporaries), in MB.
@@ -875,25 +888,27 @@ def runnable(framework: str, call: Call) -> Run:
 
 
 def measure(harness: Harness, provider: Provider, method: str, config: Config, op: str,
-            dtype: str) -> tuple[float | None, float | None, str | None]:
-    """(ms, peak MB, note) of one row."""
+            dtype: str) -> tuple[float | None, float | None, float | None, str | None]:
+    """(ms, burst ms, peak MB, note) of one row. Burst ms: trinix's torch binding timed as the
+    JAX rows are, on a GPU, so that JAX Triton compares with it by one method; else None."""
     build = getattr(provider, f"{method}_{op}", None)
     if build is None:
-        return None, None, provider.missing.get(f"{method}_{op}", f"{provider.name} has no {op}")
+        return None, None, None, provider.missing.get(f"{method}_{op}", f"{provider.name} has no {op}")
     needed, largest = op_footprint(method, config, op, dtype, provider.materialises_bias)
     available = free_bytes(provider.framework)
     if needed > 0.9 * available:
-        return None, None, f"does not fit: needs about {_gb(needed)} ({largest}), {_gb(available)} free"
+        return None, None, None, f"does not fit: needs about {_gb(needed)} ({largest}), {_gb(available)} free"
     try:
         call = build()
         run = runnable(provider.framework, call)
         ms = harness.median_ms(provider.framework, run)
+        burst_ms = harness.median_ms("torch", run, bursts=True) if harness.cuda and provider.name == "triton" else None
         peak = harness.peak_mb(provider.framework, call, run)
     except Exception as error:  # a provider that fails is a row with its error, not a crash
         _release_memory()
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        return None, None, f"failed: {type(error).__name__}: {message}"[:240]
-    return ms, peak, provider.notes.get(f"{method}_{op}")
+        return None, None, None, f"failed: {type(error).__name__}: {message}"[:240]
+    return ms, burst_ms, peak, provider.notes.get(f"{method}_{op}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -957,11 +972,11 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict, dict[str, list[Config
                 x = None if framework_note else _inputs(framework, config, args.dtype, device)
                 for name in names:
                     note = framework_note or (None if name in args.providers else "not selected (--providers)")
-                    for op, ms, peak, op_note in _provider_rows(harness, name, x, method, config, args.dtype,
-                                                                note, progress):
+                    for op, ms, burst_ms, peak, op_note in _provider_rows(harness, name, x, method, config,
+                                                                          args.dtype, note, progress):
                         roofline = op_bytes(method, config, op, args.dtype) / bandwidth / 1e6
                         rows.append(dict(method=method, config=config.name, op=op, provider=name,
-                                         ms=_round(ms), roofline_ms=_round(roofline),
+                                         ms=_round(ms), burst_ms=_round(burst_ms), roofline_ms=_round(roofline),
                                          peak_mb=_round(peak), note=op_note))
                 del x
                 if framework == "torch":
@@ -978,7 +993,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict, dict[str, list[Config
 
 def _provider_rows(harness: Harness, name: str, x: Inputs | None, method: str, config: Config,
                    dtype: str, note: str | None, progress: Progress):
-    """(op, ms, peak MB, note) of each op of one provider; `note`: why it does not run."""
+    """(op, ms, burst ms, peak MB, note) of each op of one provider; `note`: why it does not run."""
     provider = None
     if note is None:
         try:
@@ -988,7 +1003,7 @@ def _provider_rows(harness: Harness, name: str, x: Inputs | None, method: str, c
     for op in METHODS[method]["ops"]:
         progress.start(f"{method} {config.name} {op} {name}")
         if provider is None:
-            yield op, None, None, note
+            yield op, None, None, None, note
         else:
             yield op, *measure(harness, provider, method, config, op, dtype)
         progress.finish_row()

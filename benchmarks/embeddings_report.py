@@ -5,8 +5,11 @@ latest.json:
     {"meta": {"gpu": str, "dtype": str, "date": "YYYY-MM-DD", "copy_gbps": float,
               "versions": {name: version}},
      "rows": [{"method": "rope"|"alibi", "config": str, "op": str, "provider": str,
-               "ms": float|null, "roofline_ms": float|null, "peak_mb": float|null,
-               "note": str|null}]}
+               "ms": float|null, "burst_ms": float|null, "roofline_ms": float|null,
+               "peak_mb": float|null, "note": str|null}]}
+
+burst_ms: on a GPU, the Triton (torch) row timed as the JAX rows are, for comparing the two
+frameworks by one method; null elsewhere.
 
 The report functions take `configs` (method -> its configurations, smallest first; objects
 with name, heads, seq_len, batch and, for RoPE, head_dim) for the headings and the order.
@@ -45,7 +48,7 @@ _USE_CASES = {"small": "Small Models", "medium": "Training, 2k context", "large"
 _OPTIONAL_FLOAT = (float, type(None))
 _META_TYPES = {"gpu": str, "dtype": str, "date": str, "copy_gbps": float, "versions": dict}
 _ROW_TYPES = {"method": str, "config": str, "op": str, "provider": str, "ms": _OPTIONAL_FLOAT,
-              "roofline_ms": _OPTIONAL_FLOAT, "peak_mb": _OPTIONAL_FLOAT, "note": (str, type(None))}
+              "burst_ms": _OPTIONAL_FLOAT, "roofline_ms": _OPTIONAL_FLOAT, "peak_mb": _OPTIONAL_FLOAT, "note": (str, type(None))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,8 +274,10 @@ def _environment(rows: Rows, run_info: dict, on_gpu: bool) -> str:
               "the host dispatches ahead and the time is the GPU's, unless dispatching a call takes "
               "the host longer than the GPU takes to flush and run it (then it is the host's). A "
               "JAX call, on a stream torch's events do not see, is timed by the wall time of "
-              "bursts of 10 back-to-back calls, the last one waited for, / 10 (no flush between "
-              "them)" if on_gpu else
+              "bursts of back-to-back calls, the last one waited for, / the calls (no flush "
+              "between them; a burst lasts about 10 ms, at least one call, so that its first "
+              "dispatch and last wait count little). Triton's torch rows are timed that way too, "
+              "for *JAX Triton against Triton*" if on_gpu else
               "is timed by the wall clock, waited for (no cache flush)")
     torch_memory = ("the CUDA allocator's peak above what was allocated before the call" if on_gpu
                     else "not measured on a CPU (the allocator keeps no statistics there)")
@@ -407,6 +412,7 @@ def _insights(rows: Rows, configs: dict) -> str:
             lines.append("- **Triton against the fastest peer** (*Total*, the peer's time / Triton's): "
                          + "; ".join(against_peers))
         lines.append(f"- **Crossover** (*Total*): Triton {crossover(rows, method, cs)}")
+        lines += _jax_against_torch(rows, method, cs)
         for c in cs:
             too_big = {}
             for op in METHODS[method]["ops"]:
@@ -415,6 +421,23 @@ def _insights(rows: Rows, configs: dict) -> str:
             lines += [f"- At {c.name}, {', '.join(ops)}: {note}" for note, ops in too_big.items()]
     lines += ["", "### Comparison", "", *_comparison(rows, configs)]
     return "\n".join(lines)
+
+
+def _jax_against_torch(rows: Rows, method: str, configs: list) -> list[str]:
+    """JAX Triton's time / Triton's (torch), both timed by bursts, per op and configuration:
+    the kernels are the same, so this is what launching from JAX costs. Empty without burst
+    times (a CPU run)."""
+    lines = []
+    for op in METHODS[method]["ops"]:
+        ratios = [f"{c.name} {fmt_x(jax / torch)}" for c in configs
+                  if (jax := rows.ms(method, c.name, op, "jax_triton"))
+                  and (torch := rows.get(method, c.name, op, "triton", "burst_ms"))]
+        if ratios:
+            lines.append(f"  - {_label(method, op)}: " + ", ".join(ratios))
+    if not lines:
+        return []
+    return ["- **JAX Triton against Triton** (JAX Triton's time / Triton's through torch, both "
+            "timed by bursts as the JAX rows are):", *lines]
 
 
 def _op_insight(rows: Rows, method: str, configs: list, op: str) -> str:

@@ -4,6 +4,7 @@ import copy
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -82,8 +83,8 @@ def test_a_row_too_big_for_memory_says_its_size_instead_of_allocating():
     provider = bench.SeedTorch(x, "alibi")
     for op, tensor in [("bias", "bias (1, 128, 32768, 32768) float32 alone is 550 GB"),
                        ("add_to_scores", "scores (1, 128, 32768, 32768) float16 alone is 275 GB")]:
-        ms, peak, note = bench.measure(harness, provider, "alibi", XL_ALIBI, op, "float16")
-        assert ms is None and peak is None
+        ms, burst_ms, peak, note = bench.measure(harness, provider, "alibi", XL_ALIBI, op, "float16")
+        assert ms is None and burst_ms is None and peak is None
         assert note.startswith("does not fit") and tensor in note
     assert "scores" not in x.__dict__  # nothing was allocated
 
@@ -99,8 +100,31 @@ def test_trinix_rows_call_the_api_as_it_is(provider, make_inputs, monkeypatch):
     for method, config in [("rope", bench.Config("tiny", 2, 16, 1, 8)), ("alibi", bench.Config("tiny", 2, 16, 1))]:
         chosen = provider(make_inputs(config), method)
         for op in report.METHODS[method]["ops"]:
-            ms, _, note = bench.measure(harness, chosen, method, config, op, "float32")
+            ms, burst_ms, _, note = bench.measure(harness, chosen, method, config, op, "float32")
             assert ms is not None and ms > 0, (method, op, note)
+            assert burst_ms is None  # bursts only on a GPU
+
+
+def test_bursts_last_about_burst_ms_and_are_timed_whole():
+    """A JAX row's calls run in bursts of equal length, sized from a first estimate so that a
+    burst lasts about BURST_MS, and at least MIN_BURSTS of them are timed."""
+    harness = bench.Harness(torch.device("cpu"), warmup=1, iters=5)
+    harness.cuda = True  # the burst path; nothing in it touches a GPU
+    started, bursts = [0], []
+
+    def start():
+        time.sleep(0.002)
+        started[0] += 1
+        return started[0]
+
+    def wait(out):
+        bursts.append(out - sum(bursts))
+
+    ms = harness.median_ms("jax", bench.Run(start, wait))
+    timed = bursts[1 + 1:]  # after the warm-up call and the 3-call estimate
+    assert len(timed) >= bench.MIN_BURSTS and len(set(timed)) == 1
+    assert 1 <= timed[0] <= bench.BURST_MS / 2  # each call takes at least 2 ms
+    assert ms >= 2.0
 
 
 def test_providers_that_cannot_run_here_say_why():
@@ -132,9 +156,10 @@ def fake_results(on_gpu: bool = True) -> dict:
                         ms, note = None, bench.NEEDS_GPU
                     if method == "alibi" and config.name == "xl" and op != "slopes":
                         ms, note = None, "does not fit: needs about 825 GB (bias (1, 128, 32768, 32768) float32 alone is 550 GB), 140 GB free on the device"
+                    burst_ms = 1.25 * ms if on_gpu and provider == "triton" and ms is not None else None
                     rows.append(dict(method=method, config=config.name, op=op, provider=provider,
-                                     ms=ms, roofline_ms=0.01 * 4.0**size, peak_mb=None if ms is None else 12.5,
-                                     note=note))
+                                     ms=ms, burst_ms=burst_ms, roofline_ms=0.01 * 4.0**size,
+                                     peak_mb=None if ms is None else 12.5, note=note))
     gpu = "NVIDIA H200" if on_gpu else "none (CPU only: x86_64, 2 cores)"
     return {"meta": {"gpu": gpu, "dtype": "float16", "date": "2026-11-29", "copy_gbps": 4249.0,
                      "versions": {"torch": "2.11.0", "triton": "3.6.0"}},
@@ -197,12 +222,16 @@ def test_report_keeps_the_seeds_structure_and_has_no_tbd():
     assert "faster than PyTorch from medium (hidden_size 8192, seq_len 2048) up, slower at small" in text
     assert "550 GB" in text and "![time against roofline](embeddings_time.png)" in text
     assert "This run had no CUDA GPU" not in text
+    # JAX Triton's ms / Triton's burst_ms (1.25 x its ms, both 1.5 or 0.5 x the base time)
+    assert "- **JAX Triton against Triton**" in text
+    assert "  - Apply rotation: small 0.80×, medium 0.80×, large 0.80×, xl 0.80×" in text
 
 
 def test_cpu_report_says_plainly_that_triton_needs_a_gpu():
     text = report.render_markdown(fake_results(on_gpu=False), bench.CONFIGS, RUN_INFO, "matplotlib is missing")
     assert "TBD" not in text
     assert "This run had no CUDA GPU" in text
+    assert "JAX Triton against Triton" not in text  # no burst times without a GPU
     assert "| **Average Speedup** | not measured: Triton needs a CUDA GPU" in text
     assert "No plots: matplotlib is missing." in text
 
