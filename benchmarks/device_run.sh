@@ -2,8 +2,8 @@
 # On the GPU machine (device tool): install what is missing, run the test suite with
 # compiled kernels, then the benchmark. Logs go to $OUT.
 #   bash benchmarks/device_run.sh [tests] [properties] [memcheck] [racecheck] [probe] [probe-alibi] [bench]
-# tests: the whole suite, compiled kernels included, over PYTEST_WORKERS processes (8); a test
-#   running past 150 s fails with its stack (pytest-timeout, installed there). ~3 min.
+# tests: the suite (or the TESTS paths), compiled kernels included, over PYTEST_WORKERS processes
+#   (8); a test running past 150 s fails with its stack (pytest-timeout, installed there). ~3 min.
 # properties: the property tests in their "gpu" profile (compiled kernels, larger shapes), each
 #   test in its own process, in the background while the later steps run (put timing steps
 #   before it); each writes $OUT/properties-<test>.log as it ends, so a failure and its
@@ -14,7 +14,7 @@
 # memcheck, racecheck: the compiled-kernel tests (-k triton) of SANITIZE_TESTS under
 #   compute-sanitizer; each took over 130 s for ~2/3 of the three default files.
 # probe: benchmarks/probe_rope.py $PROBE_ARGS (default --profile: host time per call, kernel
-#   time per tile, variants; "--host-only" for the first alone).
+#   time per tile, variants, timing methods, generate; "--items 4 5" for some of them).
 # probe-alibi: benchmarks/probe_alibi.py (the ALiBi softmax per row block and num_warps),
 #   stopped after PROBE_LIMIT (300 s).
 # bench: the benchmark, written to $OUT/bench (copy it into benchmarks/ to commit it). ~4 min.
@@ -43,7 +43,7 @@ for step in ${steps[*]}; do
   case "$step" in
     tests)
       timeout "${TESTS_LIMIT:-600}" python3 -m pytest -q -rs -p no:benchmark -n "${PYTEST_WORKERS:-8}" --timeout 150 --durations 15 \
-        tests 2>&1 | tee "$OUT/pytest.log" | tail -n 40
+        ${TESTS:-tests} 2>&1 | tee "$OUT/pytest.log" | tail -n 40
       status=$((status | ${PIPESTATUS[0]})) ;;
     properties)
       for test in $(python3 -m pytest -q -p no:benchmark --collect-only tests/test_properties.py | grep '::' | grep -e "${PROPERTIES_MATCH:-::}"); do

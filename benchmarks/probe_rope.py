@@ -1,6 +1,6 @@
 """Where RoPE's time goes on a CUDA GPU: host time per call, and kernel time per tile variant.
 
-    python benchmarks/probe_rope.py [--profile] [--host-only]
+    python benchmarks/probe_rope.py [--profile] [--items 1 2 3 4 5]
 
 1. Host: the seed's small configuration (fp16 q and k, 4x512x32x64), called back to back
    without synchronising (the GPU finishes each kernel faster than the host issues the next),
@@ -21,7 +21,11 @@
 4. Timing methods: the benchmark's `apply` rows at medium, large and xl, trinix through torch
    timed both ways the benchmark times (CUDA events after an L2 flush, its torch rows; wall
    time of bursts, its JAX rows), trinix through JAX and XLA's jnp by bursts: whether the JAX
-   rows' gap to torch's (+17-57 us in session 4's report) is the method or the JAX launch.
+   rows' gap to torch's (+17-57 us in session 4's report) is the method or the JAX launch;
+   bursts of 10 calls (session 4's method) and of about BURST_MS (the benchmark's now).
+5. Generate cos/sin at every configuration: the table kernel by CUDA-graph replay, as the
+   benchmark times it, and the host's time per call: whether those rows (0.017-0.032 ms in
+   session 4's report, against 0.0047 ms at medium) are the kernel's time or the host's.
 """
 
 import argparse
@@ -193,26 +197,41 @@ def probe_timing():
         for run in runs.values():
             for _ in range(harness.warmup):
                 run.wait(run.start())
-        times = {"torch, events": harness._torch_gpu_ms(runs["torch"], harness.iters),
-                 **{f"{name}, bursts": harness._burst_ms(run, harness.iters) for name, run in runs.items()}}
-        print(f"{config.name:6s} apply: " + ", ".join(
-            f"{name} {statistics.median(ms):.4f} ms" for name, ms in times.items()))
+        times = {"torch, events": statistics.median(harness._torch_gpu_ms(runs["torch"], harness.iters))}
+        for name, run in runs.items():
+            times[f"{name}, bursts of 10"] = statistics.median(harness._burst_ms(run, harness.iters, calls=10))
+            times[f"{name}, {bench.BURST_MS:g} ms bursts"] = harness.median_ms("torch", run, bursts=True)
+        print(f"{config.name:6s} apply: " + ", ".join(f"{name} {ms:.4f} ms" for name, ms in times.items()))
         del runs, torch_inputs, jax_inputs
+
+
+def probe_generate():
+    """Item 5."""
+    harness = Harness(torch.device("cuda"), warmup=3, iters=100)
+    print()
+    for config in bench.CONFIGS["rope"]:
+        q = torch.randn(config.batch, config.seq_len, config.heads, config.head_dim, dtype=torch.float16,
+                        device="cuda")
+        rope = FastRoPEPositionEmbedding(config.head_dim, max_position_embeddings=config.seq_len).cuda()
+        run = bench.runnable("torch", bench.Call(rope, (q, config.seq_len)))
+        kernel_ms = graph_ms(lambda: rope(q, config.seq_len))
+        print(f"{config.name:6s} generate: kernel {kernel_ms:.4f} ms (graph replay), as the benchmark times it "
+              f"{harness.median_ms('torch', run):.4f} ms, host {host_us_per_call(run.start):.1f} us/call")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true", help="cProfile the host path")
-    parser.add_argument("--host-only", action="store_true", help="item 1 alone")
+    parser.add_argument("--items", type=int, nargs="+", choices=range(1, 6), default=range(1, 6),
+                        help="which of the items above to run (default: all)")
     args = parser.parse_args()
     device = torch.device("cuda")
     gbps = copy_gbps(Harness(device, warmup=3, iters=20), device)
     print(f"copy bandwidth {gbps:.0f} GB/s (the benchmark's measurement)")
-    probe_host(args.profile)
-    if not args.host_only:
-        probe_tiles(gbps)
-        probe_variants(gbps)
-        probe_timing()
+    items = {1: lambda: probe_host(args.profile), 2: lambda: probe_tiles(gbps), 3: lambda: probe_variants(gbps),
+             4: probe_timing, 5: probe_generate}
+    for item in sorted(set(args.items)):
+        items[item]()
 
 
 if __name__ == "__main__":
