@@ -686,7 +686,10 @@ class TrinixJax(Provider):
             if jax.default_backend() not in ("gpu", "cuda"):
                 raise Unavailable(NEEDS_GPU if not torch.cuda.is_available()
                                   else f"needs JAX on a CUDA GPU; JAX here runs on {jax.default_backend()}")
-            _import("jax_triton")
+            try:  # through trinix, which keeps jax_triton's import from unsetting Triton's cache dir
+                _import("trinix.jax.launcher").jax_triton()
+            except ImportError as error:
+                raise Unavailable(f"jax_triton cannot be imported ({error})") from None
         c = self.config
         if method == "rope":
             self.rope = _import("trinix.jax.rope").FastRoPEPositionEmbedding(

@@ -6,7 +6,9 @@
    without synchronising (the GPU finishes each kernel faster than the host issues the next),
    so wall time / calls is the host's cost of one call: trinix's rotate, the same KernelCall
    launched straight through Triton, and an empty torch op for scale; then forward +
-   backward through autograd, trinix's and two torch multiplications' for scale. --profile
+   backward through autograd, trinix's and two torch multiplications' for scale (as torch ops
+   and in a Python autograd.Function), and the benchmark's fwd_bwd rows of PyTorch, trinix
+   and Liger. --profile
    adds the functions that take the host's time (cProfile), in rotate and in forward +
    backward.
 2. Kernel: the rotate kernel (cos/sin computed in the kernel, and the table path) at the
@@ -31,6 +33,7 @@
 import argparse
 import cProfile
 import dataclasses
+import functools
 import pstats
 import statistics
 import time
@@ -75,6 +78,18 @@ def graph_ms(fn):
     return triton.testing.do_bench_cudagraph(fn, rep=200)
 
 
+class _Doubled(torch.autograd.Function):
+    """q * 2, k * 2 with a Python backward: the cost of a Python autograd node, for scale."""
+
+    @staticmethod
+    def forward(ctx, q, k):
+        return q * 2, k * 2
+
+    @staticmethod
+    def backward(ctx, grad_q, grad_k):
+        return grad_q * 2, grad_k * 2
+
+
 def probe_host(profile: bool):
     batch, seq, heads, head_dim = SMALL
     q = torch.randn(batch, seq, heads, head_dim, dtype=torch.float16, device="cuda")
@@ -91,7 +106,14 @@ def probe_host(profile: bool):
         "torch.empty_like(q) (scale)": lambda: torch.empty_like(q),
         "trinix rotate fwd+bwd (autograd.grad)": lambda: torch.autograd.grad(rope.rotate(q_leaf, k_leaf), (q_leaf, k_leaf), grads),
         "torch q*2, k*2 fwd+bwd (scale)": lambda: torch.autograd.grad((q_leaf * 2, k_leaf * 2), (q_leaf, k_leaf), grads),
+        "Python autograd.Function q*2, k*2 fwd+bwd": lambda: torch.autograd.grad(
+            _Doubled.apply(q_leaf, k_leaf), (q_leaf, k_leaf), grads),
     }
+    # The benchmark's forward + backward rows at small, each provider's whole call.
+    inputs = bench.TorchInputs(bench.CONFIGS["rope"][0], "float16", torch.device("cuda"))
+    for provider in (bench.SeedTorch, bench.TrinixTorch, bench.Liger):
+        call = provider(inputs, "rope").rope_fwd_bwd()
+        cases[f"benchmark fwd_bwd row: {provider.name}"] = functools.partial(call.fn, *call.args)
     for name, fn in cases.items():
         print(f"host  {name:40s} {host_us_per_call(fn):8.1f} us/call")
     if profile:  # the host's time in trinix's rotate, and in its forward + backward (autograd)
