@@ -112,8 +112,8 @@ def probe_host(profile: bool):
     # The benchmark's forward + backward rows at small, each provider's whole call.
     inputs = bench.TorchInputs(bench.CONFIGS["rope"][0], "float16", torch.device("cuda"))
     for provider in (bench.SeedTorch, bench.TrinixTorch, bench.Liger):
-        call = provider(inputs, "rope").rope_fwd_bwd()
-        cases[f"benchmark fwd_bwd row: {provider.name}"] = functools.partial(call.fn, *call.args)
+        row = provider(inputs, "rope").rope_fwd_bwd()
+        cases[f"benchmark fwd_bwd row: {provider.name}"] = functools.partial(row.fn, *row.args)
     for name, fn in cases.items():
         print(f"host  {name:40s} {host_us_per_call(fn):8.1f} us/call")
     if profile:  # the host's time in trinix's rotate, and in its forward + backward (autograd)
