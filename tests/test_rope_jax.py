@@ -3,6 +3,7 @@ the out-of-table contract (refused inputs: tests/test_bad_inputs.py). Expected v
 trinix.reference (NumPy float64); shapes are tiny because the "interpret" backend runs Triton's
 interpreter."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -457,3 +458,18 @@ def test_import_needs_no_jax_triton():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["torch after import: False", "jax_triton: False []"]
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="jax_triton imports where JAX has a GPU")
+@pytest.mark.parametrize("cache_dir", [None, "/tmp/trinix-triton-cache"])
+def test_jax_triton_import_leaves_tritons_cache_dir_as_it_was(cache_dir):
+    """jax_triton sets TRITON_CACHE_DIR to "" on import, after which a torch Triton launch in
+    the same process fails ("Could not create or locate cache dir"); trinix puts it back."""
+    script = "import os; from trinix.jax.launcher import jax_triton; jax_triton(); " \
+             "print(repr(os.environ.get('TRITON_CACHE_DIR')))"
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_CACHE_DIR"}
+    if cache_dir is not None:
+        env["TRITON_CACHE_DIR"] = cache_dir
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == repr(cache_dir)
