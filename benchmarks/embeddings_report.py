@@ -429,9 +429,9 @@ def _jax_against_torch(rows: Rows, method: str, configs: list) -> list[str]:
     times (a CPU run)."""
     lines = []
     for op in METHODS[method]["ops"]:
-        ratios = [f"{c.name} {fmt_x(jax / torch)}" for c in configs
-                  if (jax := rows.ms(method, c.name, op, "jax_triton"))
-                  and (torch := rows.get(method, c.name, op, "triton", "burst_ms"))]
+        ratios = [f"{c.name} {fmt_x(jax_ms / torch_ms)}" for c in configs
+                  if (jax_ms := rows.ms(method, c.name, op, "jax_triton"))
+                  and (torch_ms := rows.get(method, c.name, op, "triton", "burst_ms"))]
         if ratios:
             lines.append(f"  - {_label(method, op)}: " + ", ".join(ratios))
     if not lines:
