@@ -51,7 +51,7 @@ for step in ${steps[*]}; do
       for test in $(python3 -m pytest -q -p no:benchmark --collect-only tests/test_properties.py | grep '::' | grep -e "${PROPERTIES_MATCH:-::}"); do
         test_timeout=${PROPERTIES_TEST_TIMEOUT:-270}
         HYPOTHESIS_PROFILE=gpu timeout "${PROPERTIES_LIMIT:-$((test_timeout + 60))}" python3 -m pytest -q \
-          -p no:benchmark -p no:cacheprovider -rf --timeout "$test_timeout" "$test" \
+          -p no:benchmark -p no:cacheprovider -rf --timeout "$test_timeout" --hypothesis-show-statistics "$test" \
           >"$OUT/properties-${test##*::}.log" 2>&1 &
         property_pids+=($!)
       done ;;

@@ -7,8 +7,8 @@
    so wall time / calls is the host's cost of one call: trinix's rotate, the same KernelCall
    launched straight through Triton, and an empty torch op for scale; then forward +
    backward through autograd, trinix's and two torch multiplications' for scale (as torch ops
-   and in a Python autograd.Function), and the benchmark's fwd_bwd rows of PyTorch, trinix
-   and Liger. --profile
+   and in a Python autograd.Function), and the benchmark's apply and fwd_bwd rows of PyTorch,
+   trinix and Liger. --profile
    adds the functions that take the host's time (cProfile), in rotate and in forward +
    backward.
 2. Kernel: the rotate kernel (cos/sin computed in the kernel, and the table path) at the
@@ -109,11 +109,12 @@ def probe_host(profile: bool):
         "Python autograd.Function q*2, k*2 fwd+bwd": lambda: torch.autograd.grad(
             _Doubled.apply(q_leaf, k_leaf), (q_leaf, k_leaf), grads),
     }
-    # The benchmark's forward + backward rows at small, each provider's whole call.
+    # The benchmark's apply and forward + backward rows at small, each provider's whole call.
     inputs = bench.TorchInputs(bench.CONFIGS["rope"][0], "float16", torch.device("cuda"))
     for provider in (bench.SeedTorch, bench.TrinixTorch, bench.Liger):
-        row = provider(inputs, "rope").rope_fwd_bwd()
-        cases[f"benchmark fwd_bwd row: {provider.name}"] = functools.partial(row.fn, *row.args)
+        for op in ("apply", "fwd_bwd"):
+            row = getattr(provider(inputs, "rope"), f"rope_{op}")()
+            cases[f"benchmark {op} row: {provider.name}"] = functools.partial(row.fn, *row.args)
     for name, fn in cases.items():
         print(f"host  {name:40s} {host_us_per_call(fn):8.1f} us/call")
     if profile:  # the host's time in trinix's rotate, and in its forward + backward (autograd)
