@@ -11,8 +11,11 @@
 #   summary printed at the end): pytest-timeout stops a test at PROPERTIES_TEST_TIMEOUT (270 s)
 #   and prints its stack, `timeout` kills it at PROPERTIES_LIMIT (60 s later by default: the
 #   plugin's clock starts at the test, after imports and collection, and with 15 s between
-#   the two, session 5's cut tests left empty logs). PROPERTIES_MATCH (a grep pattern) picks
-#   some of the tests. The script waits for them at its end.
+#   the two, session 5's cut tests left empty logs). 30 s before the plugin's limit, Python's
+#   faulthandler writes every thread's stack: that works while the main thread is stuck in C,
+#   where the plugin's signal never runs (session 6: the RoPE backward test left an empty log
+#   at 420 s with a 390 s plugin limit). PROPERTIES_MATCH (a grep pattern) picks some of the
+#   tests. The script waits for them at its end.
 # memcheck, racecheck: the compiled-kernel tests (-k triton) of SANITIZE_TESTS under
 #   compute-sanitizer; each took over 130 s for ~2/3 of the three default files.
 # probe: benchmarks/probe_rope.py $PROBE_ARGS (default --profile: host time per call, kernel
@@ -51,7 +54,8 @@ for step in ${steps[*]}; do
       for test in $(python3 -m pytest -q -p no:benchmark --collect-only tests/test_properties.py | grep '::' | grep -e "${PROPERTIES_MATCH:-::}"); do
         test_timeout=${PROPERTIES_TEST_TIMEOUT:-270}
         HYPOTHESIS_PROFILE=gpu timeout "${PROPERTIES_LIMIT:-$((test_timeout + 60))}" python3 -m pytest -q \
-          -p no:benchmark -p no:cacheprovider -rf --timeout "$test_timeout" --hypothesis-show-statistics "$test" \
+          -p no:benchmark -p no:cacheprovider -rf --timeout "$test_timeout" --hypothesis-show-statistics \
+          -o faulthandler_timeout=$((test_timeout - 30)) "$test" \
           >"$OUT/properties-${test##*::}.log" 2>&1 &
         property_pids+=($!)
       done ;;

@@ -5,12 +5,12 @@
 1. Host: the seed's small configuration (fp16 q and k, 4x512x32x64), called back to back
    without synchronising (the GPU finishes each kernel faster than the host issues the next),
    so wall time / calls is the host's cost of one call: trinix's rotate, the same KernelCall
-   launched straight through Triton, and an empty torch op for scale; then forward +
-   backward through autograd, trinix's and two torch multiplications' for scale (as torch ops
-   and in a Python autograd.Function), and the benchmark's apply and fwd_bwd rows of PyTorch,
-   trinix and Liger. --profile
-   adds the functions that take the host's time (cProfile), in rotate and in forward +
-   backward.
+   launched straight through Triton, and an empty torch op for scale; then the forward alone
+   with q and k needing grad, forward + backward through autograd, trinix's and two torch
+   multiplications' for scale (as torch ops and in a Python autograd.Function), and the
+   benchmark's apply and fwd_bwd rows of PyTorch, trinix and Liger. --profile adds the
+   functions that take the host's time (cProfile), in rotate, in forward + backward, and in
+   the Python autograd.Function's forward + backward.
 2. Kernel: the rotate kernel (cos/sin computed in the kernel, and the table path) at the
    large and xl configurations, and large in BHSD layout and with GQA (k of 8 heads), for
    tile limits x num_warps, each
@@ -104,6 +104,7 @@ def probe_host(profile: bool):
         "trinix rope.rotate(q, k)": lambda: rope.rotate(q, k),
         "launch(KernelCall) alone": lambda: launch(call, arrays, interpret=False),
         "torch.empty_like(q) (scale)": lambda: torch.empty_like(q),
+        "trinix rotate forward, q and k need grad": lambda: rope.rotate(q_leaf, k_leaf),
         "trinix rotate fwd+bwd (autograd.grad)": lambda: torch.autograd.grad(rope.rotate(q_leaf, k_leaf), (q_leaf, k_leaf), grads),
         "torch q*2, k*2 fwd+bwd (scale)": lambda: torch.autograd.grad((q_leaf * 2, k_leaf * 2), (q_leaf, k_leaf), grads),
         "Python autograd.Function q*2, k*2 fwd+bwd": lambda: torch.autograd.grad(
@@ -117,8 +118,9 @@ def probe_host(profile: bool):
             cases[f"benchmark {op} row: {provider.name}"] = functools.partial(row.fn, *row.args)
     for name, fn in cases.items():
         print(f"host  {name:40s} {host_us_per_call(fn):8.1f} us/call")
-    if profile:  # the host's time in trinix's rotate, and in its forward + backward (autograd)
-        for name in ("trinix rope.rotate(q, k)", "trinix rotate fwd+bwd (autograd.grad)"):
+    if profile:  # the host's time in trinix's rotate, its forward + backward, and a bare node's
+        for name in ("trinix rope.rotate(q, k)", "trinix rotate fwd+bwd (autograd.grad)",
+                     "Python autograd.Function q*2, k*2 fwd+bwd"):
             profiler = cProfile.Profile()
             profiler.enable()
             for _ in range(500):

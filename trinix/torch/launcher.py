@@ -133,29 +133,45 @@ def _options(call: KernelCall) -> dict:
 # dtype, and outputs are new (aligned) tensors or aliased inputs. JITFunction.run binds and
 # specializes each argument again on every launch (33 us of host time per RoPE launch of ~40
 # arguments, measured on the H200's host); the cached launch passes the arguments straight to
-# the compiled kernel's launcher. A cached call is kept alive beside its kernel, so that its id
-# is not reused.
+# the compiled kernel's launcher, pointers as integers (given a tensor, the launcher calls its
+# data_ptr() and asks the driver whether the address is device memory; the bindings have
+# checked that every tensor is on the kernel's CUDA device). A cached call is kept alive beside
+# its kernel, so that its id is not reused.
 _COMPILED: dict[tuple, tuple[KernelCall, Any, tuple]] = {}
 _COMPILED_MAX = 4096
 
 
+def _launch_hooks_set() -> bool:
+    """Whether a profiler has given Triton launch hooks, which only Triton's own launch calls.
+    Triton 3.6 keeps each hook as a HookChain, empty (its `calls`) when none is set."""
+    hooks = (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook)
+    return any(hook is not None and getattr(hook, "calls", True) for hook in hooks)
+
+
 def _launch_compiled(call: KernelCall, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
-    """Launch `call`, compiled by its first launch on this device and input alignment."""
-    device = torch.cuda.current_device()
-    key = (id(call), device, *(tensor.data_ptr() % 16 == 0 for tensor in inputs))
-    arguments = (*inputs, *call.scalars, *outputs)
+    """Launch `call` on the device of its tensors, compiled by its first launch on that device
+    and input alignment."""
+    device = inputs[0].device.index
+    if device != torch.cuda.current_device():  # e.g. a model split over GPUs in one process
+        with torch.cuda.device(device):
+            return _launch_compiled(call, inputs, outputs)
+    pointers = [tensor.data_ptr() for tensor in inputs]
+    key = (id(call), device, *(pointer % 16 == 0 for pointer in pointers))
     cached = _COMPILED.get(key)
     if cached is None:
+        arguments = (*inputs, *call.scalars, *outputs)
         compiled = call.kernel[call.grid](*arguments, **_options(call))
         names = call.kernel.arg_names[len(arguments):]
         if len(_COMPILED) >= _COMPILED_MAX:
             _COMPILED.clear()
         _COMPILED[key] = (call, compiled, tuple(call.constexprs[name] for name in names))
-        return
+        return None
     _, compiled, constexprs = cached
     grid = (*call.grid, 1, 1)[:3]  # the launcher reads all three grid sizes
-    if knobs.runtime.launch_enter_hook is None and knobs.runtime.launch_exit_hook is None:
+    if _launch_hooks_set():  # Triton's own launch calls them
+        compiled[grid](*inputs, *call.scalars, *outputs, *constexprs)
+    else:
         compiled.run(*grid, driver.active.get_current_stream(device), compiled.function,
-                     compiled.packed_metadata, None, None, None, *arguments, *constexprs)
-    else:  # a profiler's hooks: Triton's own launch calls them
-        compiled[grid](*arguments, *constexprs)
+                     compiled.packed_metadata, None, None, None, *pointers, *call.scalars,
+                     *(tensor.data_ptr() for tensor in outputs), *constexprs)
+    return None
