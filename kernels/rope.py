@@ -96,11 +96,12 @@ def _rotate_heads(X, X_OUT, x_base, o_base, rows, s_mask, h0, n_heads,
     tl.store(o_row + first[None, None, :] * stride_od, o1.to(X_OUT.dtype.element_ty), mask=mask)
     tl.store(o_row + second[None, None, :] * stride_od, o2.to(X_OUT.dtype.element_ty), mask=mask)
     if PASS > 0 and not INPLACE:
-        offs_p = tl.arange(0, BLOCK_PASS)
-        pass_mask = head_mask & (offs_p < PASS)[None, None, :]
-        tail = (2 * HALF + offs_p).to(tl.int64)[None, None, :]
-        x_tail = tl.load(x_row + tail * stride_d, mask=pass_mask, other=0.0)
-        tl.store(o_row + tail * stride_od, x_tail.to(X_OUT.dtype.element_ty), mask=pass_mask)
+        for start in range(0, PASS, BLOCK_PASS):  # BLOCK_PASS columns at a time
+            offs_p = start + tl.arange(0, BLOCK_PASS)
+            pass_mask = head_mask & (offs_p < PASS)[None, None, :]
+            tail = (2 * HALF + offs_p).to(tl.int64)[None, None, :]
+            x_tail = tl.load(x_row + tail * stride_d, mask=pass_mask, other=0.0)
+            tl.store(o_row + tail * stride_od, x_tail.to(X_OUT.dtype.element_ty), mask=pass_mask)
 
 
 @triton.jit
@@ -309,6 +310,11 @@ def rope_apply_call(
         rotary_dim = cos.shape[-1]
     half = (rotary_dim or head_dim) // 2
     passed = head_dim - 2 * half
+    # Tiles are sized by the rotated pairs; the columns that pass through are copied in chunks
+    # no wider than the rotated ones (BLOCK_PASS), whatever their number. A whole row of them
+    # at once made a tile up to 8x larger where few columns rotate (e.g. 24 of 104): registers
+    # spill, and where head_dim is strided the tile's layout conversion went through shared
+    # memory, 256 KiB of it for float64 (more than the H200 has: the launch failed).
     block_half = next_power_of_2(half)
     from_table = cos is not None
     head_tile_elements = (_BHSD_COMPUTED_HEAD_TILE_ELEMENTS if layout == "bhsd" and not from_table
@@ -345,7 +351,7 @@ def rope_apply_call(
         constexprs=dict(
             HALF=half, PASS=passed, BLOCK_S=block_s, BLOCK_H=block_h, BLOCK_S_K=block_s_k,
             BLOCK_H_K=block_h_k, BLOCK_HALF=block_half,
-            BLOCK_PASS=next_power_of_2(passed), FROM_TABLE=from_table,
+            BLOCK_PASS=min(next_power_of_2(passed), 2 * block_half), FROM_TABLE=from_table,
             POSITION_IDS=positions is not None, BATCH_OFFSETS=batch_offsets is not None,
             VARLEN=varlen, INTERLEAVED=interleaved, CONJUGATE=conjugate, INPLACE=inplace,
             COMPUTE=compute_dtype(q.dtype), ALIGNED=aligned,

@@ -21,10 +21,10 @@ TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float
                 "int32": "i32", "int64": "i64"}
 
 
-def ptx(call: KernelCall, input_dtypes: dict[str, str], launcher: str) -> str:
-    """PTX of `call`'s kernel as `launcher` ("triton" or "jax-triton") specializes it: pointers
-    16-byte aligned, integer arguments equal to 1 compiled in, and (Triton's launcher, where the
-    kernel allows it) the others marked divisible by 16 where they are."""
+def compiled(call: KernelCall, input_dtypes: dict[str, str], launcher: str):
+    """`call`'s kernel compiled for sm_90 as `launcher` ("triton" or "jax-triton") specializes
+    it: pointers 16-byte aligned, integer arguments equal to 1 compiled in, and (Triton's
+    launcher, where the kernel allows it) the others marked divisible by 16 where they are."""
     backend = CUDABackend(TARGET)
     names = call.kernel.arg_names
     signature, constants, attrs = {}, dict(call.constexprs), {}
@@ -46,9 +46,11 @@ def ptx(call: KernelCall, input_dtypes: dict[str, str], launcher: str) -> str:
         attrs[(index,)] = backend.parse_attr("D")
     signature.update({name: "constexpr" for name in constants})
     source = ASTSource(call.kernel, signature, constants, attrs)
-    kernel = triton.compile(source, target=TARGET,
-                            options=dict(num_warps=call.num_warps, num_stages=call.num_stages))
-    return kernel.asm["ptx"]
+    return triton.compile(source, target=TARGET, options=dict(num_warps=call.num_warps, num_stages=call.num_stages))
+
+
+def ptx(call: KernelCall, input_dtypes: dict[str, str], launcher: str) -> str:
+    return compiled(call, input_dtypes, launcher).asm["ptx"]
 
 
 def vector_fraction(code: str) -> float:
@@ -103,6 +105,27 @@ def test_unaligned_rows_are_not_declared_aligned():
     scores = Operand((1, 4, 33, 33), row_major_strides((1, 4, 33, 33)), "float16")
     slopes = Operand((4,), (1,), "float32")
     assert not alibi_add_call(scores, slopes, q_offset=0, causal=False).constexprs["ALIGNED"]
+
+
+# Shared memory a block may use on an H100/H200 (227 KiB).
+SM90_SHARED_BYTES = 232448
+
+
+@pytest.mark.parametrize("heads,head_dim,rotary_dim", [(1, 104, 24), (128, 256, 128)])
+def test_strided_float64_rope_fits_in_shared_memory(heads, head_dim, rotary_dim):
+    """Where head_dim is strided, the compiler passes a tile through shared memory to change its
+    layout. Copying all the passed-through columns of a tile at once made that 256 KiB for
+    float64 MQA with 24 of 104 columns rotating (the GPU property test's failing example:
+    the launch failed for lack of shared memory)."""
+    shape = (771, heads, head_dim)
+    q = Operand(shape, tuple(2 * stride for stride in row_major_strides(shape)), "float64")
+    table = Operand((1, 1, rotary_dim), row_major_strides((1, 1, rotary_dim)), "float64")
+    call = rope_apply_call(q, q, layout="thd", cos=table, sin=table,
+                           positions=Operand((771,), (1,), "int64"),
+                           cu_seqlens=Operand((5,), (1,), "int32"), max_seqlen=200)
+    dtypes = {"q": "float64", "k": "float64", "cos": "float64", "sin": "float64", "positions": "int64",
+              "cu_seqlens": "int32"}
+    assert compiled(call, dtypes, "triton").metadata.shared <= SM90_SHARED_BYTES
 
 
 @pytest.mark.parametrize("name", CALLS)
