@@ -18,8 +18,9 @@
    at the copy bandwidth as the benchmark measures it. (A copy timed by graph replay reads
    2.7 TB/s on the H200, against 4.2 TB/s timed by events: not a usable ceiling.)
 3. Variants at large through the public API, default tiles: GQA (k with 8 heads), BHSD, bf16,
-   fp32, forward + backward; timed by triton.testing.do_bench (autograd does not go into a
-   CUDA graph), whose L2 flush before each call hides the host's dispatch at this size.
+   fp32, partial rotation (32 of 128 columns, as Pythia), forward + backward; timed by
+   triton.testing.do_bench (autograd does not go into a CUDA graph), whose L2 flush before
+   each call hides the host's dispatch at this size.
 4. Timing methods: the benchmark's `apply` rows at medium, large and xl, trinix through torch
    timed both ways the benchmark times (CUDA events after an L2 flush, its torch rows; wall
    time of bursts, its JAX rows), trinix through JAX and XLA's jnp by bursts: whether the JAX
@@ -140,7 +141,8 @@ def probe_tiles(gbps: float):
         k = torch.randn(batch, seq, k_heads or heads, head_dim, dtype=torch.float16, device="cuda")
         if layout == "bhsd":
             q, k = q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous()
-        rope = FastRoPEPositionEmbedding(head_dim, max_position_embeddings=seq, layout=layout).cuda()
+        rope = FastRoPEPositionEmbedding(variant.get("rotary_dim", head_dim), max_position_embeddings=seq,
+                                         layout=layout).cuda()
         cos, sin = rope(q, seq)
         frequencies = rope.frequencies(q.device)
         expected = rope.rotate(q, k, backend="torch")
@@ -172,10 +174,11 @@ def probe_tiles(gbps: float):
 
 
 def probe_variants(gbps: float):
-    """GQA, BHSD, bf16, fp32 and forward + backward at large, each checked first (item 3)."""
+    """GQA, BHSD, bf16, fp32, partial rotation and forward + backward at large, each checked
+    first (item 3)."""
     batch, seq, heads, head_dim = LARGE["large"]
     variants = {"gqa-64-8": dict(k_heads=8), "bhsd": dict(layout="bhsd"), "bf16": dict(dtype=torch.bfloat16),
-                "fp32": dict(dtype=torch.float32), "fwd+bwd": dict(backward=True)}
+                "fp32": dict(dtype=torch.float32), "rotary-32": dict(rotary_dim=32), "fwd+bwd": dict(backward=True)}
     print()
     for name, variant in variants.items():
         dtype, layout = variant.get("dtype", torch.float16), variant.get("layout", "bshd")
@@ -183,7 +186,8 @@ def probe_variants(gbps: float):
         k = torch.randn(batch, seq, variant.get("k_heads", heads), head_dim, dtype=dtype, device="cuda")
         if layout == "bhsd":
             q, k = q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous()
-        rope = FastRoPEPositionEmbedding(head_dim, max_position_embeddings=seq, layout=layout).cuda()
+        rope = FastRoPEPositionEmbedding(variant.get("rotary_dim", head_dim), max_position_embeddings=seq,
+                                         layout=layout).cuda()
         moved = 2 * (q.numel() + k.numel()) * q.element_size()
         if variant.get("backward"):
             q.requires_grad_(), k.requires_grad_()
