@@ -312,9 +312,10 @@ def rope_apply_call(
     passed = head_dim - 2 * half
     # Tiles are sized by the rotated pairs; the columns that pass through are copied in chunks
     # no wider than the rotated ones (BLOCK_PASS), whatever their number. A whole row of them
-    # at once made a tile up to 8x larger where few columns rotate (e.g. 24 of 104): registers
-    # spill, and where head_dim is strided the tile's layout conversion went through shared
-    # memory, 256 KiB of it for float64 (more than the H200 has: the launch failed).
+    # at once made a tile up to 8x larger where few columns rotate: 202 registers a thread
+    # against 105 for 32 of 128 columns (sm_90), and where head_dim is strided the tile's
+    # layout conversion went through shared memory, 256 KiB of it for float64 with 24 of 104
+    # columns (more than the H200 has: the launch failed).
     block_half = next_power_of_2(half)
     from_table = cos is not None
     head_tile_elements = (_BHSD_COMPUTED_HEAD_TILE_ELEMENTS if layout == "bhsd" and not from_table
