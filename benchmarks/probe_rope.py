@@ -8,7 +8,9 @@
    launched straight through Triton, and an empty torch op for scale; then the forward alone
    with q and k needing grad, forward + backward through autograd, trinix's and two torch
    multiplications' for scale (as torch ops and in a Python autograd.Function), and the
-   benchmark's apply and fwd_bwd rows of PyTorch, trinix and Liger. --profile adds the
+   benchmark's apply and fwd_bwd rows of PyTorch, trinix and Liger; then each forward +
+   backward again with autograd's multithreading off (the backward on the calling thread,
+   not autograd's device thread). --profile adds the
    functions that take the host's time (cProfile), in rotate, in forward + backward, and in
    the Python autograd.Function's forward + backward.
 2. Kernel: the rotate kernel (cos/sin computed in the kernel, and the table path) at the
@@ -119,6 +121,12 @@ def probe_host(profile: bool):
             cases[f"benchmark {op} row: {provider.name}"] = functools.partial(row.fn, *row.args)
     for name, fn in cases.items():
         print(f"host  {name:40s} {host_us_per_call(fn):8.1f} us/call")
+    # Autograd runs the backward of CUDA tensors on a device thread of its own: the same steps
+    # with the backward on the calling thread show what that hand-over costs.
+    with torch.autograd.set_multithreading_enabled(False):
+        for name, fn in cases.items():
+            if "bwd" in name:
+                print(f"host  {name + ', backward on this thread':40s} {host_us_per_call(fn):8.1f} us/call")
     if profile:  # the host's time in trinix's rotate, its forward + backward, and a bare node's
         for name in ("trinix rope.rotate(q, k)", "trinix rotate fwd+bwd (autograd.grad)",
                      "Python autograd.Function q*2, k*2 fwd+bwd"):
