@@ -111,21 +111,36 @@ def test_unaligned_rows_are_not_declared_aligned():
 SM90_SHARED_BYTES = 232448
 
 
-@pytest.mark.parametrize("heads,head_dim,rotary_dim", [(1, 104, 24), (128, 256, 128)])
-def test_strided_float64_rope_fits_in_shared_memory(heads, head_dim, rotary_dim):
-    """Where head_dim is strided, the compiler passes a tile through shared memory to change its
-    layout. Copying all the passed-through columns of a tile at once made that 256 KiB for
-    float64 MQA with 24 of 104 columns rotating (the GPU property test's failing example:
-    the launch failed for lack of shared memory)."""
-    shape = (771, heads, head_dim)
-    q = Operand(shape, tuple(2 * stride for stride in row_major_strides(shape)), "float64")
+def _spread(shape: tuple[int, ...], dtype: str) -> Operand:
+    """Every other element of every dim: no dim is unit-stride."""
+    return Operand(shape, tuple(2 * stride for stride in row_major_strides(shape)), dtype)
+
+
+def _rope_thd(heads: int, head_dim: int, rotary_dim: int) -> KernelCall:
     table = Operand((1, 1, rotary_dim), row_major_strides((1, 1, rotary_dim)), "float64")
-    call = rope_apply_call(q, q, layout="thd", cos=table, sin=table,
-                           positions=Operand((771,), (1,), "int64"),
+    q = _spread((771, heads, head_dim), "float64")
+    return rope_apply_call(q, q, layout="thd", cos=table, sin=table, positions=Operand((771,), (1,), "int64"),
                            cu_seqlens=Operand((5,), (1,), "int32"), max_seqlen=200)
+
+
+STRIDED_FLOAT64_CALLS = {
+    # The GPU property test's failing example (session 6): MQA, 24 of 104 columns rotating.
+    "rope-mqa-partial": lambda: _rope_thd(1, 104, 24),
+    "rope-128-heads-partial": lambda: _rope_thd(128, 256, 128),
+    "alibi-softmax": lambda: alibi_softmax_call(_spread((1, 16, 4, 8192), "float64"), SLOPES, scale=1.0,
+                                                q_offset=0, causal=False),
+    "alibi-add": lambda: alibi_add_call(_spread((1, 16, 8, 16384), "float64"), SLOPES, q_offset=0, causal=False),
+}
+
+
+@pytest.mark.parametrize("name", STRIDED_FLOAT64_CALLS)
+def test_strided_float64_calls_fit_in_shared_memory(name):
+    """Where the last dim is strided, the compiler passes a tile through shared memory to change
+    its layout for the row-major output. RoPE copied all the passed-through columns of a tile
+    at once: for the MQA example that was 256 KiB in float64, and the launch failed."""
     dtypes = {"q": "float64", "k": "float64", "cos": "float64", "sin": "float64", "positions": "int64",
-              "cu_seqlens": "int32"}
-    assert compiled(call, dtypes, "triton").metadata.shared <= SM90_SHARED_BYTES
+              "cu_seqlens": "int32", "scores": "float64"}
+    assert compiled(STRIDED_FLOAT64_CALLS[name](), dtypes, "triton").metadata.shared <= SM90_SHARED_BYTES
 
 
 @pytest.mark.parametrize("name", CALLS)
