@@ -149,8 +149,7 @@ def probe_tiles(gbps: float):
         k = torch.randn(batch, seq, k_heads or heads, head_dim, dtype=torch.float16, device="cuda")
         if layout == "bhsd":
             q, k = q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous()
-        rope = FastRoPEPositionEmbedding(variant.get("rotary_dim", head_dim), max_position_embeddings=seq,
-                                         layout=layout).cuda()
+        rope = FastRoPEPositionEmbedding(head_dim, max_position_embeddings=seq, layout=layout).cuda()
         cos, sin = rope(q, seq)
         frequencies = rope.frequencies(q.device)
         expected = rope.rotate(q, k, backend="torch")
