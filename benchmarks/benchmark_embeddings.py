@@ -812,15 +812,13 @@ class Harness:
         calls by CUDA events, JAX calls (and torch's with `bursts`) by bursts."""
         for _ in range(self.warmup):
             run.wait(run.start())
-        if not self.cuda:
-            estimate = statistics.median(self._wall_ms(run, 3))
-            return statistics.median(self._wall_ms(run, self._iters(estimate)))
-        if framework == "torch" and not bursts:
-            estimate = statistics.median(self._torch_gpu_ms(run, 3))
-            return statistics.median(self._torch_gpu_ms(run, self._iters(estimate)))
-        estimate = statistics.median(self._burst_ms(run, 3, calls=3))
-        calls = max(1, math.ceil(BURST_MS / max(estimate, 1e-6)))
-        return statistics.median(self._burst_ms(run, max(self._iters(estimate), MIN_BURSTS * calls), calls))
+        if self.cuda and (framework != "torch" or bursts):
+            estimate = statistics.median(self._burst_ms(run, 3, calls=3))
+            calls = max(1, math.ceil(BURST_MS / max(estimate, 1e-6)))
+            return statistics.median(self._burst_ms(run, max(self._iters(estimate), MIN_BURSTS * calls), calls))
+        timed = self._torch_gpu_ms if self.cuda else self._wall_ms
+        estimate = statistics.median(timed(run, 3))
+        return statistics.median(timed(run, self._iters(estimate)))
 
     def _iters(self, estimate_ms: float) -> int:
         """Timed calls of a row: `iters`, fewer where they would take over ROW_BUDGET_S."""
