@@ -35,6 +35,9 @@ _SOFTMAX_BLOCK_K = 8192
 # and 12.28 / 10.29, 11.78 / 11.08, 11.21 / 10.69 on another machine (session 5).
 _SOFTMAX_FOUR_WARPS_TO_K = 2048
 _BLOCK_HEADS = 1024
+# The softmax's logits are kept in base 2: exp(z) = exp2(z * LOG2_E), with LOG2_E folded into
+# the scale and the slope, so that a probability costs no multiply before its exp2.
+LOG2_E = tl.constexpr(1.4426950408889634)
 
 
 @kernel
@@ -157,30 +160,36 @@ def _alibi_kernel(
 @triton.jit
 def _scaled_biased_block(x_base, offs_q, k0, seqlen_q, seqlen_k, key_end, q_offset, slope,
                          stride_q, stride_k, SCALE: tl.constexpr, CAUSAL: tl.constexpr,
-                         BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr):
-    """SCALE * scores + bias for keys k0 .. k0 + BLOCK_K of rows offs_q, -inf where there is
-    no key (past seqlen_k, or after the query when CAUSAL). A block at or past key_end (no
-    row of the block sees it) is not read."""
+                         EVEN: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr):
+    """(SCALE * scores + bias) * log2(e) for keys k0 .. k0 + BLOCK_K of rows offs_q (`slope`
+    already times log2(e)), -inf where there is no key (past seqlen_k, or after the query when
+    CAUSAL). A block at or past key_end (no row of the block sees it) is not read. EVEN: every
+    row and key of the block exists and none is masked."""
     offs_k = k0 + tl.arange(0, BLOCK_K)
+    x_ptr = x_base + offs_q.to(tl.int64)[:, None] * stride_q + offs_k.to(tl.int64)[None, :] * stride_k
+    distance = _distance(offs_q, offs_k, q_offset)
+    bias = _alibi_tile(slope, _from_nearest_key(distance, offs_q, q_offset, seqlen_k, CAUSAL), CAUSAL)
+    if EVEN:
+        return tl.load(x_ptr).to(COMPUTE) * (SCALE * LOG2_E) + bias
     # The causal condition stays out of the load mask: a mask that is uniform along the
     # contiguous key axis keeps the loads 16-byte vectors.
     in_bounds = (offs_q < seqlen_q)[:, None] & (offs_k < seqlen_k)[None, :]
-    x_ptr = x_base + offs_q.to(tl.int64)[:, None] * stride_q + offs_k.to(tl.int64)[None, :] * stride_k
     x = tl.load(x_ptr, mask=in_bounds & (k0 < key_end), other=0.0).to(COMPUTE)
-    distance = _distance(offs_q, offs_k, q_offset)
     valid = in_bounds & (distance <= 0) if CAUSAL else in_bounds
-    bias = _alibi_tile(slope, _from_nearest_key(distance, offs_q, q_offset, seqlen_k, CAUSAL), CAUSAL)
-    return tl.where(valid, x * SCALE + bias, float("-inf"))
+    return tl.where(valid, x * (SCALE * LOG2_E) + bias, float("-inf"))
 
 
 @triton.jit
 def _store_block(o_base, y, offs_q, k0, seqlen_q, seqlen_k, stride_oq, stride_ok,
-                 BLOCK_K: tl.constexpr):
+                 EVEN: tl.constexpr, BLOCK_K: tl.constexpr):
     """Write the probabilities y of keys k0 .. k0 + BLOCK_K of rows offs_q."""
     offs_k = k0 + tl.arange(0, BLOCK_K)
     o_ptr = o_base + offs_q.to(tl.int64)[:, None] * stride_oq + offs_k.to(tl.int64)[None, :] * stride_ok
-    mask = (offs_q < seqlen_q)[:, None] & (offs_k < seqlen_k)[None, :]
-    tl.store(o_ptr, y.to(o_base.dtype.element_ty), mask=mask)
+    if EVEN:
+        tl.store(o_ptr, y.to(o_base.dtype.element_ty))
+    else:
+        mask = (offs_q < seqlen_q)[:, None] & (offs_k < seqlen_k)[None, :]
+        tl.store(o_ptr, y.to(o_base.dtype.element_ty), mask=mask)
 
 
 @kernel
@@ -191,7 +200,7 @@ def _alibi_softmax_kernel(
     stride_mb, stride_mh,
     stride_ob, stride_oh, stride_oq, stride_ok,
     OUT,
-    SCALE: tl.constexpr, CAUSAL: tl.constexpr, ONE_BLOCK: tl.constexpr,
+    SCALE: tl.constexpr, CAUSAL: tl.constexpr, ONE_BLOCK: tl.constexpr, EVEN: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     """OUT = softmax over keys of SCALE * SCORES + bias; with CAUSAL the keys after each
@@ -200,6 +209,8 @@ def _alibi_softmax_kernel(
     Grid: (batch * n_heads * n_q_blocks,); a program owns BLOCK_Q whole rows. With ONE_BLOCK
     a row fits in BLOCK_K and is read once; otherwise a first pass keeps the running max and
     sum over key blocks (online softmax) and a second pass reads the row again and writes.
+    EVEN: no row or key block is partial and nothing is masked. The logits are in base 2
+    (times log2(e)), so that each probability is one exp2.
     """
     if ALIGNED:
         seqlen_k, stride_b, stride_h, stride_q, stride_ob, stride_oh, stride_oq = _aligned_rows(
@@ -210,7 +221,7 @@ def _alibi_softmax_kernel(
     b = (bh // n_heads).to(tl.int64)
     h = (bh % n_heads).to(tl.int64)
     offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    slope = tl.load(SLOPES + b * stride_mb + h * stride_mh).to(COMPUTE)
+    slope = tl.load(SLOPES + b * stride_mb + h * stride_mh).to(COMPUTE) * LOG2_E
     x_base = SCORES + b * stride_b + h * stride_h
     o_base = OUT + b * stride_ob + h * stride_oh
     if CAUSAL:  # keys past the block's last query are masked for every row of it
@@ -219,24 +230,24 @@ def _alibi_softmax_kernel(
         key_end = seqlen_k
 
     z = _scaled_biased_block(x_base, offs_q, 0, seqlen_q, seqlen_k, key_end, q_offset, slope,
-                             stride_q, stride_k, SCALE, CAUSAL, BLOCK_K, COMPUTE)
+                             stride_q, stride_k, SCALE, CAUSAL, EVEN, BLOCK_K, COMPUTE)
     row_max = _row_max(z)
     if ONE_BLOCK:
         # The exponentials are kept for the store: one exp per score, not two.
-        p = tl.exp(z - _finite(row_max)[:, None])
+        p = tl.exp2(z - _finite(row_max)[:, None])
         _store_block(o_base, p * _inverse_sum(_row_sum(p))[:, None], offs_q, 0, seqlen_q, seqlen_k,
-                     stride_oq, stride_ok, BLOCK_K)
+                     stride_oq, stride_ok, EVEN, BLOCK_K)
     else:
-        row_sum = _row_sum(tl.exp(z - _finite(row_max)[:, None]))
+        row_sum = _row_sum(tl.exp2(z - _finite(row_max)[:, None]))
         # `while`, not `for k0 in range(...)`: Triton 3.6's interpreter cannot take a runtime
         # bound in range() under NumPy 2 (its scalars are 1-element arrays).
         k0 = BLOCK_K
         while k0 < key_end:
             z = _scaled_biased_block(x_base, offs_q, k0, seqlen_q, seqlen_k, key_end, q_offset,
-                                     slope, stride_q, stride_k, SCALE, CAUSAL, BLOCK_K, COMPUTE)
+                                     slope, stride_q, stride_k, SCALE, CAUSAL, EVEN, BLOCK_K, COMPUTE)
             new_max = tl.maximum(row_max, _row_max(z))
             shift = _finite(new_max)
-            row_sum = row_sum * tl.exp(row_max - shift) + _row_sum(tl.exp(z - shift[:, None]))
+            row_sum = row_sum * tl.exp2(row_max - shift) + _row_sum(tl.exp2(z - shift[:, None]))
             row_max = new_max
             k0 += BLOCK_K
         shift = _finite(row_max)
@@ -244,9 +255,9 @@ def _alibi_softmax_kernel(
         k0 = 0
         while k0 < seqlen_k:
             z = _scaled_biased_block(x_base, offs_q, k0, seqlen_q, seqlen_k, key_end, q_offset, slope,
-                                     stride_q, stride_k, SCALE, CAUSAL, BLOCK_K, COMPUTE)
-            _store_block(o_base, tl.exp(z - shift[:, None]) * inv_sum[:, None], offs_q, k0,
-                         seqlen_q, seqlen_k, stride_oq, stride_ok, BLOCK_K)
+                                     stride_q, stride_k, SCALE, CAUSAL, EVEN, BLOCK_K, COMPUTE)
+            _store_block(o_base, tl.exp2(z - shift[:, None]) * inv_sum[:, None], offs_q, k0,
+                         seqlen_q, seqlen_k, stride_oq, stride_ok, EVEN, BLOCK_K)
             k0 += BLOCK_K
 
 
@@ -348,6 +359,7 @@ def alibi_softmax_call(scores: Operand, slopes: Operand, *, scale: float, q_offs
                  *batched_strides(slopes, 2), *out_strides),
         outputs=(Output(scores.shape, scores.dtype),),
         constexprs=dict(SCALE=float(scale), CAUSAL=causal, ONE_BLOCK=seqlen_k <= block_k,
+                        EVEN=not causal and seqlen_q % block_q == 0 and seqlen_k % block_k == 0,
                         BLOCK_Q=block_q, BLOCK_K=block_k, COMPUTE=compute_dtype(scores.dtype),
                         ALIGNED=strides_aligned(seqlen_k, *scores.strides[:3], *out_strides[:3])),
         num_warps=4 if causal or block_k <= _SOFTMAX_FOUR_WARPS_TO_K else 16,
