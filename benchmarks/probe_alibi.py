@@ -1,18 +1,20 @@
-"""Where the fused ALiBi softmax's time goes on a CUDA GPU: its kernel per row block and num_warps.
+"""Where the fused ALiBi softmax's time goes on a CUDA GPU: its kernel per tile, row blocks a
+program and num_warps.
 
     python benchmarks/probe_alibi.py
 
 The softmax kernel (softmax(scores + bias) over keys, fp16 scores, causal and not) at the
-seed's medium and large ALiBi configurations, per longest row held in registers and
-num_warps, each checked first (medium: against the torch fallback; large, where the float32
-fallback does not fit: against the first variant, which the test suite checks at smaller
-sizes), timed by triton.testing.do_bench (L2
-flushed before each call), against the roofline (scores read once, probabilities written
-once) at the copy bandwidth as the benchmark measures it. The add kernel runs beside it for
-scale: it moves the same bytes with no reduction.
+seed's medium and large ALiBi configurations, per tile (rows of a block), blocks of rows a
+program works through and num_warps, then as the builder chooses. Each variant is checked
+first (medium: against the torch fallback; large, where the float32 fallback does not fit:
+against the first variant, which the test suite checks at smaller sizes), then timed by
+triton.testing.do_bench (L2 flushed before each call), against the roofline (scores read
+once, probabilities written once) at the copy bandwidth as the benchmark measures it. The
+add kernel runs beside it for scale: it moves the same bytes with no reduction.
 """
 
 import dataclasses
+import itertools
 
 import torch
 import triton.testing
@@ -25,11 +27,12 @@ from trinix.torch.launcher import launch, operand
 
 CONFIGS = {"medium": (2, 64, 2048), "large": (1, 128, 8192)}  # batch, heads, seq
 WARPS = (4, 8, 16)
-# Longest row held in registers (kernels.alibi._SOFTMAX_BLOCK_K): a longer row is read in
-# blocks twice (online max and sum, then again from L2 to write), with fewer registers a thread
-# and so more programs in flight (offline sm_90: a whole 8192-key row takes 128 registers a
-# thread on 4 warps, 64 on 8, 40 on 16).
-ROW_BLOCKS = (8192, 4096, 2048, 1024)
+# Elements of a block (kernels.alibi._TILE_ELEMENTS): at medium 4 rows of 2048 keys or 1; at
+# large one row of 8192 either way.
+TILE_ELEMENTS = (8192, 2048)
+# Blocks of rows a program works through, loading each while it reduces the one before
+# (kernels.alibi._SOFTMAX_BLOCKS_Q, with the minimum grid lifted).
+BLOCKS_Q = (1, 2, 4, 8)
 
 
 def max_error(out, expected):
@@ -41,7 +44,9 @@ def main():
     device = torch.device("cuda")
     gbps = copy_gbps(Harness(device, warmup=3, iters=20), device)
     print(f"copy bandwidth {gbps:.0f} GB/s (the benchmark's measurement)")
-    default_row_block = kernels_alibi._SOFTMAX_BLOCK_K
+    defaults = {name: getattr(kernels_alibi, name)
+                for name in ("_TILE_ELEMENTS", "_SOFTMAX_BLOCKS_Q", "_SOFTMAX_MIN_PROGRAMS")}
+    kernels_alibi._SOFTMAX_MIN_PROGRAMS = 1
     for name, (batch, heads, seq) in CONFIGS.items():
         scores = torch.randn(batch, heads, seq, seq, dtype=torch.float16, device=device)
         slopes = alibi_slopes(heads, device=device)
@@ -57,28 +62,47 @@ def main():
             # variant, which the test suite checks at smaller sizes.
             expected = (alibi_softmax(scores, slopes, causal=causal, backend="torch")
                         if name == "medium" else None)
-            for row_block in (b for b in ROW_BLOCKS if b <= seq):
-                kernels_alibi._SOFTMAX_BLOCK_K = row_block
+            timed = set()
+            for tile, blocks, warps in itertools.product(TILE_ELEMENTS, BLOCKS_Q, WARPS):
+                kernels_alibi._TILE_ELEMENTS, kernels_alibi._SOFTMAX_BLOCKS_Q = tile, blocks
                 kernels_alibi.alibi_softmax_call.cache_clear()
                 call = kernels_alibi.alibi_softmax_call(operand(scores), operand(slopes), scale=1.0,
                                                         q_offset=0, causal=causal)
-                for warps in WARPS:
-                    variant = dataclasses.replace(call, num_warps=warps)
-                    (out,) = launch(variant, arrays, interpret=False)
-                    if expected is None:
-                        expected = out
-                    error = max_error(out, expected)
-                    del out
-                    ok = error <= 2e-3
-                    ms = triton.testing.do_bench(lambda: launch(variant, arrays, interpret=False)) if ok else float("nan")
-                    print(f"{name:6s} {'causal' if causal else 'full  '} rows of {row_block:4d} keys "
-                          f"(Q {call.constexprs['BLOCK_Q']}) warps {warps:2d} (default {call.num_warps}): "
-                          f"{ms:.3f} ms  {ms / roofline_ms:.3f}x roofline  max error {error:.1e} "
-                          f"{'ok' if ok else 'WRONG'}")
+                key = (call.constexprs["BLOCK_Q"], call.constexprs["BLOCKS_Q"], warps)
+                if key in timed:  # at large every tile size is one row
+                    continue
+                timed.add(key)
+                variant = dataclasses.replace(call, num_warps=warps)
+                (out,) = launch(variant, arrays, interpret=False)
+                if expected is None:
+                    expected = out
+                error = max_error(out, expected)
+                del out
+                ok = error <= 2e-3
+                ms = triton.testing.do_bench(lambda: launch(variant, arrays, interpret=False)) if ok else float("nan")
+                print(f"{name:6s} {'causal' if causal else 'full  '} block {call.constexprs['BLOCK_Q']}x"
+                      f"{call.constexprs['BLOCK_K']} x {call.constexprs['BLOCKS_Q']:2d} a program, warps "
+                      f"{warps:2d} (default {call.num_warps}): {ms:.3f} ms  {ms / roofline_ms:.3f}x roofline  "
+                      f"max error {error:.1e} {'ok' if ok else 'WRONG'}", flush=True)
             del expected
-            kernels_alibi._SOFTMAX_BLOCK_K = default_row_block
-            kernels_alibi.alibi_softmax_call.cache_clear()
         del scores, arrays
+        torch.cuda.empty_cache()
+    for name, value in defaults.items():
+        setattr(kernels_alibi, name, value)
+    kernels_alibi.alibi_softmax_call.cache_clear()
+    # The builder's own choice, as the benchmark and the library run it.
+    for name, (batch, heads, seq) in CONFIGS.items():
+        scores = torch.randn(batch, heads, seq, seq, dtype=torch.float16, device=device)
+        slopes = alibi_slopes(heads, device=device)
+        roofline_ms = 2 * scores.numel() * scores.element_size() / gbps / 1e6
+        for causal in (False, True):
+            call = kernels_alibi.alibi_softmax_call(operand(scores), operand(slopes), scale=1.0,
+                                                    q_offset=0, causal=causal)
+            ms = triton.testing.do_bench(lambda: alibi_softmax(scores, slopes, causal=causal))
+            print(f"{name:6s} {'causal' if causal else 'full  '} default (block {call.constexprs['BLOCK_Q']}x"
+                  f"{call.constexprs['BLOCK_K']} x {call.constexprs['BLOCKS_Q']}, warps {call.num_warps}): "
+                  f"{ms:.3f} ms  {ms / roofline_ms:.3f}x roofline")
+        del scores
         torch.cuda.empty_cache()
 
 

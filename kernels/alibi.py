@@ -34,6 +34,11 @@ _SOFTMAX_BLOCK_K = 8192
 # keys, one row) 12.17 / 10.23 ms on 4, 11.66 / 11.05 on 8, 11.17 / 10.66 on 16 (session 4),
 # and 12.28 / 10.29, 11.78 / 11.08, 11.21 / 10.69 on another machine (session 5).
 _SOFTMAX_FOUR_WARPS_TO_K = 2048
+# A program of the one-read softmax works through up to this many blocks of rows, loading
+# each block while it reduces the one before, as long as the grid keeps at least
+# _SOFTMAX_MIN_PROGRAMS programs (about 4 waves of 4 programs on the H200's 132 SMs).
+_SOFTMAX_BLOCKS_Q = 8
+_SOFTMAX_MIN_PROGRAMS = 2048
 _BLOCK_HEADS = 1024
 # The softmax's logits are kept in base 2: exp(z) = exp2(z * LOG2_E), with LOG2_E folded into
 # the scale and the slope, so that a probability costs no multiply before its exp2.
@@ -69,15 +74,17 @@ def _aligned_rows(seqlen_k, stride_b, stride_h, stride_q, stride_ob, stride_oh, 
 
 
 @triton.jit
-def _from_nearest_key(distance, offs_q, q_offset, seqlen_k, CAUSAL: tl.constexpr):
-    """distance less, per row, that of the row's nearest visible key, in integers. A row
-    constant in the bias cancels in the softmax; without it, a query far from its keys (a long
-    KV cache) has logits near -m * distance, whose float32 ulp would blur the probabilities."""
-    query = (offs_q + q_offset)[:, None]
-    if CAUSAL:  # the latest key the query sees is min(query, seqlen_k - 1): d <= that one's
-        return distance - tl.minimum(seqlen_k - 1 - query, 0)
-    nearest = tl.maximum(tl.maximum(query - (seqlen_k - 1), -query), 0)
-    return tl.abs(distance) - nearest  # -m |d| + m |d_nearest| = -m (|d| - |d_nearest|)
+def _nearest_key(offs_q, q_offset, seqlen_k, CAUSAL: tl.constexpr):
+    """Per row, the position of the visible key nearest the query: min(query, seqlen_k - 1)
+    when CAUSAL (the latest key it sees), else the query clamped to 0 .. seqlen_k - 1. The
+    softmax measures distances from it: a row constant in the bias cancels in the softmax, and
+    without it a query far from its keys (a long KV cache) has logits near -m * distance,
+    whose float32 ulp would blur the probabilities. From it, keys are within seqlen_k, which
+    float32 holds exactly below 2**24."""
+    query = offs_q + q_offset
+    if CAUSAL:
+        return tl.minimum(query, seqlen_k - 1)
+    return tl.minimum(tl.maximum(query, 0), seqlen_k - 1)
 
 
 @triton.jit
@@ -158,25 +165,48 @@ def _alibi_kernel(
 
 
 @triton.jit
-def _scaled_biased_block(x_base, offs_q, k0, seqlen_q, seqlen_k, key_end, q_offset, slope,
-                         stride_q, stride_k, SCALE: tl.constexpr, CAUSAL: tl.constexpr,
-                         EVEN: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr):
-    """(SCALE * scores + bias) * log2(e) for keys k0 .. k0 + BLOCK_K of rows offs_q (`slope`
-    already times log2(e)), -inf where there is no key (past seqlen_k, or after the query when
-    CAUSAL). A block at or past key_end (no row of the block sees it) is not read. EVEN: every
-    row and key of the block exists and none is masked."""
+def _load_block(x_base, offs_q, k0, seqlen_q, seqlen_k, key_end, stride_q, stride_k,
+                EVEN: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Scores of keys k0 .. k0 + BLOCK_K of rows offs_q, 0 where there is no score; a block at
+    or past key_end (no row of the block sees it) is not read. EVEN: every row and key of the
+    block exists."""
     offs_k = k0 + tl.arange(0, BLOCK_K)
     x_ptr = x_base + offs_q.to(tl.int64)[:, None] * stride_q + offs_k.to(tl.int64)[None, :] * stride_k
-    distance = _distance(offs_q, offs_k, q_offset)
-    bias = _alibi_tile(slope, _from_nearest_key(distance, offs_q, q_offset, seqlen_k, CAUSAL), CAUSAL)
     if EVEN:
-        return tl.load(x_ptr).to(COMPUTE) * (SCALE * LOG2_E) + bias
+        return tl.load(x_ptr)
     # The causal condition stays out of the load mask: a mask that is uniform along the
     # contiguous key axis keeps the loads 16-byte vectors.
     in_bounds = (offs_q < seqlen_q)[:, None] & (offs_k < seqlen_k)[None, :]
-    x = tl.load(x_ptr, mask=in_bounds & (k0 < key_end), other=0.0).to(COMPUTE)
-    valid = in_bounds & (distance <= 0) if CAUSAL else in_bounds
-    return tl.where(valid, x * (SCALE * LOG2_E) + bias, float("-inf"))
+    return tl.load(x_ptr, mask=in_bounds & (k0 < key_end), other=0.0)
+
+
+@triton.jit
+def _logits(x, keys, offs_q, k0, seqlen_q, seqlen_k, q_offset, slope, SCALE: tl.constexpr,
+            CAUSAL: tl.constexpr, EVEN: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr):
+    """(SCALE * x + bias) * log2(e) of a block of scores x (rows offs_q, keys k0 + keys; `keys`
+    is 0 .. BLOCK_K - 1 in COMPUTE, `slope` already times log2(e)), -inf where there is no key
+    (past seqlen_k, or after the query when CAUSAL). EVEN: every row and key exists and none
+    is masked."""
+    # Key less nearest key, in COMPUTE: one add an element, from the row's integer offset.
+    from_nearest = (k0 - _nearest_key(offs_q, q_offset, seqlen_k, CAUSAL)).to(COMPUTE)[:, None] + keys[None, :]
+    z = x.to(COMPUTE) * (SCALE * LOG2_E) + _alibi_tile(slope, from_nearest, CAUSAL)
+    if EVEN:
+        return z
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    valid = (offs_q < seqlen_q)[:, None] & (offs_k < seqlen_k)[None, :]
+    if CAUSAL:  # from the nearest key: key <= query exactly where from_nearest <= 0
+        valid &= from_nearest <= 0
+    return tl.where(valid, z, float("-inf"))
+
+
+@triton.jit
+def _read_logits(x_base, keys, offs_q, k0, seqlen_q, seqlen_k, key_end, q_offset, slope, stride_q,
+                 stride_k, SCALE: tl.constexpr, CAUSAL: tl.constexpr, EVEN: tl.constexpr,
+                 BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr):
+    """_logits of the block that _load_block reads."""
+    x = _load_block(x_base, offs_q, k0, seqlen_q, seqlen_k, key_end, stride_q, stride_k, EVEN, BLOCK_K)
+    return _logits(x, keys, offs_q, k0, seqlen_q, seqlen_k, q_offset, slope, SCALE, CAUSAL, EVEN,
+                   BLOCK_K, COMPUTE)
 
 
 @triton.jit
@@ -192,59 +222,80 @@ def _store_block(o_base, y, offs_q, k0, seqlen_q, seqlen_k, stride_oq, stride_ok
         tl.store(o_ptr, y.to(o_base.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _softmax_store(o_base, x, keys, offs_q, seqlen_q, seqlen_k, q_offset, slope, stride_oq,
+                   stride_ok, SCALE: tl.constexpr, CAUSAL: tl.constexpr, EVEN: tl.constexpr,
+                   BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr):
+    """Write the softmax of a block of whole rows of scores x (rows offs_q, all keys)."""
+    z = _logits(x, keys, offs_q, 0, seqlen_q, seqlen_k, q_offset, slope, SCALE, CAUSAL, EVEN,
+                BLOCK_K, COMPUTE)
+    # The exponentials are kept for the store: one exp per score, not two.
+    p = tl.exp2(z - _finite(_row_max(z))[:, None])
+    _store_block(o_base, p * _inverse_sum(_row_sum(p))[:, None], offs_q, 0, seqlen_q, seqlen_k,
+                 stride_oq, stride_ok, EVEN, BLOCK_K)
+
+
 @kernel
 def _alibi_softmax_kernel(
     SCORES, SLOPES,
-    n_heads, seqlen_q, seqlen_k, q_offset, n_q_blocks,
+    n_heads, seqlen_q, seqlen_k, q_offset, n_q_groups,
     stride_b, stride_h, stride_q, stride_k,
     stride_mb, stride_mh,
     stride_ob, stride_oh, stride_oq, stride_ok,
     OUT,
     SCALE: tl.constexpr, CAUSAL: tl.constexpr, ONE_BLOCK: tl.constexpr, EVEN: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, ALIGNED: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCKS_Q: tl.constexpr, COMPUTE: tl.constexpr,
+    ALIGNED: tl.constexpr,
 ):
     """OUT = softmax over keys of SCALE * SCORES + bias; with CAUSAL the keys after each
     query are masked, and a row with no key left is 0.
 
-    Grid: (batch * n_heads * n_q_blocks,); a program owns BLOCK_Q whole rows. With ONE_BLOCK
-    a row fits in BLOCK_K and is read once; otherwise a first pass keeps the running max and
-    sum over key blocks (online softmax) and a second pass reads the row again and writes.
-    EVEN: no row or key block is partial and nothing is masked. The logits are in base 2
-    (times log2(e)), so that each probability is one exp2.
+    Grid: (batch * n_heads * n_q_groups,); a program owns BLOCKS_Q blocks of BLOCK_Q whole
+    rows, one block after another. With ONE_BLOCK a row fits in BLOCK_K and is read once, and
+    each block's scores are loaded before the one before it is reduced, so that a program
+    always has a read in flight. Otherwise a first pass keeps the running max and sum over key
+    blocks (online softmax) and a second pass reads the row again and writes. EVEN: no row or
+    key block is partial and nothing is masked. The logits are in base 2 (times log2(e)), so
+    that each probability is one exp2.
     """
     if ALIGNED:
         seqlen_k, stride_b, stride_h, stride_q, stride_ob, stride_oh, stride_oq = _aligned_rows(
             seqlen_k, stride_b, stride_h, stride_q, stride_ob, stride_oh, stride_oq)
     pid = tl.program_id(0)
-    pid_q = pid % n_q_blocks
-    bh = pid // n_q_blocks
+    group = pid % n_q_groups
+    bh = pid // n_q_groups
     b = (bh // n_heads).to(tl.int64)
     h = (bh % n_heads).to(tl.int64)
-    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_q = group * (BLOCKS_Q * BLOCK_Q) + tl.arange(0, BLOCK_Q)
     slope = tl.load(SLOPES + b * stride_mb + h * stride_mh).to(COMPUTE) * LOG2_E
     x_base = SCORES + b * stride_b + h * stride_h
     o_base = OUT + b * stride_ob + h * stride_oh
-    if CAUSAL:  # keys past the block's last query are masked for every row of it
-        key_end = tl.minimum(seqlen_k, tl.minimum((pid_q + 1) * BLOCK_Q, seqlen_q) + q_offset)
-    else:
-        key_end = seqlen_k
+    keys = tl.arange(0, BLOCK_K).to(COMPUTE)  # once a program, not once a block
 
-    z = _scaled_biased_block(x_base, offs_q, 0, seqlen_q, seqlen_k, key_end, q_offset, slope,
-                             stride_q, stride_k, SCALE, CAUSAL, EVEN, BLOCK_K, COMPUTE)
-    row_max = _row_max(z)
     if ONE_BLOCK:
-        # The exponentials are kept for the store: one exp per score, not two.
-        p = tl.exp2(z - _finite(row_max)[:, None])
-        _store_block(o_base, p * _inverse_sum(_row_sum(p))[:, None], offs_q, 0, seqlen_q, seqlen_k,
-                     stride_oq, stride_ok, EVEN, BLOCK_K)
-    else:
-        row_sum = _row_sum(tl.exp2(z - _finite(row_max)[:, None]))
+        x = _load_block(x_base, offs_q, 0, seqlen_q, seqlen_k, seqlen_k, stride_q, stride_k, EVEN, BLOCK_K)
+        for _ in range(BLOCKS_Q - 1):
+            x_next = _load_block(x_base, offs_q + BLOCK_Q, 0, seqlen_q, seqlen_k, seqlen_k, stride_q,
+                                 stride_k, EVEN, BLOCK_K)
+            _softmax_store(o_base, x, keys, offs_q, seqlen_q, seqlen_k, q_offset, slope, stride_oq,
+                           stride_ok, SCALE, CAUSAL, EVEN, BLOCK_K, COMPUTE)
+            x = x_next
+            offs_q += BLOCK_Q
+        _softmax_store(o_base, x, keys, offs_q, seqlen_q, seqlen_k, q_offset, slope, stride_oq,
+                       stride_ok, SCALE, CAUSAL, EVEN, BLOCK_K, COMPUTE)
+    else:  # one block of rows a program (BLOCKS_Q is 1)
+        if CAUSAL:  # keys past the block's last query are masked for every row of it
+            key_end = tl.minimum(seqlen_k, tl.minimum((group + 1) * BLOCK_Q, seqlen_q) + q_offset)
+        else:
+            key_end = seqlen_k
+        row_max = tl.full((BLOCK_Q,), float("-inf"), COMPUTE)
+        row_sum = tl.full((BLOCK_Q,), 0.0, COMPUTE)
         # `while`, not `for k0 in range(...)`: Triton 3.6's interpreter cannot take a runtime
         # bound in range() under NumPy 2 (its scalars are 1-element arrays).
-        k0 = BLOCK_K
+        k0 = 0
         while k0 < key_end:
-            z = _scaled_biased_block(x_base, offs_q, k0, seqlen_q, seqlen_k, key_end, q_offset,
-                                     slope, stride_q, stride_k, SCALE, CAUSAL, EVEN, BLOCK_K, COMPUTE)
+            z = _read_logits(x_base, keys, offs_q, k0, seqlen_q, seqlen_k, key_end, q_offset, slope,
+                             stride_q, stride_k, SCALE, CAUSAL, EVEN, BLOCK_K, COMPUTE)
             new_max = tl.maximum(row_max, _row_max(z))
             shift = _finite(new_max)
             row_sum = row_sum * tl.exp2(row_max - shift) + _row_sum(tl.exp2(z - shift[:, None]))
@@ -254,8 +305,8 @@ def _alibi_softmax_kernel(
         inv_sum = _inverse_sum(row_sum)
         k0 = 0
         while k0 < seqlen_k:
-            z = _scaled_biased_block(x_base, offs_q, k0, seqlen_q, seqlen_k, key_end, q_offset, slope,
-                                     stride_q, stride_k, SCALE, CAUSAL, EVEN, BLOCK_K, COMPUTE)
+            z = _read_logits(x_base, keys, offs_q, k0, seqlen_q, seqlen_k, key_end, q_offset, slope,
+                             stride_q, stride_k, SCALE, CAUSAL, EVEN, BLOCK_K, COMPUTE)
             _store_block(o_base, tl.exp2(z - shift[:, None]) * inv_sum[:, None], offs_q, k0,
                          seqlen_q, seqlen_k, stride_oq, stride_ok, EVEN, BLOCK_K)
             k0 += BLOCK_K
@@ -350,17 +401,27 @@ def alibi_softmax_call(scores: Operand, slopes: Operand, *, scale: float, q_offs
     batch, n_heads, seqlen_q, seqlen_k = scores.shape
     block_q, block_k = _tile(seqlen_q, seqlen_k, _SOFTMAX_BLOCK_K)
     n_q_blocks = cdiv(seqlen_q, block_q)
+    one_block = seqlen_k <= block_k
+    # Row blocks a program: as many as leave _SOFTMAX_MIN_PROGRAMS programs, up to
+    # _SOFTMAX_BLOCKS_Q, a power of two (one compilation each), never past the head's rows.
+    blocks_q = 1
+    while (one_block and 2 * blocks_q <= min(_SOFTMAX_BLOCKS_Q, n_q_blocks)
+           and batch * n_heads * n_q_blocks >= 2 * blocks_q * _SOFTMAX_MIN_PROGRAMS):
+        blocks_q *= 2
+    n_q_groups = cdiv(n_q_blocks, blocks_q)
     out_strides = row_major_strides(scores.shape)
     return KernelCall(
         kernel=_alibi_softmax_kernel,
-        grid=(batch * n_heads * n_q_blocks if seqlen_k else 0,),
+        grid=(batch * n_heads * n_q_groups if seqlen_k else 0,),
         inputs=("scores", "slopes"),
-        scalars=(n_heads, seqlen_q, seqlen_k, q_offset, n_q_blocks, *scores.strides,
+        scalars=(n_heads, seqlen_q, seqlen_k, q_offset, n_q_groups, *scores.strides,
                  *batched_strides(slopes, 2), *out_strides),
         outputs=(Output(scores.shape, scores.dtype),),
-        constexprs=dict(SCALE=float(scale), CAUSAL=causal, ONE_BLOCK=seqlen_k <= block_k,
-                        EVEN=not causal and seqlen_q % block_q == 0 and seqlen_k % block_k == 0,
-                        BLOCK_Q=block_q, BLOCK_K=block_k, COMPUTE=compute_dtype(scores.dtype),
+        constexprs=dict(SCALE=float(scale), CAUSAL=causal, ONE_BLOCK=one_block,
+                        EVEN=(not causal and seqlen_q % (block_q * blocks_q) == 0
+                              and seqlen_k % block_k == 0),
+                        BLOCK_Q=block_q, BLOCK_K=block_k, BLOCKS_Q=blocks_q,
+                        COMPUTE=compute_dtype(scores.dtype),
                         ALIGNED=strides_aligned(seqlen_k, *scores.strides[:3], *out_strides[:3])),
         num_warps=4 if causal or block_k <= _SOFTMAX_FOUR_WARPS_TO_K else 16,
     )

@@ -17,6 +17,8 @@ import torch
 from tests.runners import BFLOAT16, HAS_CUDA, from_torch, to_torch
 from trinix import alibi as host
 from trinix import reference as ref
+from trinix.kernels import alibi as kernels_alibi
+from trinix.kernels.call import Operand, row_major_strides
 from trinix.jax import alibi as jax_alibi
 from trinix.jax.alibi import FastALiBiPositionEmbedding as NnxALiBi
 from trinix.jax.linen import FastALiBiPositionEmbedding as LinenALiBi
@@ -310,6 +312,34 @@ SOFTMAX_CASES = [
 @pytest.mark.parametrize("case", SOFTMAX_CASES, ids=str)
 def test_fused_softmax_matches_reference(case, runner):
     assert_close(run_softmax(runner, case), expected_softmax(case), case.dtype, "softmax")
+
+
+# Programs that work through several blocks of rows, loading each while reducing the one before
+# (kernels/alibi.py's BLOCKS_Q); the builder gives them only to inputs of thousands of row
+# blocks, so the test lowers its minimum grid. Rows of 2048 keys come 4 to a block.
+SEVERAL_BLOCKS_CASES = [
+    Case("whole-groups-fp16", 1, 2, 64, 2048, dtype="float16", scale=0.5),  # 16 blocks: 2 x 8
+    Case("rows-past-the-last-group", 1, 2, 42, 2048, scale=0.5),  # 11 blocks: 8, then 3 and 5 empty
+    Case("rows-past-the-last-group-causal", 2, 2, 42, 2000, q_offset=5, causal=True),
+]
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("case", SEVERAL_BLOCKS_CASES, ids=str)
+def test_fused_softmax_with_several_row_blocks_a_program(case, runner, monkeypatch):
+    monkeypatch.setattr(kernels_alibi, "_SOFTMAX_MIN_PROGRAMS", 1)
+    kernels_alibi.alibi_softmax_call.cache_clear()
+    try:
+        shape = (case.batch, case.heads, case.seqlen_q, case.seqlen_k)
+        call = kernels_alibi.alibi_softmax_call(
+            Operand(shape, row_major_strides(shape), case.dtype), Operand((case.heads,), (1,), "float32"),
+            scale=case.scale, q_offset=case.seqlen_k - case.seqlen_q if case.q_offset is None else case.q_offset,
+            causal=case.causal)
+        assert call.constexprs["BLOCKS_Q"] == 8
+        assert call.constexprs["EVEN"] == (case.name == "whole-groups-fp16")
+        assert_close(run_softmax(runner, case), expected_softmax(case), case.dtype, "softmax")
+    finally:
+        kernels_alibi.alibi_softmax_call.cache_clear()
 
 
 VJP_CASES = [_named(SOFTMAX_CASES, name) for name in
