@@ -27,9 +27,9 @@ from trinix.torch.launcher import launch, operand
 
 CONFIGS = {"medium": (2, 64, 2048), "large": (1, 128, 8192)}  # batch, heads, seq
 WARPS = (4, 8, 16)
-# Elements of a block (kernels.alibi._TILE_ELEMENTS): at medium 4 rows of 2048 keys or 1; at
-# large one row of 8192 either way.
-TILE_ELEMENTS = (8192, 2048)
+# Elements of a block (kernels.alibi._SOFTMAX_TILE_ELEMENTS): at medium 1 row of 2048 keys or
+# 4; at large one row of 8192 either way.
+TILE_ELEMENTS = (2048, 8192)
 # Blocks of rows a program works through, loading each while it reduces the one before
 # (kernels.alibi._SOFTMAX_BLOCKS_Q, with the minimum grid lifted).
 BLOCKS_Q = (1, 2, 4, 8)
@@ -45,7 +45,7 @@ def main():
     gbps = copy_gbps(Harness(device, warmup=3, iters=20), device)
     print(f"copy bandwidth {gbps:.0f} GB/s (the benchmark's measurement)")
     defaults = {name: getattr(kernels_alibi, name)
-                for name in ("_TILE_ELEMENTS", "_SOFTMAX_BLOCKS_Q", "_SOFTMAX_MIN_PROGRAMS")}
+                for name in ("_SOFTMAX_TILE_ELEMENTS", "_SOFTMAX_BLOCKS_Q", "_SOFTMAX_MIN_PROGRAMS")}
     kernels_alibi._SOFTMAX_MIN_PROGRAMS = 1
     for name, (batch, heads, seq) in CONFIGS.items():
         scores = torch.randn(batch, heads, seq, seq, dtype=torch.float16, device=device)
@@ -64,7 +64,7 @@ def main():
                         if name == "medium" else None)
             timed = set()
             for tile, blocks, warps in itertools.product(TILE_ELEMENTS, BLOCKS_Q, WARPS):
-                kernels_alibi._TILE_ELEMENTS, kernels_alibi._SOFTMAX_BLOCKS_Q = tile, blocks
+                kernels_alibi._SOFTMAX_TILE_ELEMENTS, kernels_alibi._SOFTMAX_BLOCKS_Q = tile, blocks
                 kernels_alibi.alibi_softmax_call.cache_clear()
                 call = kernels_alibi.alibi_softmax_call(operand(scores), operand(slopes), scale=1.0,
                                                         q_offset=0, causal=causal)

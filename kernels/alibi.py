@@ -28,15 +28,17 @@ _BLOCK_K = 256
 # The fused softmax keeps a row of up to this many keys in registers (one read); longer
 # rows are read twice, the second time mostly from L2.
 _SOFTMAX_BLOCK_K = 8192
-# Causal rows, and full rows of up to this many keys, reduce on 4 warps; longer full rows on
-# 16. On the H200 (probe_alibi.py, do_bench, fp16, full / causal): medium (2048 keys, 4 rows a
-# program) 0.560 / 0.607 ms on 4 warps, 0.642 / 0.641 on 8, 0.741 / 0.750 on 16; large (8192
-# keys, one row) 12.17 / 10.23 ms on 4, 11.66 / 11.05 on 8, 11.17 / 10.66 on 16 (session 4),
-# and 12.28 / 10.29, 11.78 / 11.08, 11.21 / 10.69 on another machine (session 5).
-_SOFTMAX_FOUR_WARPS_TO_K = 2048
-# A program of the one-read softmax works through up to this many blocks of rows, loading
-# each block while it reduces the one before, as long as the grid keeps at least
-# _SOFTMAX_MIN_PROGRAMS programs (about 4 waves of 4 programs on the H200's 132 SMs).
+# The softmax's blocks: rows of more keys than this one to a block, of fewer as many as make
+# this many elements (16 a thread on its 4 warps). Programs of such short blocks work through
+# up to _SOFTMAX_BLOCKS_Q of them, loading each while they reduce the one before, as long as
+# the grid keeps _SOFTMAX_MIN_PROGRAMS programs (about 4 waves of 4 on the H200's 132 SMs).
+# On the H200 (session 7, probe_alibi.py, do_bench, fp16, full / causal, roofline 0.503 and
+# 8.041 ms): medium (2048 keys) one row a block, 8 blocks a program, 0.521 / 0.527 ms on 4
+# warps (1 block: 0.525 / 0.583; 4 rows a block: 0.541 / 0.743; 8 warps 0.543 / 0.593);
+# large (8192 keys, one row) 1 block a program, 8.161 / 8.666 ms on 4 warps (8 blocks:
+# 9.643 / 9.681; on 8 warps 8.181 / 11.129, with 8 blocks 8.509 / 8.588; 16 warps 8.704 /
+# 10.673). Rows of 4096 keys and longer ones (two passes) were not measured.
+_SOFTMAX_TILE_ELEMENTS = 2048
 _SOFTMAX_BLOCKS_Q = 8
 _SOFTMAX_MIN_PROGRAMS = 2048
 _BLOCK_HEADS = 1024
@@ -336,10 +338,11 @@ def alibi_slopes_call(num_heads: int, *, head_offset: int = 0, total_heads: int 
     )
 
 
-def _tile(seqlen_q: int, seqlen_k: int, max_block_k: int) -> tuple[int, int]:
-    """(BLOCK_Q, BLOCK_K) of about _TILE_ELEMENTS elements (fewer for small inputs)."""
+def _tile(seqlen_q: int, seqlen_k: int, max_block_k: int, elements: int) -> tuple[int, int]:
+    """(BLOCK_Q, BLOCK_K) of about `elements` elements (fewer for small inputs, more for rows
+    longer than that)."""
     block_k = min(next_power_of_2(seqlen_k), max_block_k)
-    block_q = min(next_power_of_2(seqlen_q), max(1, _TILE_ELEMENTS // block_k))
+    block_q = min(next_power_of_2(seqlen_q), max(1, elements // block_k))
     return block_q, block_k
 
 
@@ -349,7 +352,7 @@ def _elementwise_call(scores: Operand | None, slopes: Operand, shape: tuple[int,
     """`_alibi_kernel` over `shape` (batch, heads, seqlen_q, seqlen_k): scores + bias, or the
     bias alone without scores."""
     batch, n_heads, seqlen_q, seqlen_k = shape
-    block_q, block_k = _tile(seqlen_q, seqlen_k, _BLOCK_K)
+    block_q, block_k = _tile(seqlen_q, seqlen_k, _BLOCK_K, _TILE_ELEMENTS)
     n_q_blocks, n_k_blocks = cdiv(seqlen_q, block_q), cdiv(seqlen_k, block_k)
     scores_strides = scores.strides if scores is not None else (0, 0, 0, 0)
     return KernelCall(
@@ -399,13 +402,14 @@ def alibi_softmax_call(scores: Operand, slopes: Operand, *, scale: float, q_offs
     1, heads). `scale` is compiled in (one compilation per value). Inputs: "scores",
     "slopes". Output: like scores, row-major."""
     batch, n_heads, seqlen_q, seqlen_k = scores.shape
-    block_q, block_k = _tile(seqlen_q, seqlen_k, _SOFTMAX_BLOCK_K)
+    block_q, block_k = _tile(seqlen_q, seqlen_k, _SOFTMAX_BLOCK_K, _SOFTMAX_TILE_ELEMENTS)
     n_q_blocks = cdiv(seqlen_q, block_q)
     one_block = seqlen_k <= block_k
-    # Row blocks a program: as many as leave _SOFTMAX_MIN_PROGRAMS programs, up to
-    # _SOFTMAX_BLOCKS_Q, a power of two (one compilation each), never past the head's rows.
+    # Blocks a program (short blocks only): as many as leave _SOFTMAX_MIN_PROGRAMS programs,
+    # up to _SOFTMAX_BLOCKS_Q, a power of two (one compilation each), never past the head's rows.
     blocks_q = 1
-    while (one_block and 2 * blocks_q <= min(_SOFTMAX_BLOCKS_Q, n_q_blocks)
+    while (one_block and block_q * block_k <= _SOFTMAX_TILE_ELEMENTS
+           and 2 * blocks_q <= min(_SOFTMAX_BLOCKS_Q, n_q_blocks)
            and batch * n_heads * n_q_blocks >= 2 * blocks_q * _SOFTMAX_MIN_PROGRAMS):
         blocks_q *= 2
     n_q_groups = cdiv(n_q_blocks, blocks_q)
@@ -423,5 +427,5 @@ def alibi_softmax_call(scores: Operand, slopes: Operand, *, scale: float, q_offs
                         BLOCK_Q=block_q, BLOCK_K=block_k, BLOCKS_Q=blocks_q,
                         COMPUTE=compute_dtype(scores.dtype),
                         ALIGNED=strides_aligned(seqlen_k, *scores.strides[:3], *out_strides[:3])),
-        num_warps=4 if causal or block_k <= _SOFTMAX_FOUR_WARPS_TO_K else 16,
+        num_warps=4,
     )

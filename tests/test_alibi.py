@@ -316,11 +316,11 @@ def test_fused_softmax_matches_reference(case, runner):
 
 # Programs that work through several blocks of rows, loading each while reducing the one before
 # (kernels/alibi.py's BLOCKS_Q); the builder gives them only to inputs of thousands of row
-# blocks, so the test lowers its minimum grid. Rows of 2048 keys come 4 to a block.
+# blocks, so the test lowers its minimum grid. Rows of 256 keys come 8 to a block.
 SEVERAL_BLOCKS_CASES = [
-    Case("whole-groups-fp16", 1, 2, 64, 2048, dtype="float16", scale=0.5),  # 16 blocks: 2 x 8
-    Case("rows-past-the-last-group", 1, 2, 42, 2048, scale=0.5),  # 11 blocks: 8, then 3 and 5 empty
-    Case("rows-past-the-last-group-causal", 2, 2, 42, 2000, q_offset=5, causal=True),
+    Case("whole-groups-fp16", 1, 2, 128, 256, dtype="float16", scale=0.5),  # 16 blocks: 2 x 8
+    Case("rows-past-the-last-group", 1, 2, 90, 256, scale=0.5),  # 12 blocks: 8, then 4 and 4 empty
+    Case("rows-past-the-last-group-causal", 2, 2, 90, 250, q_offset=5, causal=True),
 ]
 
 
