@@ -136,8 +136,9 @@ STRIDED_FLOAT64_CALLS = {
 @pytest.mark.parametrize("name", STRIDED_FLOAT64_CALLS)
 def test_strided_float64_calls_fit_in_shared_memory(name):
     """Where the last dim is strided, the compiler passes a tile through shared memory to change
-    its layout for the row-major output. RoPE copied all the passed-through columns of a tile
-    at once: for the MQA example that was 256 KiB in float64, and the launch failed."""
+    its layout for the row-major output. RoPE once copied all the passed-through columns of a
+    rotating tile at once: for the MQA example that was 256 KiB in float64, and the launch
+    failed. They now have tiles of their own, of at most 8192 elements (64 KiB here)."""
     dtypes = {"q": "float64", "k": "float64", "cos": "float64", "sin": "float64", "positions": "int64",
               "cu_seqlens": "int32", "scores": "float64"}
     assert compiled(STRIDED_FLOAT64_CALLS[name](), dtypes, "triton").metadata.shared <= SM90_SHARED_BYTES
