@@ -20,7 +20,8 @@
    at the copy bandwidth as the benchmark measures it. (A copy timed by graph replay reads
    2.7 TB/s on the H200, against 4.2 TB/s timed by events: not a usable ceiling.)
 3. Variants at large through the public API, default tiles: GQA (k with 8 heads), BHSD, bf16,
-   fp32, partial rotation (32 of 128 columns, as Pythia), forward + backward; timed by
+   fp32, partial rotation (32 of 128 columns, as Pythia; 64 interleaved, as GPT-J's pairs),
+   forward + backward (all columns, and 32); timed by
    triton.testing.do_bench (autograd does not go into a CUDA graph), whose L2 flush before
    each call hides the host's dispatch at this size.
 4. Timing methods: the benchmark's `apply` rows at medium, large and xl, trinix through torch
@@ -185,7 +186,9 @@ def probe_variants(gbps: float):
     first (item 3)."""
     batch, seq, heads, head_dim = LARGE["large"]
     variants = {"gqa-64-8": dict(k_heads=8), "bhsd": dict(layout="bhsd"), "bf16": dict(dtype=torch.bfloat16),
-                "fp32": dict(dtype=torch.float32), "rotary-32": dict(rotary_dim=32), "fwd+bwd": dict(backward=True)}
+                "fp32": dict(dtype=torch.float32), "rotary-32": dict(rotary_dim=32),
+                "rotary-64-interleaved": dict(rotary_dim=64, interleaved=True), "fwd+bwd": dict(backward=True),
+                "rotary-32 fwd+bwd": dict(rotary_dim=32, backward=True)}
     print()
     for name, variant in variants.items():
         dtype, layout = variant.get("dtype", torch.float16), variant.get("layout", "bshd")
@@ -194,7 +197,7 @@ def probe_variants(gbps: float):
         if layout == "bhsd":
             q, k = q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous()
         rope = FastRoPEPositionEmbedding(variant.get("rotary_dim", head_dim), max_position_embeddings=seq,
-                                         layout=layout).cuda()
+                                         layout=layout, interleaved=variant.get("interleaved", False)).cuda()
         moved = 2 * (q.numel() + k.numel()) * q.element_size()
         if variant.get("backward"):
             q.requires_grad_(), k.requires_grad_()
@@ -214,7 +217,7 @@ def probe_variants(gbps: float):
         ok = all(torch.allclose(o.float(), e.float(), atol=tolerance, rtol=tolerance) for o, e in zip(run(), expected))
         ms = triton.testing.do_bench(run) if ok else float("nan")
         roofline_ms = moved / gbps / 1e6
-        print(f"large {name:9s} q {tuple(q.shape)} k {tuple(k.shape)}: {ms:.4f} ms, roofline {roofline_ms:.4f} "
+        print(f"large {name:21s} q {tuple(q.shape)} k {tuple(k.shape)}: {ms:.4f} ms, roofline {roofline_ms:.4f} "
               f"ms, {ms / roofline_ms:.3f}x  {'ok' if ok else 'WRONG'}")
 
 
