@@ -48,7 +48,7 @@ property_pids=()
 for step in ${steps[*]}; do
   case "$step" in
     tests)
-      timeout "${TESTS_LIMIT:-600}" python3 -m pytest -q -rs -p no:benchmark -n "${PYTEST_WORKERS:-8}" --timeout 150 --durations 15 \
+      timeout "${TESTS_LIMIT:-600}" python3 -m pytest -q -rfEs -p no:benchmark -n "${PYTEST_WORKERS:-8}" --timeout 150 --durations 15 \
         ${TESTS:-tests} 2>&1 | tee "$OUT/pytest.log" | tail -n 40
       status=$((status | ${PIPESTATUS[0]})) ;;
     properties)

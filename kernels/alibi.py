@@ -17,8 +17,8 @@ import functools
 import triton
 import triton.language as tl
 
-from .call import (KernelCall, Operand, Output, batched_strides, cdiv, compute_dtype, next_power_of_2,
-                   row_major_strides)
+from .call import (KernelCall, Operand, Output, batched_strides, cdiv, compute_dtype, largest_power_of_2,
+                   next_power_of_2, row_major_strides)
 from .hints import kernel, multiple_of_16, strides_aligned
 
 # Elements of one (BLOCK_Q, BLOCK_K) tile a program writes; rows of at most _BLOCK_K keys
@@ -314,18 +314,13 @@ def _alibi_softmax_kernel(
             k0 += BLOCK_K
 
 
-def largest_power_of_two(n: int) -> int:
-    """The largest power of two <= n (n >= 1)."""
-    return 1 << (n.bit_length() - 1)
-
-
 # Builders are pure functions of hashable shapes and options, called on every launch: cached,
 # as RoPE's, to take the tile arithmetic off the per-call host time.
 @functools.lru_cache(maxsize=256)
 def alibi_slopes_call(num_heads: int, *, head_offset: int = 0, total_heads: int | None = None) -> KernelCall:
     """Slopes of heads head_offset .. head_offset + num_heads - 1 of `total_heads` (default
     num_heads). Input "max_bias": (1,) float32. Output: (num_heads,) float32."""
-    power = largest_power_of_two(total_heads or num_heads)
+    power = largest_power_of_2(total_heads or num_heads)
     block_h = min(next_power_of_2(num_heads), _BLOCK_HEADS)
     return KernelCall(
         kernel=_alibi_slopes_kernel,

@@ -15,8 +15,8 @@ import functools
 import triton
 import triton.language as tl
 
-from .call import (KernelCall, Operand, Output, batched_strides, cdiv, compute_dtype, next_power_of_2,
-                   row_major_strides)
+from .call import (KernelCall, Operand, Output, batched_strides, cdiv, compute_dtype, largest_power_of_2,
+                   next_power_of_2, row_major_strides)
 from .hints import kernel, multiple_of_16, strides_aligned
 
 # A program rotates a tile of BLOCK_S tokens x BLOCK_H heads x BLOCK_HALF pairs of q or of k,
@@ -40,9 +40,6 @@ _TABLE_WARPS_FROM_PAIRS = 4096
 # sin (~100 instructions). At 4096 pairs a program the H200 took 0.019 ms for the large and xl
 # tables (4-5x their write roofline), with 4-512 programs in all; at 512 a thread has 4 pairs.
 _TABLE_TILE_PAIRS = 512
-# Elements of a tile that copies the columns passing through partial rotary (as many bytes as
-# a rotating tile of _TILE_ELEMENTS pairs).
-_PASS_TILE_ELEMENTS = 8192
 
 
 @triton.jit
@@ -81,47 +78,48 @@ def _cos_sin_from_frequencies(FREQUENCIES, positions, offs_d, d_mask, HALF: tl.c
 def _rotate_heads(X, X_OUT, x_base, o_base, rows, s_mask, h0, n_heads,
                   stride_s, stride_h, stride_d, stride_os, stride_oh, stride_od,
                   c1, c2, s1, s2, offs_d, d_mask,
-                  HALF: tl.constexpr, BLOCK_H: tl.constexpr, INTERLEAVED: tl.constexpr,
-                  COMPUTE: tl.constexpr):
-    """Rotate heads h0 .. h0+BLOCK_H of token rows `rows` (element offsets x_base / o_base
-    already hold the batch)."""
+                  HALF: tl.constexpr, PASS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
+                  BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr, INTERLEAVED: tl.constexpr,
+                  INPLACE: tl.constexpr, COMPUTE: tl.constexpr):
+    """Rotate heads h0 .. h0+BLOCK_H of the BLOCK_S token rows `rows` (element offsets x_base /
+    o_base already hold the batch); the PASS columns after the rotary ones are copied
+    unchanged.
+
+    Every load comes before every store: the compiler cannot tell that the output does not
+    alias the input, so a load after a store is issued only once the store's data has
+    arrived, one memory round trip after another."""
     offs_h = (h0 + tl.arange(0, BLOCK_H)).to(tl.int64)
-    mask = s_mask[:, None, None] & (offs_h < n_heads)[None, :, None] & d_mask[None, None, :]
+    head_mask = s_mask[:, None, None] & (offs_h < n_heads)[None, :, None]
+    mask = head_mask & d_mask[None, None, :]
     x_row = X + x_base + rows[:, None, None] * stride_s + offs_h[None, :, None] * stride_h
     o_row = X_OUT + o_base + rows[:, None, None] * stride_os + offs_h[None, :, None] * stride_oh
     first, second = _pair_columns(offs_d, HALF, INTERLEAVED)
-    x1 = tl.load(x_row + first[None, None, :] * stride_d, mask=mask, other=0.0).to(COMPUTE)
-    x2 = tl.load(x_row + second[None, None, :] * stride_d, mask=mask, other=0.0).to(COMPUTE)
+    if INTERLEAVED:
+        # Pairs (2i, 2i + 1) are neighbours: read the rotated columns as one contiguous block
+        # and split the pairs in registers, not as two loads of every other element.
+        columns = tl.arange(0, 2 * BLOCK_HALF)
+        pair_mask = head_mask & (columns < 2 * HALF)[None, None, :]
+        x_rotated = tl.load(x_row + columns.to(tl.int64)[None, None, :] * stride_d, mask=pair_mask, other=0.0)
+        x1, x2 = tl.split(tl.reshape(x_rotated.to(COMPUTE), (BLOCK_S, BLOCK_H, BLOCK_HALF, 2)))
+    else:
+        x1 = tl.load(x_row + first[None, None, :] * stride_d, mask=mask, other=0.0).to(COMPUTE)
+        x2 = tl.load(x_row + second[None, None, :] * stride_d, mask=mask, other=0.0).to(COMPUTE)
+    if PASS > 0 and not INPLACE:
+        offs_p = tl.arange(0, BLOCK_PASS)
+        pass_mask = head_mask & (offs_p < PASS)[None, None, :]
+        tail = (2 * HALF + offs_p).to(tl.int64)[None, None, :]
+        x_tail = tl.load(x_row + tail * stride_d, mask=pass_mask, other=0.0)
     o1 = x1 * c1[:, None, :] - x2 * s1[:, None, :]
     o2 = x2 * c2[:, None, :] + x1 * s2[:, None, :]
-    tl.store(o_row + first[None, None, :] * stride_od, o1.to(X_OUT.dtype.element_ty), mask=mask)
-    tl.store(o_row + second[None, None, :] * stride_od, o2.to(X_OUT.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _token_rows(CU_SEQLENS, b, offs_s, seq_len, VARLEN: tl.constexpr):
-    """(rows, mask) of tokens offs_s of batch b: with VARLEN, b is sequence b of packed tokens,
-    rows CU_SEQLENS[b] .. CU_SEQLENS[b + 1] - 1."""
-    if VARLEN:
-        start = tl.load(CU_SEQLENS + b).to(tl.int64)
-        return start + offs_s.to(tl.int64), offs_s < tl.load(CU_SEQLENS + b + 1).to(tl.int64) - start
-    return offs_s.to(tl.int64), offs_s < seq_len
-
-
-@triton.jit
-def _copy_passed(X, X_OUT, CU_SEQLENS, b, seq_block, h, seq_len,
-                 stride_b, stride_s, stride_h, stride_d, stride_ob, stride_os, stride_oh, stride_od,
-                 HALF: tl.constexpr, PASS: tl.constexpr, BLOCK_S: tl.constexpr,
-                 BLOCK_PASS: tl.constexpr, VARLEN: tl.constexpr):
-    """Copy the PASS columns after the 2 * HALF rotated ones of head h, tokens seq_block *
-    BLOCK_S .. + BLOCK_S of batch b, unchanged."""
-    rows, s_mask = _token_rows(CU_SEQLENS, b, seq_block * BLOCK_S + tl.arange(0, BLOCK_S), seq_len, VARLEN)
-    offs_p = tl.arange(0, BLOCK_PASS)
-    mask = s_mask[:, None] & (offs_p < PASS)[None, :]
-    columns = (2 * HALF + offs_p).to(tl.int64)[None, :]
-    x = tl.load(X + b * stride_b + h * stride_h + rows[:, None] * stride_s + columns * stride_d, mask=mask)
-    tl.store(X_OUT + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + columns * stride_od,
-             x.to(X_OUT.dtype.element_ty), mask=mask)
+    if INTERLEAVED:
+        o_rotated = tl.reshape(tl.join(o1, o2), (BLOCK_S, BLOCK_H, 2 * BLOCK_HALF))
+        tl.store(o_row + columns.to(tl.int64)[None, None, :] * stride_od, o_rotated.to(X_OUT.dtype.element_ty),
+                 mask=pair_mask)
+    else:
+        tl.store(o_row + first[None, None, :] * stride_od, o1.to(X_OUT.dtype.element_ty), mask=mask)
+        tl.store(o_row + second[None, None, :] * stride_od, o2.to(X_OUT.dtype.element_ty), mask=mask)
+    if PASS > 0 and not INPLACE:
+        tl.store(o_row + tail * stride_od, x_tail.to(X_OUT.dtype.element_ty), mask=pass_mask)
 
 
 @triton.jit
@@ -129,16 +127,23 @@ def _rotate_tile(X, X_OUT, COS, SIN, FREQUENCIES, POSITIONS, CU_SEQLENS, b, seq_
                  seq_len, n_heads, position_offset, table_rows,
                  stride_b, stride_s, stride_h, stride_d, stride_ob, stride_os, stride_oh, stride_od,
                  stride_cb, stride_cs, stride_cd, stride_sb, stride_ss, stride_sd, stride_pb, stride_ps,
-                 HALF: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
-                 BLOCK_HALF: tl.constexpr, FROM_TABLE: tl.constexpr, POSITION_IDS: tl.constexpr,
-                 BATCH_OFFSETS: tl.constexpr, VARLEN: tl.constexpr, INTERLEAVED: tl.constexpr,
-                 CONJUGATE: tl.constexpr, COMPUTE: tl.constexpr):
+                 HALF: tl.constexpr, PASS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
+                 BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr,
+                 FROM_TABLE: tl.constexpr, POSITION_IDS: tl.constexpr, BATCH_OFFSETS: tl.constexpr,
+                 VARLEN: tl.constexpr, INTERLEAVED: tl.constexpr, CONJUGATE: tl.constexpr,
+                 INPLACE: tl.constexpr, COMPUTE: tl.constexpr):
     """Rotate tokens seq_block * BLOCK_S .. + BLOCK_S and heads head_block * BLOCK_H .. +
     BLOCK_H of batch b of X (q or k), with one cos/sin per token shared by the tile's heads."""
     offs_s = seq_block * BLOCK_S + tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_HALF)
     d_mask = offs_d < HALF
-    rows, s_mask = _token_rows(CU_SEQLENS, b, offs_s, seq_len, VARLEN)
+    if VARLEN:
+        start = tl.load(CU_SEQLENS + b).to(tl.int64)
+        s_mask = offs_s < tl.load(CU_SEQLENS + b + 1).to(tl.int64) - start
+        rows = start + offs_s.to(tl.int64)
+    else:
+        s_mask = offs_s < seq_len
+        rows = offs_s.to(tl.int64)
 
     if POSITION_IDS:
         positions = tl.load(POSITIONS + b * stride_pb + rows * stride_ps, mask=s_mask, other=0).to(tl.int64)
@@ -167,14 +172,15 @@ def _rotate_tile(X, X_OUT, COS, SIN, FREQUENCIES, POSITIONS, CU_SEQLENS, b, seq_
         s1, s2 = -s2, -s1
     _rotate_heads(X, X_OUT, b * stride_b, b * stride_ob, rows, s_mask, head_block * BLOCK_H, n_heads,
                   stride_s, stride_h, stride_d, stride_os, stride_oh, stride_od,
-                  c1, c2, s1, s2, offs_d, d_mask, HALF, BLOCK_H, INTERLEAVED, COMPUTE)
+                  c1, c2, s1, s2, offs_d, d_mask,
+                  HALF, PASS, BLOCK_S, BLOCK_H, BLOCK_HALF, BLOCK_PASS, INTERLEAVED, INPLACE, COMPUTE)
 
 
 @kernel
 def _rope_apply_kernel(
     Q, K, COS, SIN, FREQUENCIES, POSITIONS, CU_SEQLENS,
-    seq_len, n_heads_q, n_heads_k, n_q_seq_blocks, n_k_seq_blocks, n_q_tiles, n_rotate_tiles,
-    n_pass_seq_blocks, n_tiles, position_offset, table_rows,
+    seq_len, n_heads_q, n_heads_k, n_q_seq_blocks, n_k_seq_blocks, n_q_tiles, n_tiles,
+    position_offset, table_rows,
     stride_qb, stride_qs, stride_qh, stride_qd,
     stride_kb, stride_ks, stride_kh, stride_kd,
     stride_qob, stride_qos, stride_qoh, stride_qod,
@@ -184,25 +190,20 @@ def _rope_apply_kernel(
     stride_pb, stride_ps,
     Q_OUT, K_OUT,
     HALF: tl.constexpr, PASS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_S_K: tl.constexpr, BLOCK_H_K: tl.constexpr, BLOCK_HALF: tl.constexpr,
-    BLOCK_S_PASS: tl.constexpr, BLOCK_PASS: tl.constexpr, COPY_PASSED: tl.constexpr,
+    BLOCK_S_K: tl.constexpr, BLOCK_H_K: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr,
     FROM_TABLE: tl.constexpr, POSITION_IDS: tl.constexpr, BATCH_OFFSETS: tl.constexpr,
     VARLEN: tl.constexpr, INTERLEAVED: tl.constexpr, CONJUGATE: tl.constexpr,
-    COMPUTE: tl.constexpr, ALIGNED: tl.constexpr,
+    INPLACE: tl.constexpr, COMPUTE: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     """Rotate q and k, logical layout (batch, seq, heads, head_dim), in one launch.
 
     Grid: (batch * n_tiles,). Each batch has n_q_tiles tiles of q, BLOCK_S tokens x BLOCK_H
-    heads (token blocks first), then tiles of k up to n_rotate_tiles, BLOCK_S_K tokens x
-    BLOCK_H_K heads: k's tiles have their own shape, so that a k of few heads (GQA) takes as
-    many elements per program as q. With COPY_PASSED, the PASS columns after the rotated ones
-    are copied by tiles of their own after those, BLOCK_S_PASS tokens of one head (token
-    blocks first; q's heads, then k's): copied by the rotating programs, their loads waited
-    for the rotated columns' stores (the compiler cannot tell that the output does not alias
-    the input), one memory round trip after another. Position of token s of batch b:
-    POSITIONS[b, s] (POSITION_IDS), else position_offset + s, plus POSITIONS[b]
-    (BATCH_OFFSETS). With VARLEN, "batch" b is sequence b of packed tokens: its tokens are
-    rows CU_SEQLENS[b] .. CU_SEQLENS[b + 1] - 1 and seq_len is the longest.
+    heads (token blocks first), then tiles of k, BLOCK_S_K tokens x BLOCK_H_K heads: k's
+    tiles have their own shape, so that a k of few heads (GQA) takes as many elements per
+    program as q. Position of token s of batch b: POSITIONS[b, s] (POSITION_IDS), else
+    position_offset + s, plus POSITIONS[b] (BATCH_OFFSETS). With VARLEN, "batch" b is sequence
+    b of packed tokens: its tokens are rows CU_SEQLENS[b] .. CU_SEQLENS[b + 1] - 1 and seq_len
+    is the longest.
     """
     if ALIGNED:  # batch, token and head strides are multiples of 16 (kernels/hints.py)
         stride_qb, stride_qs, stride_qh = multiple_of_16(stride_qb), multiple_of_16(stride_qs), multiple_of_16(stride_qh)
@@ -222,29 +223,17 @@ def _rope_apply_kernel(
                      table_rows, stride_qb, stride_qs, stride_qh, stride_qd,
                      stride_qob, stride_qos, stride_qoh, stride_qod,
                      stride_cb, stride_cs, stride_cd, stride_sb, stride_ss, stride_sd, stride_pb, stride_ps,
-                     HALF, BLOCK_S, BLOCK_H, BLOCK_HALF, FROM_TABLE, POSITION_IDS,
-                     BATCH_OFFSETS, VARLEN, INTERLEAVED, CONJUGATE, COMPUTE)
-    elif tile < n_rotate_tiles or not COPY_PASSED:
+                     HALF, PASS, BLOCK_S, BLOCK_H, BLOCK_HALF, BLOCK_PASS, FROM_TABLE, POSITION_IDS,
+                     BATCH_OFFSETS, VARLEN, INTERLEAVED, CONJUGATE, INPLACE, COMPUTE)
+    else:
         tile -= n_q_tiles
         _rotate_tile(K, K_OUT, COS, SIN, FREQUENCIES, POSITIONS, CU_SEQLENS, b,
                      tile % n_k_seq_blocks, tile // n_k_seq_blocks, seq_len, n_heads_k, position_offset,
                      table_rows, stride_kb, stride_ks, stride_kh, stride_kd,
                      stride_kob, stride_kos, stride_koh, stride_kod,
                      stride_cb, stride_cs, stride_cd, stride_sb, stride_ss, stride_sd, stride_pb, stride_ps,
-                     HALF, BLOCK_S_K, BLOCK_H_K, BLOCK_HALF, FROM_TABLE, POSITION_IDS,
-                     BATCH_OFFSETS, VARLEN, INTERLEAVED, CONJUGATE, COMPUTE)
-    else:
-        tile -= n_rotate_tiles
-        seq_block = tile % n_pass_seq_blocks
-        head = tile // n_pass_seq_blocks
-        if head < n_heads_q:
-            _copy_passed(Q, Q_OUT, CU_SEQLENS, b, seq_block, head, seq_len,
-                         stride_qb, stride_qs, stride_qh, stride_qd, stride_qob, stride_qos, stride_qoh, stride_qod,
-                         HALF, PASS, BLOCK_S_PASS, BLOCK_PASS, VARLEN)
-        else:
-            _copy_passed(K, K_OUT, CU_SEQLENS, b, seq_block, head - n_heads_q, seq_len,
-                         stride_kb, stride_ks, stride_kh, stride_kd, stride_kob, stride_kos, stride_koh, stride_kod,
-                         HALF, PASS, BLOCK_S_PASS, BLOCK_PASS, VARLEN)
+                     HALF, PASS, BLOCK_S_K, BLOCK_H_K, BLOCK_HALF, BLOCK_PASS, FROM_TABLE, POSITION_IDS,
+                     BATCH_OFFSETS, VARLEN, INTERLEAVED, CONJUGATE, INPLACE, COMPUTE)
 
 
 @kernel
@@ -289,11 +278,11 @@ def _batch_stride(offsets: Operand) -> int:
     return 0 if offsets.shape[0] == 1 else offsets.strides[0]
 
 
-def _tile(n_heads: int, block_half: int, head_tile_elements: int) -> tuple[int, int]:
-    """(BLOCK_S, BLOCK_H) of a tensor's tiles: heads up to head_tile_elements pairs, then
-    tokens up to _TILE_ELEMENTS."""
-    block_h = min(next_power_of_2(n_heads), max(1, head_tile_elements // block_half))
-    return max(1, _TILE_ELEMENTS // (block_h * block_half)), block_h
+def _tile(n_heads: int, row_pairs: int, head_tile_elements: int) -> tuple[int, int]:
+    """(BLOCK_S, BLOCK_H) of a tensor's tiles, rows of `row_pairs` pairs: heads up to
+    head_tile_elements pairs, then tokens up to _TILE_ELEMENTS, both powers of two."""
+    block_h = min(next_power_of_2(n_heads), largest_power_of_2(max(1, head_tile_elements // row_pairs)))
+    return largest_power_of_2(max(1, _TILE_ELEMENTS // (block_h * row_pairs))), block_h
 
 
 # Builders are pure functions of hashable shapes and options, called on every launch: caching
@@ -339,22 +328,23 @@ def rope_apply_call(
         rotary_dim = cos.shape[-1]
     half = (rotary_dim or head_dim) // 2
     passed = head_dim - 2 * half
+    # A tile holds whole rows: the rotated pairs and, unless in place, the columns that pass
+    # through (a block of BLOCK_PASS, two to a pair in the tile's size). Copied by other
+    # programs, or in chunks after the rotated stores, they cost partial rotary (32 of 128
+    # columns) 1.43-1.46x its roofline on the H200 (session 7). Sized by the rotated pairs
+    # alone, the pass-through block was up to 8x the rotated one: 202 registers a thread (sm_90),
+    # and 256 KiB of shared memory for float64 with a strided head_dim (the launch failed).
     block_half = next_power_of_2(half)
+    block_pass = next_power_of_2(passed) if passed and not inplace else 0
+    row_pairs = block_half + block_pass // 2
     from_table = cos is not None
     head_tile_elements = (_BHSD_COMPUTED_HEAD_TILE_ELEMENTS if layout == "bhsd" and not from_table
                           else _HEAD_TILE_ELEMENTS)
-    block_s, block_h = _tile(n_heads_q, block_half, head_tile_elements)
-    block_s_k, block_h_k = _tile(n_heads_k, block_half, head_tile_elements)
+    block_s, block_h = _tile(n_heads_q, row_pairs, head_tile_elements)
+    block_s_k, block_h_k = _tile(n_heads_k, row_pairs, head_tile_elements)
     n_q_seq_blocks, n_k_seq_blocks = cdiv(seq_len, block_s), cdiv(seq_len, block_s_k)
     n_q_tiles = n_q_seq_blocks * cdiv(n_heads_q, block_h)
-    n_rotate_tiles = n_q_tiles + n_k_seq_blocks * cdiv(n_heads_k, block_h_k)
-    # The columns that pass through (partial rotary) are copied by tiles of their own, of one
-    # head and as many tokens as make _PASS_TILE_ELEMENTS elements (no more than seq_len).
-    copy_passed = passed > 0 and not inplace
-    block_pass = next_power_of_2(passed)
-    block_s_pass = min(next_power_of_2(seq_len), max(1, _PASS_TILE_ELEMENTS // block_pass))
-    n_pass_seq_blocks = cdiv(seq_len, block_s_pass)
-    n_tiles = n_rotate_tiles + (n_pass_seq_blocks * (n_heads_q + n_heads_k) if copy_passed else 0)
+    n_tiles = n_q_tiles + n_k_seq_blocks * cdiv(n_heads_k, block_h_k)
 
     if inplace:
         outputs = (Output(q.shape, q.dtype, alias="q"), Output(k.shape, k.dtype, alias="k"))
@@ -366,8 +356,8 @@ def rope_apply_call(
     tensor_strides = [_bshd(strides, layout, 0) for strides in (q.strides, k.strides, q_out_strides, k_out_strides)]
     table_strides = [batched_strides(table, 3) for table in (cos, sin)]
     scalars = (
-        seq_len, n_heads_q, n_heads_k, n_q_seq_blocks, n_k_seq_blocks, n_q_tiles, n_rotate_tiles,
-        n_pass_seq_blocks, n_tiles, position_offset, cos.shape[-2] if from_table else 0,
+        seq_len, n_heads_q, n_heads_k, n_q_seq_blocks, n_k_seq_blocks, n_q_tiles, n_tiles,
+        position_offset, cos.shape[-2] if from_table else 0,
         *(stride for strides in tensor_strides + table_strides for stride in strides),
         *(batched_strides(positions, 2) if batch_offsets is None else (_batch_stride(batch_offsets), 0)),
     )
@@ -381,10 +371,11 @@ def rope_apply_call(
         outputs=outputs,
         constexprs=dict(
             HALF=half, PASS=passed, BLOCK_S=block_s, BLOCK_H=block_h, BLOCK_S_K=block_s_k,
-            BLOCK_H_K=block_h_k, BLOCK_HALF=block_half, BLOCK_S_PASS=block_s_pass, BLOCK_PASS=block_pass,
-            COPY_PASSED=copy_passed, FROM_TABLE=from_table, POSITION_IDS=positions is not None,
-            BATCH_OFFSETS=batch_offsets is not None, VARLEN=varlen, INTERLEAVED=interleaved,
-            CONJUGATE=conjugate, COMPUTE=compute_dtype(q.dtype), ALIGNED=aligned,
+            BLOCK_H_K=block_h_k, BLOCK_HALF=block_half,
+            BLOCK_PASS=max(block_pass, 1), FROM_TABLE=from_table,
+            POSITION_IDS=positions is not None, BATCH_OFFSETS=batch_offsets is not None,
+            VARLEN=varlen, INTERLEAVED=interleaved, CONJUGATE=conjugate, INPLACE=inplace,
+            COMPUTE=compute_dtype(q.dtype), ALIGNED=aligned,
         ),
         num_warps=8 if from_table and block_s * block_h * block_half >= _TABLE_WARPS_FROM_PAIRS else 4,
     )

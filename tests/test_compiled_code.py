@@ -70,6 +70,9 @@ CALLS = {
     "rope-computed": (rope_apply_call(XL_Q, XL_Q), ROPE_DTYPES),
     "rope-table": (rope_apply_call(XL_Q, XL_Q, cos=TABLE, sin=TABLE), ROPE_DTYPES),
     "rope-gqa": (rope_apply_call(XL_Q, XL_K_GQA), ROPE_DTYPES),
+    # Partial rotation (Pythia: 32 of 128 columns) and interleaved pairs (GPT-J: 64 of them).
+    "rope-partial": (rope_apply_call(XL_Q, XL_Q, rotary_dim=32), ROPE_DTYPES),
+    "rope-interleaved-partial": (rope_apply_call(XL_Q, XL_Q, rotary_dim=64, interleaved=True), ROPE_DTYPES),
     "alibi-bias": (alibi_bias_call(SLOPES, 1024, 1024, q_offset=0, causal=False), ALIBI_DTYPES),
     "alibi-add": (alibi_add_call(SCORES, SLOPES, q_offset=0, causal=False, inplace=True), ALIBI_DTYPES),
     "alibi-softmax": (alibi_softmax_call(SCORES, SLOPES, scale=1.0, q_offset=0, causal=False), ALIBI_DTYPES),
@@ -138,7 +141,7 @@ def test_strided_float64_calls_fit_in_shared_memory(name):
     """Where the last dim is strided, the compiler passes a tile through shared memory to change
     its layout for the row-major output. RoPE once copied all the passed-through columns of a
     rotating tile at once: for the MQA example that was 256 KiB in float64, and the launch
-    failed. They now have tiles of their own, of at most 8192 elements (64 KiB here)."""
+    failed. A tile is now sized by its whole rows (64 KiB here)."""
     dtypes = {"q": "float64", "k": "float64", "cos": "float64", "sin": "float64", "positions": "int64",
               "cu_seqlens": "int32", "scores": "float64"}
     assert compiled(STRIDED_FLOAT64_CALLS[name](), dtypes, "triton").metadata.shared <= SM90_SHARED_BYTES

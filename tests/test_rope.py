@@ -76,7 +76,7 @@ CASES = [
     RopeCase("partial", 2, 21, 4, 2, 80, "float16", rotary_dim=20, positions="ids"),
     RopeCase("partial-table-bhsd", 2, 21, 4, 2, 72, layout="bhsd", rotary_dim=36, source="table"),
     RopeCase("partial-inplace", 2, 9, 3, 1, 64, rotary_dim=16, inplace=True, positions="offset"),
-    # Passed-through columns are copied by tiles of 64 tokens here (kernels/rope.py): 5 of them.
+    # Tiles of whole rows (rotated and passed-through columns) over 300 tokens: 19 of q's.
     RopeCase("partial-long", 1, 300, 2, 1, 128, rotary_dim=32),
     RopeCase("interleaved", 2, 25, 4, 2, 64, "bfloat16", interleaved=True, positions="ids"),
     RopeCase("interleaved-table", 2, 25, 4, 4, 64, interleaved=True, source="table"),

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from trinix.kernels.alibi import largest_power_of_two
+from trinix.kernels.call import largest_power_of_2
 from trinix.kernels.call import Operand
 from trinix.rope import check_float, check_int
 
@@ -22,7 +22,7 @@ def alibi_slopes(num_heads: int, *, max_bias: float = 8.0, head_offset: int = 0,
     tensor-parallel shard of heads gets the slopes its heads have in the whole model.
     """
     check_alibi_config(num_heads, max_bias=max_bias, head_offset=head_offset, total_heads=total_heads)
-    power = largest_power_of_two(total_heads or num_heads)
+    power = largest_power_of_2(total_heads or num_heads)
     g = np.arange(head_offset, head_offset + num_heads, dtype=np.float64)
     exponent = np.where(g < power, (g + 1) / power, (2 * (g - power) + 1) / (2 * power))
     return 2.0 ** (-max_bias * exponent)
