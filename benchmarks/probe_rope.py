@@ -20,7 +20,8 @@
    at the copy bandwidth as the benchmark measures it. (A copy timed by graph replay reads
    2.7 TB/s on the H200, against 4.2 TB/s timed by events: not a usable ceiling.)
 3. Variants at large through the public API, default tiles: GQA (k with 8 heads), BHSD, bf16,
-   fp32, partial rotation (32 of 128 columns, as Pythia; 64 interleaved, as GPT-J's pairs),
+   fp32, interleaved pairs, partial rotation (32 of 128 columns, as Pythia; 64 interleaved,
+   as GPT-J),
    forward + backward (all columns, and 32); timed by
    triton.testing.do_bench (autograd does not go into a CUDA graph), whose L2 flush before
    each call hides the host's dispatch at this size.
@@ -187,7 +188,8 @@ def probe_variants(gbps: float):
     batch, seq, heads, head_dim = LARGE["large"]
     variants = {"gqa-64-8": dict(k_heads=8), "bhsd": dict(layout="bhsd"), "bf16": dict(dtype=torch.bfloat16),
                 "fp32": dict(dtype=torch.float32), "rotary-32": dict(rotary_dim=32),
-                "rotary-64-interleaved": dict(rotary_dim=64, interleaved=True), "fwd+bwd": dict(backward=True),
+                "interleaved": dict(interleaved=True), "rotary-64-interleaved": dict(rotary_dim=64, interleaved=True),
+                "fwd+bwd": dict(backward=True),
                 "rotary-32 fwd+bwd": dict(rotary_dim=32, backward=True)}
     print()
     for name, variant in variants.items():
