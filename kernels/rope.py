@@ -19,11 +19,12 @@ from .call import (KernelCall, Operand, Output, batched_strides, cdiv, compute_d
                    next_power_of_2, row_major_strides)
 from .hints import kernel, multiple_of_16, strides_aligned
 
-# A program rotates a tile of BLOCK_S tokens x BLOCK_H heads x BLOCK_HALF pairs of q or of k,
-# each tensor's tiles shaped for its own head count: heads fill up to _HEAD_TILE_ELEMENTS
+# A program rotates a tile of BLOCK_S tokens x BLOCK_H heads x BLOCK_HALF pairs of q or of k
+# (with the BLOCK_PASS columns after them that partial rotation passes through), each
+# tensor's tiles shaped for its own head count: heads fill up to _HEAD_TILE_ELEMENTS pairs
 # (cos/sin, computed once per token, serve every head of the tile; on the H200 at the seed's xl
 # size, 128 heads x 64 pairs ran 4% faster than 64 heads), then tokens up to _TILE_ELEMENTS
-# (benchmarks/NOTES.md).
+# (benchmarks/NOTES.md); passed-through columns count two to a pair.
 _HEAD_TILE_ELEMENTS = 8192
 _TILE_ELEMENTS = 4096
 # In "bhsd" a head's tokens are contiguous: computing cos/sin, a tile of 8 heads x 8 tokens
@@ -329,11 +330,11 @@ def rope_apply_call(
     half = (rotary_dim or head_dim) // 2
     passed = head_dim - 2 * half
     # A tile holds whole rows: the rotated pairs and, unless in place, the columns that pass
-    # through (a block of BLOCK_PASS, two to a pair in the tile's size). Copied by other
-    # programs, or in chunks after the rotated stores, they cost partial rotary (32 of 128
-    # columns) 1.43-1.46x its roofline on the H200 (session 7). Sized by the rotated pairs
-    # alone, the pass-through block was up to 8x the rotated one: 202 registers a thread (sm_90),
-    # and 256 KiB of shared memory for float64 with a strided head_dim (the launch failed).
+    # through (a block of BLOCK_PASS, two to a pair in the tile's size). On the H200 (session
+    # 7, 32 of 128 columns at large) that ran 1.174x its roofline; copied by other programs
+    # 1.428x, in chunks after the rotated stores 1.459x. Sized by the rotated pairs alone,
+    # the pass-through block was up to 8x the rotated one: 202 registers a thread (sm_90), and
+    # 256 KiB of shared memory for float64 with a strided head_dim (the launch failed).
     block_half = next_power_of_2(half)
     block_pass = next_power_of_2(passed) if passed and not inplace else 0
     row_pairs = block_half + block_pass // 2
