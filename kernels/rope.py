@@ -94,7 +94,6 @@ def _rotate_heads(X, X_OUT, x_base, o_base, rows, s_mask, h0, n_heads,
     mask = head_mask & d_mask[None, None, :]
     x_row = X + x_base + rows[:, None, None] * stride_s + offs_h[None, :, None] * stride_h
     o_row = X_OUT + o_base + rows[:, None, None] * stride_os + offs_h[None, :, None] * stride_oh
-    first, second = _pair_columns(offs_d, HALF, INTERLEAVED)
     if INTERLEAVED:
         # Pairs (2i, 2i + 1) are neighbours: read the rotated columns as one contiguous block
         # and split the pairs in registers, not as two loads of every other element.
@@ -103,6 +102,7 @@ def _rotate_heads(X, X_OUT, x_base, o_base, rows, s_mask, h0, n_heads,
         x_rotated = tl.load(x_row + columns.to(tl.int64)[None, None, :] * stride_d, mask=pair_mask, other=0.0)
         x1, x2 = tl.split(tl.reshape(x_rotated.to(COMPUTE), (BLOCK_S, BLOCK_H, BLOCK_HALF, 2)))
     else:
+        first, second = _pair_columns(offs_d, HALF, INTERLEAVED)
         x1 = tl.load(x_row + first[None, None, :] * stride_d, mask=mask, other=0.0).to(COMPUTE)
         x2 = tl.load(x_row + second[None, None, :] * stride_d, mask=mask, other=0.0).to(COMPUTE)
     if PASS > 0 and not INPLACE:
