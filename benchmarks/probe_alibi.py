@@ -13,6 +13,7 @@ once, probabilities written once) at the copy bandwidth as the benchmark measure
 add kernel runs beside it for scale: it moves the same bytes with no reduction.
 """
 
+import contextlib
 import dataclasses
 import itertools
 
@@ -35,6 +36,22 @@ TILE_ELEMENTS = (2048, 8192)
 BLOCKS_Q = (1, 2, 4, 8)
 
 
+@contextlib.contextmanager
+def softmax_rule(**values):
+    """kernels.alibi's softmax constants set to `values` for the calls built inside (the
+    builder's cache cleared on the way in and out), then restored."""
+    saved = {name: getattr(kernels_alibi, name) for name in values}
+    for name, value in values.items():
+        setattr(kernels_alibi, name, value)
+    kernels_alibi.alibi_softmax_call.cache_clear()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(kernels_alibi, name, value)
+        kernels_alibi.alibi_softmax_call.cache_clear()
+
+
 def max_error(out, expected):
     """Largest |out - expected|, a head at a time (float32 copies of large scores do not fit)."""
     return max((out[:, h].float() - expected[:, h].float()).abs().max().item() for h in range(out.shape[1]))
@@ -44,9 +61,6 @@ def main():
     device = torch.device("cuda")
     gbps = copy_gbps(Harness(device, warmup=3, iters=20), device)
     print(f"copy bandwidth {gbps:.0f} GB/s (the benchmark's measurement)")
-    defaults = {name: getattr(kernels_alibi, name)
-                for name in ("_SOFTMAX_TILE_ELEMENTS", "_SOFTMAX_BLOCKS_Q", "_SOFTMAX_MIN_PROGRAMS")}
-    kernels_alibi._SOFTMAX_MIN_PROGRAMS = 1
     for name, (batch, heads, seq) in CONFIGS.items():
         scores = torch.randn(batch, heads, seq, seq, dtype=torch.float16, device=device)
         slopes = alibi_slopes(heads, device=device)
@@ -64,10 +78,9 @@ def main():
                         if name == "medium" else None)
             timed = set()
             for tile, blocks, warps in itertools.product(TILE_ELEMENTS, BLOCKS_Q, WARPS):
-                kernels_alibi._SOFTMAX_TILE_ELEMENTS, kernels_alibi._SOFTMAX_BLOCKS_Q = tile, blocks
-                kernels_alibi.alibi_softmax_call.cache_clear()
-                call = kernels_alibi.alibi_softmax_call(operand(scores), operand(slopes), scale=1.0,
-                                                        q_offset=0, causal=causal)
+                with softmax_rule(_SOFTMAX_TILE_ELEMENTS=tile, _SOFTMAX_BLOCKS_Q=blocks, _SOFTMAX_MIN_PROGRAMS=1):
+                    call = kernels_alibi.alibi_softmax_call(operand(scores), operand(slopes), scale=1.0,
+                                                            q_offset=0, causal=causal)
                 key = (call.constexprs["BLOCK_Q"], call.constexprs["BLOCKS_Q"], warps)
                 if key in timed:  # at large every tile size is one row
                     continue
@@ -85,24 +98,14 @@ def main():
                       f"{warps:2d} (default {call.num_warps}): {ms:.3f} ms  {ms / roofline_ms:.3f}x roofline  "
                       f"max error {error:.1e} {'ok' if ok else 'WRONG'}", flush=True)
             del expected
-        del scores, arrays
-        torch.cuda.empty_cache()
-    for name, value in defaults.items():
-        setattr(kernels_alibi, name, value)
-    kernels_alibi.alibi_softmax_call.cache_clear()
-    # The builder's own choice, as the benchmark and the library run it.
-    for name, (batch, heads, seq) in CONFIGS.items():
-        scores = torch.randn(batch, heads, seq, seq, dtype=torch.float16, device=device)
-        slopes = alibi_slopes(heads, device=device)
-        roofline_ms = 2 * scores.numel() * scores.element_size() / gbps / 1e6
-        for causal in (False, True):
+            # The builder's own choice, as the benchmark and the library run it.
             call = kernels_alibi.alibi_softmax_call(operand(scores), operand(slopes), scale=1.0,
                                                     q_offset=0, causal=causal)
             ms = triton.testing.do_bench(lambda: alibi_softmax(scores, slopes, causal=causal))
             print(f"{name:6s} {'causal' if causal else 'full  '} default (block {call.constexprs['BLOCK_Q']}x"
                   f"{call.constexprs['BLOCK_K']} x {call.constexprs['BLOCKS_Q']}, warps {call.num_warps}): "
                   f"{ms:.3f} ms  {ms / roofline_ms:.3f}x roofline")
-        del scores
+        del scores, arrays
         torch.cuda.empty_cache()
 
 

@@ -10,21 +10,20 @@
    multiplications' for scale (as torch ops and in a Python autograd.Function), and the
    benchmark's apply and fwd_bwd rows of PyTorch, trinix and Liger; then each forward +
    backward again with autograd's multithreading off (the backward on the calling thread,
-   not autograd's device thread). --profile adds the
-   functions that take the host's time (cProfile), in rotate, in forward + backward, and in
-   the Python autograd.Function's forward + backward.
+   not autograd's device thread). --profile adds the functions that take the host's time
+   (cProfile), in rotate, in forward + backward, and in the Python autograd.Function's
+   forward + backward.
 2. Kernel: the rotate kernel (cos/sin computed in the kernel, and the table path) at the
    large and xl configurations, and large in BHSD layout and with GQA (k of 8 heads), for
-   tile limits x num_warps, each
-   checked against the torch fallback first, timed by CUDA-graph replay (no host time inside), against the roofline
-   at the copy bandwidth as the benchmark measures it. (A copy timed by graph replay reads
+   tile limits x num_warps, each checked against the torch fallback first, timed by
+   CUDA-graph replay (no host time inside), against the roofline at the copy bandwidth as the
+   benchmark measures it. (A copy timed by graph replay reads
    2.7 TB/s on the H200, against 4.2 TB/s timed by events: not a usable ceiling.)
 3. Variants at large through the public API, default tiles: GQA (k with 8 heads), BHSD, bf16,
    fp32, interleaved pairs, partial rotation (32 of 128 columns, as Pythia; 64 interleaved,
-   as GPT-J),
-   forward + backward (all columns, and 32); timed by
-   triton.testing.do_bench (autograd does not go into a CUDA graph), whose L2 flush before
-   each call hides the host's dispatch at this size.
+   as GPT-J), forward + backward (all columns, and 32); timed by triton.testing.do_bench
+   (autograd does not go into a CUDA graph), whose L2 flush before each call hides the
+   host's dispatch at this size.
 4. Timing methods: the benchmark's `apply` rows at medium, large and xl, trinix through torch
    timed both ways the benchmark times (CUDA events after an L2 flush, its torch rows; wall
    time of bursts, its JAX rows), trinix through JAX and XLA's jnp by bursts: whether the JAX
@@ -183,8 +182,8 @@ def probe_tiles(gbps: float):
 
 
 def probe_variants(gbps: float):
-    """GQA, BHSD, bf16, fp32, partial rotation and forward + backward at large, each checked
-    first (item 3)."""
+    """GQA, BHSD, bf16, fp32, interleaved pairs, partial rotation and forward + backward at
+    large, each checked first (item 3)."""
     batch, seq, heads, head_dim = LARGE["large"]
     variants = {"gqa-64-8": dict(k_heads=8), "bhsd": dict(layout="bhsd"), "bf16": dict(dtype=torch.bfloat16),
                 "fp32": dict(dtype=torch.float32), "rotary-32": dict(rotary_dim=32),

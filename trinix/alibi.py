@@ -6,8 +6,7 @@ import os
 
 import numpy as np
 
-from trinix.kernels.call import largest_power_of_2
-from trinix.kernels.call import Operand
+from trinix.kernels.call import Operand, largest_power_of_2
 from trinix.rope import check_float, check_int
 
 _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
