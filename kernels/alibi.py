@@ -167,18 +167,22 @@ def _alibi_kernel(
 
 
 @triton.jit
-def _load_block(x_base, offs_q, k0, seqlen_q, seqlen_k, key_end, stride_q, stride_k,
-                EVEN: tl.constexpr, BLOCK_K: tl.constexpr):
+def _load_block(x_base, offs_q, k0, seqlen_q, seqlen_k, key_end, q_offset, stride_q, stride_k,
+                CAUSAL: tl.constexpr, EVEN: tl.constexpr, BLOCK_K: tl.constexpr):
     """Scores of keys k0 .. k0 + BLOCK_K of rows offs_q, 0 where there is no score; a block at
-    or past key_end (no row of the block sees it) is not read. EVEN: every row and key of the
-    block exists."""
+    or past key_end (no row of the block sees it) is not read, nor, when CAUSAL, a row's keys
+    more than 15 after its last visible one. EVEN: every row and key of the block exists."""
     offs_k = k0 + tl.arange(0, BLOCK_K)
     x_ptr = x_base + offs_q.to(tl.int64)[:, None] * stride_q + offs_k.to(tl.int64)[None, :] * stride_k
     if EVEN:
         return tl.load(x_ptr)
-    # The causal condition stays out of the load mask: a mask that is uniform along the
-    # contiguous key axis keeps the loads 16-byte vectors.
     in_bounds = (offs_q < seqlen_q)[:, None] & (offs_k < seqlen_k)[None, :]
+    if CAUSAL:
+        # Each row's read ends at a multiple of 16 keys: a mask uniform over 16 keys of the
+        # contiguous key axis keeps the loads 16-byte vectors. The keys past the row's last
+        # visible one and before that end are read, then masked by _logits.
+        row_end = tl.multiple_of((_nearest_key(offs_q, q_offset, seqlen_k, CAUSAL) + 16) // 16 * 16, 16)
+        in_bounds &= offs_k[None, :] < row_end[:, None]
     return tl.load(x_ptr, mask=in_bounds & (k0 < key_end), other=0.0)
 
 
@@ -206,7 +210,8 @@ def _read_logits(x_base, keys, offs_q, k0, seqlen_q, seqlen_k, key_end, q_offset
                  stride_k, SCALE: tl.constexpr, CAUSAL: tl.constexpr, EVEN: tl.constexpr,
                  BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr):
     """_logits of the block that _load_block reads."""
-    x = _load_block(x_base, offs_q, k0, seqlen_q, seqlen_k, key_end, stride_q, stride_k, EVEN, BLOCK_K)
+    x = _load_block(x_base, offs_q, k0, seqlen_q, seqlen_k, key_end, q_offset, stride_q, stride_k, CAUSAL,
+                    EVEN, BLOCK_K)
     return _logits(x, keys, offs_q, k0, seqlen_q, seqlen_k, q_offset, slope, SCALE, CAUSAL, EVEN,
                    BLOCK_K, COMPUTE)
 
@@ -275,10 +280,11 @@ def _alibi_softmax_kernel(
     keys = tl.arange(0, BLOCK_K).to(COMPUTE)  # once a program, not once a block
 
     if ONE_BLOCK:
-        x = _load_block(x_base, offs_q, 0, seqlen_q, seqlen_k, seqlen_k, stride_q, stride_k, EVEN, BLOCK_K)
+        x = _load_block(x_base, offs_q, 0, seqlen_q, seqlen_k, seqlen_k, q_offset, stride_q, stride_k, CAUSAL,
+                        EVEN, BLOCK_K)
         for _ in range(BLOCKS_Q - 1):
-            x_next = _load_block(x_base, offs_q + BLOCK_Q, 0, seqlen_q, seqlen_k, seqlen_k, stride_q,
-                                 stride_k, EVEN, BLOCK_K)
+            x_next = _load_block(x_base, offs_q + BLOCK_Q, 0, seqlen_q, seqlen_k, seqlen_k, q_offset,
+                                 stride_q, stride_k, CAUSAL, EVEN, BLOCK_K)
             _softmax_store(o_base, x, keys, offs_q, seqlen_q, seqlen_k, q_offset, slope, stride_oq,
                            stride_ok, SCALE, CAUSAL, EVEN, BLOCK_K, COMPUTE)
             x = x_next
