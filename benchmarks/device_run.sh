@@ -21,8 +21,8 @@
 #   compute-sanitizer; each took over 130 s for ~2/3 of the three default files.
 # probe: benchmarks/probe_rope.py $PROBE_ARGS (default --profile: host time per call, kernel
 #   time per tile, variants, timing methods, generate; "--items 4 5" for some of them).
-# probe-alibi: benchmarks/probe_alibi.py (the ALiBi softmax per row block and num_warps),
-#   stopped after PROBE_LIMIT (300 s).
+# probe-alibi: benchmarks/probe_alibi.py $PROBE_ALIBI_ARGS (the ALiBi softmax per row block
+#   and num_warps; "--causal" for the causal rows alone), stopped after PROBE_LIMIT (300 s).
 # bench: the benchmark, written to $OUT/bench (copy it into benchmarks/ to commit it). ~4 min.
 # TESTS_LIMIT, PROPERTIES_LIMIT, BENCH_LIMIT, SANITIZE_LIMIT (seconds) stop a step early, so that later steps
 # still run and the logs come back.
@@ -70,7 +70,7 @@ for step in ${steps[*]}; do
       python3 benchmarks/probe_rope.py ${PROBE_ARGS:---profile} 2>&1 | tee "$OUT/probe.log" | tail -n 80
       status=$((status | ${PIPESTATUS[0]})) ;;
     probe-alibi)
-      timeout "${PROBE_LIMIT:-300}" python3 benchmarks/probe_alibi.py 2>&1 | tee "$OUT/probe_alibi.log" | tail -n 80
+      timeout "${PROBE_LIMIT:-300}" python3 benchmarks/probe_alibi.py ${PROBE_ALIBI_ARGS:-} 2>&1 | tee "$OUT/probe_alibi.log" | tail -n 80
       status=$((status | ${PIPESTATUS[0]})) ;;
     bench)
       timeout "${BENCH_LIMIT:-600}" python3 benchmarks/benchmark_embeddings.py --output "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -n 60
