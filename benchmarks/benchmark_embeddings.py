@@ -4,6 +4,10 @@
     python benchmarks/benchmark_embeddings.py --quick          # small configurations, few iterations
     python benchmarks/benchmark_embeddings.py --num_heads 64 --head_dim 128 --seq_len 8192
 
+The seed's configurations come with RoPE variants at the large one (GQA, BHSD, bf16, fp32,
+partial and interleaved rotation: embeddings_report.ROPE_VARIANTS), each call checked against
+a plain PyTorch rotation before it is timed.
+
 Writes <output>/EMBEDDINGS.md, <output>/results/latest.json and PNG plots beside the report.
 <output> defaults to benchmarks/ on a CUDA GPU and to benchmarks/results/cpu/ without one, so a
 CPU run replaces the committed GPU report only when asked to with --output benchmarks.
@@ -40,7 +44,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import torch  # noqa: E402
 
-from embeddings_report import METHODS, PROVIDERS, console_table, validate_results, write_outputs  # noqa: E402
+from embeddings_report import (METHODS, PROVIDERS, ROPE_VARIANTS, VARIANT_CONFIG, console_table,  # noqa: E402
+                               validate_results, write_outputs)
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROPE_BASE = 10000.0
@@ -230,6 +235,26 @@ def seed_rope_apply(q, k, cos, sin):
 def seed_rope_total(inv_freq, q, k):
     cos, sin = seed_rope_cos_sin(inv_freq, q.shape[1], q.dtype)
     return seed_rope_apply(q, k, cos, sin)
+
+
+def rope_variant_apply(q, k, cos, sin, layout: str = "bshd", interleaved: bool = False):
+    """The seed's rotation, generalised: the first cos.shape[-1] columns of each head of q and
+    k rotate by cos, sin (seq, rotary_dim), in half-split or `interleaved` pairs (the tables
+    then hold each frequency in both columns of its pair); the rest pass through. q, k in
+    `layout` "bshd" or "bhsd"."""
+    rotary = cos.shape[-1]
+    if layout == "bshd":
+        cos, sin = cos[:, None, :], sin[:, None, :]
+
+    def rotate(x):
+        x_rot = x[..., :rotary]
+        if interleaved:
+            turned = torch.stack((-x_rot[..., 1::2], x_rot[..., 0::2]), dim=-1).flatten(-2)
+        else:
+            turned = rotate_half(x_rot)
+        return torch.cat((x_rot * cos + turned * sin, x[..., rotary:]), dim=-1)
+
+    return rotate(q), rotate(k)
 
 
 def seed_alibi_slopes(num_heads: int, device):
@@ -964,7 +989,12 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict, dict[str, list[Config
     bandwidth = copy_gbps(harness, device)
     _release_memory()
     configs = selected_configs(args)
-    progress = Progress(sum(len(METHODS[m]["ops"]) * len(cs) for m, cs in configs.items()) * len(PROVIDERS))
+    # The variants run beside the seed's own configurations, not with --quick or a custom one.
+    variant_base = next((c for c in configs.get("rope", []) if c.name == VARIANT_CONFIG), None)
+    if "torch" not in args.frameworks:
+        variant_base = None
+    progress = Progress(sum(len(METHODS[m]["ops"]) * len(cs) for m, cs in configs.items()) * len(PROVIDERS)
+                        + (len(ROPE_VARIANTS) * len(VARIANT_PROVIDERS) if variant_base else 0))
     rows = []
     for framework, names in FRAMEWORK_PROVIDERS.items():
         framework_note = _framework_note(framework, args.frameworks)
@@ -983,6 +1013,8 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict, dict[str, list[Config
                 if framework == "torch":
                     torch.compiler.reset()
                 _release_memory()
+        if framework == "torch" and variant_base:
+            rows += variant_rows(harness, bandwidth, variant_base, args.providers, progress)
     progress.close()
     results = {"meta": {"gpu": _device_name(), "dtype": args.dtype,
                         "date": datetime.date.today().isoformat(), "copy_gbps": round(bandwidth, 1),
@@ -1010,6 +1042,114 @@ def _provider_rows(harness: Harness, name: str, x: Inputs | None, method: str, c
         progress.finish_row()
 
 
+# ---------------------------------------------------------------------------------------------
+# RoPE variants (embeddings_report.ROPE_VARIANTS): the apply op at one configuration
+
+
+VARIANT_PROVIDERS = ("pytorch", "torch_compile", "liger", "triton")
+
+
+def variant_inputs(base: Config, options: dict, device: torch.device) -> tuple:
+    """q, k (in the variant's layout) and its cos, sin tables (seq_len, rotary_dim), for
+    `base` changed by `options` (ROPE_VARIANTS)."""
+    dtype = DTYPES[options.get("dtype", "float16")]
+    rotary = options.get("rotary_dim", base.head_dim)
+    q = torch.randn(base.batch, base.seq_len, base.heads, base.head_dim, dtype=dtype, device=device)
+    k = torch.randn(base.batch, base.seq_len, options.get("k_heads", base.heads), base.head_dim, dtype=dtype,
+                    device=device)
+    if options.get("layout") == "bhsd":
+        q, k = q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous()
+    inv_freq = 1.0 / ROPE_BASE ** (torch.arange(0, rotary, 2, device=device, dtype=torch.float32) / rotary)
+    freqs = torch.outer(torch.arange(base.seq_len, device=device, dtype=torch.float32), inv_freq)
+    angles = (freqs.repeat_interleave(2, dim=-1) if options.get("interleaved")
+              else torch.cat((freqs, freqs), dim=-1))
+    return q, k, angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def variant_calls(q, k, cos, sin, options: dict, backend: str = "triton") -> dict[str, Call | str]:
+    """Each of VARIANT_PROVIDERS' Call of the variant's apply, or why it has none. Liger's
+    rotates (clones of) q and k in place."""
+    layout, interleaved = options.get("layout", "bshd"), options.get("interleaved", False)
+
+    def apply(q, k, cos, sin):
+        return rope_variant_apply(q, k, cos, sin, layout, interleaved)
+
+    calls: dict[str, Call | str] = {"pytorch": Call(apply, (q, k, cos, sin)),
+                                    "torch_compile": Call(torch.compile(apply, dynamic=False), (q, k, cos, sin))}
+    if cos.shape[-1] != q.shape[-1] or interleaved:
+        calls["liger"] = "Liger-Kernel rotates every column, in half-split pairs only"
+    elif q.device.type != "cuda":
+        calls["liger"] = NEEDS_GPU
+    else:
+        try:
+            liger = _import("liger_kernel.ops.rope").LigerRopeFunction
+        except Unavailable as error:
+            calls["liger"] = str(error)
+        else:
+            def liger_apply(q, k, cos, sin):  # Liger takes (batch, heads, seq, head_dim) views
+                if layout == "bhsd":
+                    return liger.apply(q, k, cos[None], sin[None])[:2]
+                q_rot, k_rot = liger.apply(q.transpose(1, 2), k.transpose(1, 2), cos[None], sin[None])[:2]
+                return q_rot.transpose(1, 2), k_rot.transpose(1, 2)
+
+            calls["liger"] = Call(liger_apply, (q.clone(), k.clone(), cos, sin))
+    if backend == "triton" and q.device.type != "cuda":
+        calls["triton"] = NEEDS_GPU
+    else:
+        trinix_rope = _import("trinix.torch.rope")
+        calls["triton"] = Call(functools.partial(trinix_rope.apply_rotary_pos_emb, layout=layout,
+                                                 interleaved=interleaved, backend=backend), (q, k, cos, sin))
+    return calls
+
+
+def _variant_error(call: Call, expected: tuple) -> float:
+    """Largest |out - expected| / (1 + |expected|) of one call of `call` (on clones of its
+    q and k, which it may rotate in place)."""
+    q, k, *tables = call.args
+    out = call.fn(q.clone(), k.clone(), *tables)
+    return max(((o.float() - e.float()).abs() / (1 + e.float().abs())).max().item() for o, e in zip(out, expected))
+
+
+def variant_rows(harness: Harness, bandwidth: float, base: Config, providers: list[str],
+                 progress: Progress | None = None, backend: str = "triton") -> list[dict]:
+    """Result rows of every ROPE_VARIANTS entry's apply at `base` (config "<base>-<variant>"),
+    each call checked against the plain PyTorch rotation before it is timed."""
+    device = torch.device("cuda" if harness.cuda else "cpu")
+    rows = []
+    for variant, (_, options) in ROPE_VARIANTS.items():
+        q, k, cos, sin = variant_inputs(base, options, device)
+        roofline = (2 * (q.nbytes + k.nbytes) + cos.nbytes + sin.nbytes) / bandwidth / 1e6
+        calls = variant_calls(q, k, cos, sin, options, backend)
+        expected = calls["pytorch"].fn(*calls["pytorch"].args)
+        # Eager PyTorch rounds twice in the input dtype, the kernels once from float32.
+        tolerance = 8 * torch.finfo(q.dtype).eps
+        for name in VARIANT_PROVIDERS:
+            if progress:
+                progress.start(f"rope {base.name} {variant} {name}")
+            call, ms, note = calls[name], None, None
+            if name not in providers:
+                note = "not selected (--providers)"
+            elif isinstance(call, str):
+                note = call
+            else:
+                try:
+                    error = _variant_error(call, expected)
+                    if error <= tolerance:
+                        ms = harness.median_ms("torch", runnable("torch", call))
+                    else:
+                        note = f"wrong: relative error {error:.2g} against the PyTorch rotation"
+                except Exception as error:  # a provider that fails is a row with its error, not a crash
+                    note = f"failed: {type(error).__name__}: {str(error).strip()[:200]}"
+            rows.append(dict(method="rope", config=f"{base.name}-{variant}", op="apply", provider=name,
+                             ms=_round(ms), burst_ms=None, roofline_ms=_round(roofline), peak_mb=None, note=note))
+            if progress:
+                progress.finish_row()
+        del q, k, cos, sin, calls, expected
+        torch.compiler.reset()
+        _release_memory()
+    return rows
+
+
 def _round(value: float | None) -> float | None:
     """Five significant digits: far finer than the run-to-run noise."""
     return None if value is None else float(f"{value:.5g}")
@@ -1017,6 +1157,9 @@ def _round(value: float | None) -> float | None:
 
 def _row_order(configs: dict[str, list[Config]]):
     config_index = {(m, c.name): i for m, cs in configs.items() for i, c in enumerate(cs)}
+    after = len(config_index)
+    for i, variant in enumerate(ROPE_VARIANTS):  # after the seed's configurations
+        config_index["rope", f"{VARIANT_CONFIG}-{variant}"] = after + i
     methods, providers = list(METHODS), list(PROVIDERS)
 
     def key(row):

@@ -8,6 +8,9 @@ latest.json:
                "ms": float|null, "burst_ms": float|null, "roofline_ms": float|null,
                "peak_mb": float|null, "note": str|null}]}
 
+Rows of method "rope" and config "<VARIANT_CONFIG>-<variant>" (op "apply") are the RoPE variants
+(ROPE_VARIANTS), each changing one thing of that configuration.
+
 burst_ms: on a GPU, the Triton (torch) row timed as the JAX rows are, for comparing the two
 frameworks by one method; null elsewhere.
 
@@ -37,6 +40,19 @@ METHODS = {
         "labels": {"slopes": "Generate slopes", "bias": "Compute biases", "total": "Total",
                    "add_to_scores": "Add to scores", "softmax": "Softmax with bias"},
     },
+}
+# RoPE as real models use it beyond the seed's four configurations, measured at one of them
+# (the apply op; rows "<VARIANT_CONFIG>-<variant>" of method "rope"): variant -> (what it
+# is, how it differs from that configuration).
+VARIANT_CONFIG = "large"
+ROPE_VARIANTS = {
+    "gqa": ("GQA: k of 8 heads (LLaMA 3 70B, Qwen 2)", dict(k_heads=8)),
+    "bhsd": ("(batch, heads, seq, head_dim) layout", dict(layout="bhsd")),
+    "bf16": ("bfloat16", dict(dtype="bfloat16")),
+    "fp32": ("float32", dict(dtype="float32")),
+    "partial": ("32 of 128 columns rotate (Pythia, GPT-NeoX, Phi)", dict(rotary_dim=32)),
+    "interleaved": ("interleaved pairs (RoFormer, Meta's LLaMA code)", dict(interleaved=True)),
+    "gptj": ("64 of 128 columns in interleaved pairs (GPT-J)", dict(rotary_dim=64, interleaved=True)),
 }
 PROVIDERS = {"pytorch": "PyTorch", "triton": "Triton", "torch_compile": "torch.compile",
              "liger": "Liger", "jax_xla": "JAX (XLA)", "jax_triton": "JAX Triton"}
@@ -241,9 +257,10 @@ def render_markdown(results: dict, configs: dict, run_info: dict, plot_note: str
     command that ran; plot_note: why there are no plots, or None."""
     rows = Rows(results)
     on_gpu = not rows.meta["gpu"].startswith("none")
+    variants = _variants_section(rows, configs)
     sections = [_header(on_gpu), _environment(rows, run_info, on_gpu), _summary(rows, configs),
                 *(_method_section(rows, method, cs) for method, cs in configs.items()),
-                _insights(rows, configs), _recommendations(rows, configs), _guidelines(rows, configs),
+                *([variants] if variants else []), _insights(rows, configs), _recommendations(rows, configs), _guidelines(rows, configs),
                 _scaling(rows, configs, plot_note), _memory(rows, configs, on_gpu), _details(),
                 _reproduce(run_info), _footer(rows)]
     return "\n\n---\n\n".join(sections) + "\n"
@@ -395,6 +412,42 @@ def _method_section(rows: Rows, method: str, configs: list) -> str:
         own_notes = _notes(rows, method, configs, c)
         if own_notes:
             lines += ["", *own_notes]
+    return "\n".join(lines)
+
+
+def _variants_section(rows: Rows, configs: dict) -> str | None:
+    """RoPE variants at VARIANT_CONFIG, a line each, if the rows have any."""
+    def config(variant):
+        return f"{VARIANT_CONFIG}-{variant}"
+
+    measured = {(c, p) for m, c, op, p in rows.by_key if m == "rope" and op == "apply"}
+    names = [v for v in ROPE_VARIANTS if any((config(v), p) in measured for p in PROVIDERS)]
+    if not names:
+        return None
+    providers = [p for p in PROVIDERS if any((config(v), p) in measured for v in names)]
+    base = next(c for c in configs["rope"] if c.name == VARIANT_CONFIG)
+
+    def cell(variant, provider):
+        ms = rows.ms("rope", config(variant), "apply", provider)
+        return "—" if ms is None else f"{fmt_ms(ms)} ({fmt_x(rows.over_roofline('rope', config(variant), 'apply', provider))})"
+
+    lines = ["## RoPE variants", "",
+             f"*Apply rotation* (by cos/sin tables) at the {VARIANT_CONFIG} configuration "
+             f"({_dims('rope', base)}), FP16 unless named, one change at a time. Every call is checked "
+             "against the plain PyTorch rotation before it is timed. ms (time / roofline):", ""]
+    lines += _table(["Variant", "Roofline (ms)", *(PROVIDERS[p] for p in providers), "Triton over PyTorch"], [
+        [ROPE_VARIANTS[v][0], fmt_ms(rows.roofline("rope", config(v), "apply")), *(cell(v, p) for p in providers),
+         fmt_x(rows.speedup("rope", config(v), "apply", "triton"))] for v in names])
+    notes = {}
+    for v in names:
+        for p in providers:
+            if text := rows.note("rope", config(v), "apply", p):
+                notes.setdefault((p, text), []).append(ROPE_VARIANTS[v][0])
+    if notes:
+        lines += ["", *(f"- **{PROVIDERS[p]}**, {'; '.join(where)}: {text}" for (p, text), where in notes.items())]
+    lines += ["", "PyTorch is the seed's rotation generalised to these variants (partial columns, interleaved "
+                  "pairs, either layout); torch.compile compiles it; Liger takes (batch, heads, seq, head_dim) "
+                  "views and rotates in place."]
     return "\n".join(lines)
 
 

@@ -105,6 +105,67 @@ def test_trinix_rows_call_the_api_as_it_is(provider, make_inputs, monkeypatch):
             assert burst_ms is None  # bursts only on a GPU
 
 
+VARIANT_BASE = bench.Config("tiny", 2, 8, 1, 128)  # head_dim 128, as the variants assume
+
+
+def test_rope_variants_are_checked_then_timed():
+    """Every variant's rows: PyTorch and trinix (through Triton's interpreter) checked and timed,
+    one roofline a variant, Liger's reason where it has no such rotation."""
+    harness = bench.Harness(torch.device("cpu"), warmup=1, iters=1)
+    rows = bench.variant_rows(harness, 10.0, VARIANT_BASE, ["pytorch", "liger", "triton"], backend="interpret")
+    assert [(r["config"], r["provider"]) for r in rows] == [
+        (f"tiny-{v}", p) for v in report.ROPE_VARIANTS for p in bench.VARIANT_PROVIDERS]
+    for row in rows:
+        report.validate_results({"meta": fake_results()["meta"], "rows": [row]})
+        if row["provider"] in ("pytorch", "triton"):
+            assert row["ms"] > 0 and row["note"] is None, row
+        else:
+            assert row["ms"] is None and row["note"], row
+    by_variant = {}
+    for row in rows:
+        by_variant.setdefault(row["config"], set()).add(row["roofline_ms"])
+    assert all(len(rooflines) == 1 for rooflines in by_variant.values())
+    # q and k read and written, two tables (8, 32) read: 32 of 128 columns rotate.
+    (partial,) = by_variant["tiny-partial"]
+    assert partial == pytest.approx((2 * 2 * 8 * 2 * 128 * 2 + 2 * 8 * 32 * 2) / 10.0 / 1e6)
+    liger = {r["config"]: r["note"] for r in rows if r["provider"] == "liger"}
+    assert liger["tiny-partial"] == liger["tiny-gptj"] == "Liger-Kernel rotates every column, in half-split pairs only"
+    if not torch.cuda.is_available():
+        assert liger["tiny-gqa"] == bench.NEEDS_GPU
+    assert {r["note"] for r in rows if r["provider"] == "torch_compile"} == {"not selected (--providers)"}
+
+
+def test_variants_follow_the_seeds_configurations_but_not_quick_runs(monkeypatch):
+    tiny = [bench.Config("small", 2, 8, 1, 128), bench.Config("large", 2, 8, 1, 128)]
+    monkeypatch.setitem(bench.CONFIGS, "rope", tiny)
+    argv = ["--methods", "rope", "--frameworks", "torch", "--providers", "pytorch", "--warmup", "1", "--iters", "1"]
+    results, _ = bench.run_benchmark(bench.parse_args(argv))
+    assert list(dict.fromkeys(r["config"] for r in results["rows"])) == [
+        "small", "large", *(f"large-{v}" for v in report.ROPE_VARIANTS)]
+    assert all(r["ms"] > 0 for r in results["rows"] if r["provider"] == "pytorch")
+    results, _ = bench.run_benchmark(bench.parse_args([*argv, "--quick"]))
+    assert {r["config"] for r in results["rows"]} == {"small"}
+
+
+def test_a_wrong_rope_variant_is_not_timed(monkeypatch):
+    """A provider whose result differs from the PyTorch rotation gets no time, but a note."""
+    import trinix.torch.rope as trinix_rope
+
+    real = trinix_rope.apply_rotary_pos_emb
+
+    def ignores_interleaved(*args, interleaved=False, **kwargs):
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trinix_rope, "apply_rotary_pos_emb", ignores_interleaved)
+    harness = bench.Harness(torch.device("cpu"), warmup=1, iters=1)
+    rows = bench.variant_rows(harness, 10.0, VARIANT_BASE, ["triton"], backend="interpret")
+    triton = {r["config"]: r for r in rows if r["provider"] == "triton"}
+    for variant in ("interleaved", "gptj"):
+        assert triton[f"tiny-{variant}"]["ms"] is None
+        assert triton[f"tiny-{variant}"]["note"].startswith("wrong: relative error")
+    assert triton["tiny-gqa"]["ms"] > 0
+
+
 def test_bursts_last_about_burst_ms_and_are_timed_whole():
     """A JAX row's calls run in bursts of equal length, sized from a first estimate so that a
     burst lasts about BURST_MS, and at least MIN_BURSTS of them are timed."""
@@ -160,6 +221,15 @@ def fake_results(on_gpu: bool = True) -> dict:
                     rows.append(dict(method=method, config=config.name, op=op, provider=provider,
                                      ms=ms, burst_ms=burst_ms, roofline_ms=0.01 * 4.0**size,
                                      peak_mb=None if ms is None else 12.5, note=note))
+    for variant in report.ROPE_VARIANTS:
+        for provider in bench.VARIANT_PROVIDERS:
+            ms, note = (0.4 if provider == "triton" else 0.8), None
+            if provider == "liger" and variant in ("partial", "interleaved", "gptj"):
+                ms, note = None, "Liger-Kernel rotates every column, in half-split pairs only"
+            if not on_gpu and provider in ("triton", "liger"):
+                ms, note = None, bench.NEEDS_GPU
+            rows.append(dict(method="rope", config=f"large-{variant}", op="apply", provider=provider, ms=ms,
+                             burst_ms=None, roofline_ms=0.32, peak_mb=None, note=note))
     gpu = "NVIDIA H200" if on_gpu else "none (CPU only: x86_64, 2 cores)"
     return {"meta": {"gpu": gpu, "dtype": "float16", "date": "2026-11-29", "copy_gbps": 4249.0,
                      "versions": {"torch": "2.11.0", "triton": "3.6.0"}},
@@ -225,6 +295,13 @@ def test_report_keeps_the_seeds_structure_and_has_no_tbd():
     # JAX Triton's ms / Triton's burst_ms (1.25 x its ms, both 1.5 or 0.5 x the base time)
     assert "- **JAX Triton against Triton**" in text
     assert "  - Apply rotation: small 0.80×, medium 0.80×, large 0.80×, xl 0.80×" in text
+    variants = text[text.index("## RoPE variants"):text.index("## Key Insights")]
+    assert "| Variant | Roofline (ms) | PyTorch | Triton | torch.compile | Liger | Triton over PyTorch |" in variants
+    assert ("| GQA: k of 8 heads (LLaMA 3 70B, Qwen 2) | 0.320 | 0.800 (2.50×) | 0.400 (1.25×) | 0.800 (2.50×) "
+            "| 0.800 (2.50×) | 2.00× |") in variants
+    assert ("- **Liger**, 32 of 128 columns rotate (Pythia, GPT-NeoX, Phi); interleaved pairs (RoFormer, Meta's "
+            "LLaMA code); 64 of 128 columns in interleaved pairs (GPT-J): Liger-Kernel rotates every column, "
+            "in half-split pairs only") in variants
 
 
 def test_cpu_report_says_plainly_that_triton_needs_a_gpu():
