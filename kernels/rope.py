@@ -41,6 +41,7 @@ _TABLE_WARPS_FROM_PAIRS = 4096
 # sin (~100 instructions). At 4096 pairs a program the H200 took 0.019 ms for the large and xl
 # tables (4-5x their write roofline), with 4-512 programs in all; at 512 a thread has 4 pairs.
 _TABLE_TILE_PAIRS = 512
+_SPREAD_K = True  # experiment
 
 
 @triton.jit
@@ -194,7 +195,7 @@ def _rope_apply_kernel(
     BLOCK_S_K: tl.constexpr, BLOCK_H_K: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr,
     FROM_TABLE: tl.constexpr, POSITION_IDS: tl.constexpr, BATCH_OFFSETS: tl.constexpr,
     VARLEN: tl.constexpr, INTERLEAVED: tl.constexpr, CONJUGATE: tl.constexpr,
-    INPLACE: tl.constexpr, COMPUTE: tl.constexpr, ALIGNED: tl.constexpr,
+    INPLACE: tl.constexpr, COMPUTE: tl.constexpr, ALIGNED: tl.constexpr, SPREAD_K: tl.constexpr,
 ):
     """Rotate q and k, logical layout (batch, seq, heads, head_dim), in one launch.
 
@@ -218,6 +219,10 @@ def _rope_apply_kernel(
     pid = tl.program_id(0)
     b = (pid // n_tiles).to(tl.int64)
     tile = pid % n_tiles
+    if SPREAD_K:
+        k_before = (tile.to(tl.int64) * (n_tiles - n_q_tiles)) // n_tiles
+        is_k = ((tile + 1).to(tl.int64) * (n_tiles - n_q_tiles)) // n_tiles > k_before
+        tile = tl.where(is_k, n_q_tiles + k_before, tile - k_before).to(tl.int32)
     if tile < n_q_tiles:
         _rotate_tile(Q, Q_OUT, COS, SIN, FREQUENCIES, POSITIONS, CU_SEQLENS, b,
                      tile % n_q_seq_blocks, tile // n_q_seq_blocks, seq_len, n_heads_q, position_offset,
@@ -376,7 +381,7 @@ def rope_apply_call(
             BLOCK_PASS=max(block_pass, 1), FROM_TABLE=from_table,
             POSITION_IDS=positions is not None, BATCH_OFFSETS=batch_offsets is not None,
             VARLEN=varlen, INTERLEAVED=interleaved, CONJUGATE=conjugate, INPLACE=inplace,
-            COMPUTE=compute_dtype(q.dtype), ALIGNED=aligned,
+            COMPUTE=compute_dtype(q.dtype), ALIGNED=aligned, SPREAD_K=_SPREAD_K,
         ),
         num_warps=8 if from_table and block_s * block_h * block_half >= _TABLE_WARPS_FROM_PAIRS else 4,
     )
