@@ -41,7 +41,6 @@ _TABLE_WARPS_FROM_PAIRS = 4096
 # sin (~100 instructions). At 4096 pairs a program the H200 took 0.019 ms for the large and xl
 # tables (4-5x their write roofline), with 4-512 programs in all; at 512 a thread has 4 pairs.
 _TABLE_TILE_PAIRS = 512
-_SPREAD_K = True  # experiment
 
 
 @triton.jit
@@ -195,14 +194,14 @@ def _rope_apply_kernel(
     BLOCK_S_K: tl.constexpr, BLOCK_H_K: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr,
     FROM_TABLE: tl.constexpr, POSITION_IDS: tl.constexpr, BATCH_OFFSETS: tl.constexpr,
     VARLEN: tl.constexpr, INTERLEAVED: tl.constexpr, CONJUGATE: tl.constexpr,
-    INPLACE: tl.constexpr, COMPUTE: tl.constexpr, ALIGNED: tl.constexpr, SPREAD_K: tl.constexpr,
+    INPLACE: tl.constexpr, COMPUTE: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     """Rotate q and k, logical layout (batch, seq, heads, head_dim), in one launch.
 
     Grid: (batch * n_tiles,). Each batch has n_q_tiles tiles of q, BLOCK_S tokens x BLOCK_H
-    heads (token blocks first), then tiles of k, BLOCK_S_K tokens x BLOCK_H_K heads: k's
-    tiles have their own shape, so that a k of few heads (GQA) takes as many elements per
-    program as q. Position of token s of batch b: POSITIONS[b, s] (POSITION_IDS), else
+    heads (token blocks first), then tiles of k, BLOCK_S_K tokens x BLOCK_H_K heads (reading
+    tables, the programs take k's spread among q's): k's tiles have their own shape, so that
+    a k of few heads (GQA) takes as many elements per program as q. Position of token s of batch b: POSITIONS[b, s] (POSITION_IDS), else
     position_offset + s, plus POSITIONS[b] (BATCH_OFFSETS). With VARLEN, "batch" b is sequence
     b of packed tokens: its tokens are rows CU_SEQLENS[b] .. CU_SEQLENS[b + 1] - 1 and seq_len
     is the longest.
@@ -219,9 +218,14 @@ def _rope_apply_kernel(
     pid = tl.program_id(0)
     b = (pid // n_tiles).to(tl.int64)
     tile = pid % n_tiles
-    if SPREAD_K:
-        k_before = (tile.to(tl.int64) * (n_tiles - n_q_tiles)) // n_tiles
-        is_k = ((tile + 1).to(tl.int64) * (n_tiles - n_q_tiles)) // n_tiles > k_before
+    if FROM_TABLE:
+        # k's tiles run spread evenly among q's, not after them all: program `tile` is k's when
+        # the count of k's tiles before it, floor(tile * n_k_tiles / n_tiles), steps up. On the
+        # H200 (session 8, do_bench, large, tables) a k of 8 heads took 0.0839 -> 0.0803 ms and
+        # one of 64 heads 0.1379 -> 0.1369; computing cos/sin it gained nothing (0.1396 -> 0.1403).
+        n_k_tiles = n_tiles - n_q_tiles
+        k_before = (tile.to(tl.int64) * n_k_tiles) // n_tiles
+        is_k = ((tile + 1).to(tl.int64) * n_k_tiles) // n_tiles > k_before
         tile = tl.where(is_k, n_q_tiles + k_before, tile - k_before).to(tl.int32)
     if tile < n_q_tiles:
         _rotate_tile(Q, Q_OUT, COS, SIN, FREQUENCIES, POSITIONS, CU_SEQLENS, b,
@@ -381,7 +385,7 @@ def rope_apply_call(
             BLOCK_PASS=max(block_pass, 1), FROM_TABLE=from_table,
             POSITION_IDS=positions is not None, BATCH_OFFSETS=batch_offsets is not None,
             VARLEN=varlen, INTERLEAVED=interleaved, CONJUGATE=conjugate, INPLACE=inplace,
-            COMPUTE=compute_dtype(q.dtype), ALIGNED=aligned, SPREAD_K=_SPREAD_K,
+            COMPUTE=compute_dtype(q.dtype), ALIGNED=aligned,
         ),
         num_warps=8 if from_table and block_s * block_h * block_half >= _TABLE_WARPS_FROM_PAIRS else 4,
     )
