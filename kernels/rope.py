@@ -201,8 +201,9 @@ def _rope_apply_kernel(
     Grid: (batch * n_tiles,). Each batch has n_q_tiles tiles of q, BLOCK_S tokens x BLOCK_H
     heads (token blocks first), then tiles of k, BLOCK_S_K tokens x BLOCK_H_K heads (reading
     tables, the programs take k's spread among q's): k's tiles have their own shape, so that
-    a k of few heads (GQA) takes as many elements per program as q. Position of token s of batch b: POSITIONS[b, s] (POSITION_IDS), else
-    position_offset + s, plus POSITIONS[b] (BATCH_OFFSETS). With VARLEN, "batch" b is sequence
+    a k of few heads (GQA) takes as many elements per program as q. Position of token s of
+    batch b: POSITIONS[b, s] (POSITION_IDS), else position_offset + s, plus POSITIONS[b]
+    (BATCH_OFFSETS). With VARLEN, "batch" b is sequence
     b of packed tokens: its tokens are rows CU_SEQLENS[b] .. CU_SEQLENS[b + 1] - 1 and seq_len
     is the longest.
     """
