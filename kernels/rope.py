@@ -203,9 +203,8 @@ def _rope_apply_kernel(
     tables, the programs take k's spread among q's): k's tiles have their own shape, so that
     a k of few heads (GQA) takes as many elements per program as q. Position of token s of
     batch b: POSITIONS[b, s] (POSITION_IDS), else position_offset + s, plus POSITIONS[b]
-    (BATCH_OFFSETS). With VARLEN, "batch" b is sequence
-    b of packed tokens: its tokens are rows CU_SEQLENS[b] .. CU_SEQLENS[b + 1] - 1 and seq_len
-    is the longest.
+    (BATCH_OFFSETS). With VARLEN, "batch" b is sequence b of packed tokens: its tokens are
+    rows CU_SEQLENS[b] .. CU_SEQLENS[b + 1] - 1 and seq_len is the longest.
     """
     if ALIGNED:  # batch, token and head strides are multiples of 16 (kernels/hints.py)
         stride_qb, stride_qs, stride_qh = multiple_of_16(stride_qb), multiple_of_16(stride_qs), multiple_of_16(stride_qh)
