@@ -45,7 +45,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import torch  # noqa: E402
 
 from embeddings_report import (METHODS, PROVIDERS, ROPE_VARIANTS, VARIANT_CONFIG, console_table,  # noqa: E402
-                               validate_results, write_outputs)
+                               validate_results, variant_config, write_outputs)
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROPE_BASE = 10000.0
@@ -211,6 +211,11 @@ def free_bytes(framework: str) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # The seed's paths, in plain framework code
+
+
+def seed_inv_freq(dim: int, device):
+    """The seed's RoPE frequencies, (dim / 2,) float32."""
+    return 1.0 / ROPE_BASE ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
 
 
 def seed_rope_cos_sin(inv_freq, seq_len: int, dtype):
@@ -399,8 +404,7 @@ class TorchInputs(Inputs):
 
     @functools.cached_property
     def inv_freq(self):
-        dim = self.config.head_dim
-        return 1.0 / ROPE_BASE ** (torch.arange(0, dim, 2, device=self.device, dtype=torch.float32) / dim)
+        return seed_inv_freq(self.config.head_dim, self.device)
 
     @functools.cached_property
     def tables(self):
@@ -1059,11 +1063,10 @@ def variant_inputs(base: Config, options: dict, device: torch.device) -> tuple:
                     device=device)
     if options.get("layout") == "bhsd":
         q, k = q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous()
-    inv_freq = 1.0 / ROPE_BASE ** (torch.arange(0, rotary, 2, device=device, dtype=torch.float32) / rotary)
-    freqs = torch.outer(torch.arange(base.seq_len, device=device, dtype=torch.float32), inv_freq)
-    angles = (freqs.repeat_interleave(2, dim=-1) if options.get("interleaved")
-              else torch.cat((freqs, freqs), dim=-1))
-    return q, k, angles.cos().to(dtype), angles.sin().to(dtype)
+    cos, sin = seed_rope_cos_sin(seed_inv_freq(rotary, device), base.seq_len, dtype)
+    if options.get("interleaved"):  # each frequency in both columns of its pair
+        cos, sin = (table[:, :rotary // 2].repeat_interleave(2, dim=-1) for table in (cos, sin))
+    return q, k, cos, sin
 
 
 def variant_calls(q, k, cos, sin, options: dict, backend: str = "triton") -> dict[str, Call | str]:
@@ -1140,7 +1143,7 @@ def variant_rows(harness: Harness, bandwidth: float, base: Config, providers: li
                         note = f"wrong: relative error {error:.2g} against the PyTorch rotation"
                 except Exception as error:  # a provider that fails is a row with its error, not a crash
                     note = f"failed: {type(error).__name__}: {str(error).strip()[:200]}"
-            rows.append(dict(method="rope", config=f"{base.name}-{variant}", op="apply", provider=name,
+            rows.append(dict(method="rope", config=variant_config(variant, base.name), op="apply", provider=name,
                              ms=_round(ms), burst_ms=None, roofline_ms=_round(roofline), peak_mb=None, note=note))
             if progress:
                 progress.finish_row()
@@ -1159,7 +1162,7 @@ def _row_order(configs: dict[str, list[Config]]):
     config_index = {(m, c.name): i for m, cs in configs.items() for i, c in enumerate(cs)}
     after = len(config_index)
     for i, variant in enumerate(ROPE_VARIANTS):  # after the seed's configurations
-        config_index["rope", f"{VARIANT_CONFIG}-{variant}"] = after + i
+        config_index["rope", variant_config(variant)] = after + i
     methods, providers = list(METHODS), list(PROVIDERS)
 
     def key(row):

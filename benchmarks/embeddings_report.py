@@ -54,6 +54,13 @@ ROPE_VARIANTS = {
     "interleaved": ("interleaved pairs (RoFormer, Meta's LLaMA code)", dict(interleaved=True)),
     "gptj": ("64 of 128 columns in interleaved pairs (GPT-J)", dict(rotary_dim=64, interleaved=True)),
 }
+
+
+def variant_config(variant: str, base: str = VARIANT_CONFIG) -> str:
+    """The rows' config name of a RoPE variant of configuration `base`."""
+    return f"{base}-{variant}"
+
+
 PROVIDERS = {"pytorch": "PyTorch", "triton": "Triton", "torch_compile": "torch.compile",
              "liger": "Liger", "jax_xla": "JAX (XLA)", "jax_triton": "JAX Triton"}
 PLOTS = ("embeddings_time.png", "embeddings_speedup.png")
@@ -417,31 +424,30 @@ def _method_section(rows: Rows, method: str, configs: list) -> str:
 
 def _variants_section(rows: Rows, configs: dict) -> str | None:
     """RoPE variants at VARIANT_CONFIG, a line each, if the rows have any."""
-    def config(variant):
-        return f"{VARIANT_CONFIG}-{variant}"
-
     measured = {(c, p) for m, c, op, p in rows.by_key if m == "rope" and op == "apply"}
-    names = [v for v in ROPE_VARIANTS if any((config(v), p) in measured for p in PROVIDERS)]
+    names = [v for v in ROPE_VARIANTS if any((variant_config(v), p) in measured for p in PROVIDERS)]
     if not names:
         return None
-    providers = [p for p in PROVIDERS if any((config(v), p) in measured for v in names)]
+    providers = [p for p in PROVIDERS if any((variant_config(v), p) in measured for v in names)]
     base = next(c for c in configs["rope"] if c.name == VARIANT_CONFIG)
 
     def cell(variant, provider):
-        ms = rows.ms("rope", config(variant), "apply", provider)
-        return "—" if ms is None else f"{fmt_ms(ms)} ({fmt_x(rows.over_roofline('rope', config(variant), 'apply', provider))})"
+        config = variant_config(variant)
+        ms = rows.ms("rope", config, "apply", provider)
+        return "—" if ms is None else f"{fmt_ms(ms)} ({fmt_x(rows.over_roofline('rope', config, 'apply', provider))})"
 
     lines = ["## RoPE variants", "",
              f"*Apply rotation* (by cos/sin tables) at the {VARIANT_CONFIG} configuration "
              f"({_dims('rope', base)}), FP16 unless named, one change at a time. Every call is checked "
              "against the plain PyTorch rotation before it is timed. ms (time / roofline):", ""]
     lines += _table(["Variant", "Roofline (ms)", *(PROVIDERS[p] for p in providers), "Triton over PyTorch"], [
-        [ROPE_VARIANTS[v][0], fmt_ms(rows.roofline("rope", config(v), "apply")), *(cell(v, p) for p in providers),
-         fmt_x(rows.speedup("rope", config(v), "apply", "triton"))] for v in names])
+        [ROPE_VARIANTS[v][0], fmt_ms(rows.roofline("rope", variant_config(v), "apply")),
+         *(cell(v, p) for p in providers), fmt_x(rows.speedup("rope", variant_config(v), "apply", "triton"))]
+        for v in names])
     notes = {}
     for v in names:
         for p in providers:
-            if text := rows.note("rope", config(v), "apply", p):
+            if text := rows.note("rope", variant_config(v), "apply", p):
                 notes.setdefault((p, text), []).append(ROPE_VARIANTS[v][0])
     if notes:
         lines += ["", *(f"- **{PROVIDERS[p]}**, {'; '.join(where)}: {text}" for (p, text), where in notes.items())]
