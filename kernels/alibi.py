@@ -20,6 +20,7 @@ import triton.language as tl
 from .call import (KernelCall, Operand, Output, batched_strides, cdiv, compute_dtype, largest_power_of_2,
                    next_power_of_2, row_major_strides)
 from .hints import kernel, multiple_of_16, strides_aligned
+from .triton_compat import row_max as _row_max, row_sum as _row_sum
 
 # Elements of one (BLOCK_Q, BLOCK_K) tile a program writes; rows of at most _BLOCK_K keys
 # keep each thread's stores 16-byte vectors along the contiguous key axis.
@@ -103,19 +104,6 @@ def _alibi_tile(slope, distance, CAUSAL: tl.constexpr):
 
 
 @triton.jit
-def _row_max(x):
-    # What tl.max does; tl.max itself is a @jit function of triton.language, which Triton's
-    # interpreter cannot call when started without TRITON_INTERPRET, as trinix's launchers do.
-    return tl.reduce(x, 1, tl.standard._elementwise_max)
-
-
-@triton.jit
-def _row_sum(x):
-    # What tl.sum does (see _row_max).
-    return tl.reduce(x, 1, tl.standard._sum_combine)
-
-
-@triton.jit
 def _inverse_sum(row_sum):
     """1 / row_sum, where a row with no key (sum 0) stays 0 and a NaN sum stays NaN."""
     return 1.0 / tl.where(row_sum == 0, 1.0, row_sum)
@@ -178,14 +166,17 @@ def _load_block(x_base, offs_q, k0, seqlen_q, seqlen_k, key_end, q_offset, strid
     x_ptr = x_base + offs_q.to(tl.int64)[:, None] * stride_q + offs_k.to(tl.int64)[None, :] * stride_k
     if EVEN:
         return tl.load(x_ptr)
-    in_bounds = (offs_q < seqlen_q)[:, None] & (offs_k < seqlen_k)[None, :]
+    # A block at or past key_end reads nothing: a bound on the keys rather than a scalar
+    # condition `&` the block, which Triton 3.9's interpreter broadcasts to an int32 mask.
+    key_bound = tl.where(k0 < key_end, seqlen_k, 0)
+    in_bounds = (offs_q < seqlen_q)[:, None] & (offs_k < key_bound)[None, :]
     if CAUSAL:
         # Each row's read ends at a multiple of 16 keys: a mask uniform over 16 keys of the
         # contiguous key axis keeps the loads 16-byte vectors. The keys past the row's last
         # visible one and before that end are read, then masked by _logits.
         row_end = tl.multiple_of((_nearest_key(offs_q, q_offset, seqlen_k, CAUSAL) + 16) // 16 * 16, 16)
         in_bounds &= offs_k[None, :] < row_end[:, None]
-    return tl.load(x_ptr, mask=in_bounds & (k0 < key_end), other=0.0)
+    return tl.load(x_ptr, mask=in_bounds, other=0.0)
 
 
 @triton.jit

@@ -3,6 +3,7 @@
 import inspect
 
 import triton
+import triton.language as tl  # noqa: F401 (Triton's interpreter wants it among a jit function's globals)
 
 # Triton's own launcher specializes each integer argument that is a multiple of 16, so the
 # compiler knows that rows at such strides start 16-element aligned (and that a mask against

@@ -53,10 +53,11 @@ def ptx(call: KernelCall, input_dtypes: dict[str, str], launcher: str) -> str:
     return compiled(call, input_dtypes, launcher).asm["ptx"]
 
 
-def vector_fraction(code: str) -> float:
-    """Share of global loads and stores that move a vector (.v2/.v4) rather than one element."""
-    accesses = re.findall(r"\b(?:ld|st)\.global[.\w]*", code)
-    return sum(".v" in access for access in accesses) / len(accesses)
+def vector_accesses(code: str) -> tuple[int, int, int]:
+    """(global stores, stores that move a vector (.v2/.v4), loads that move a vector)."""
+    stores = re.findall(r"\bst\.global[.\w]*", code)
+    loads = re.findall(r"\bld\.global[.\w]*", code)
+    return len(stores), sum(".v" in s for s in stores), sum(".v" in s for s in loads)
 
 
 XL_Q = Operand((1, 4096, 128, 128), row_major_strides((1, 4096, 128, 128)), "float16")
@@ -84,7 +85,11 @@ def test_jax_triton_launch_vectorizes_like_triton_launch(name):
     call, dtypes = CALLS[name]
     assert call.constexprs["ALIGNED"]
     as_torch_launches = ptx(call, dtypes, "triton")
-    assert vector_fraction(as_torch_launches) > 0.5
+    stores, vector_stores, vector_loads = vector_accesses(as_torch_launches)
+    # Every store is a vector, and so are the loads of what the kernel rewrites (all but the
+    # bias read only slopes); small operands (frequencies, slopes) may load one element.
+    assert stores and vector_stores == stores
+    assert name == "alibi-bias" or vector_loads >= vector_stores
     assert ptx(call, dtypes, "jax-triton") == as_torch_launches
 
 

@@ -4,12 +4,11 @@ tests/test_bad_inputs.py)."""
 import numpy as np
 import pytest
 import torch
-from triton import knobs
 
 from tests.runners import HAS_CUDA
 from trinix import FastRoPEPositionEmbedding
 from trinix import reference as ref
-from trinix.torch import apply_rotary_pos_emb, launcher, rope_rotate
+from trinix.torch import apply_rotary_pos_emb, rope_rotate
 
 
 def test_seed_snippet_runs_as_written():
@@ -144,46 +143,6 @@ def test_decode_step_replays_in_a_cuda_graph(method):
     expected = rope.rotate(new_q, new_k, position_ids=new_positions, backend="torch")
     torch.testing.assert_close(q_out, expected[0], atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(k_out, expected[1], atol=2e-3, rtol=2e-3)
-
-
-def test_cached_launches_go_around_tritons_runner_only_without_launch_hooks():
-    """A kernel's cached launch skips Triton's runner, the only caller of a profiler's launch
-    hooks; Triton 3.6 holds each hook as a chain, empty but not None when nothing is set."""
-    assert not launcher._launch_hooks_set()
-
-    def hook(metadata):
-        pass
-
-    knobs.runtime.launch_enter_hook.add(hook)
-    try:
-        assert launcher._launch_hooks_set()
-    finally:
-        knobs.runtime.launch_enter_hook.remove(hook)
-    assert not launcher._launch_hooks_set()
-
-
-@pytest.mark.skipif(not HAS_CUDA, reason="compiled launches need a CUDA GPU")
-def test_launch_hooks_see_cached_launches():
-    """With a launch hook set (a profiler's), a cached launch goes through Triton's own launch,
-    which calls it, and rotates as the direct launch does."""
-    rope = FastRoPEPositionEmbedding(dim=64, backend="triton")
-    q = torch.randn(2, 16, 4, 64, device="cuda", dtype=torch.float16)
-    k = torch.randn(2, 16, 2, 64, device="cuda", dtype=torch.float16)
-    rope.rotate(q, k)  # compiles and caches the launch
-    direct = rope.rotate(q, k)
-    launched = []
-
-    def hook(metadata):
-        launched.append(metadata.get()["name"])
-
-    knobs.runtime.launch_enter_hook.add(hook)
-    try:
-        hooked = rope.rotate(q, k)
-    finally:
-        knobs.runtime.launch_enter_hook.remove(hook)
-    assert launched == ["_rope_apply_kernel"]
-    for a, b in zip(hooked, direct):
-        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("backend", ["interpret", "torch"])

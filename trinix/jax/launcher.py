@@ -5,6 +5,7 @@ both are imported on first use; `import trinix.jax` needs neither.
 """
 
 import functools
+import importlib.util
 import inspect
 import os
 
@@ -81,6 +82,9 @@ def resolve_backend(backend: str, use_triton: bool, platform: str) -> str:
         if backend not in ("auto", "xla"):
             raise ValueError(f"use_triton=False asks for the xla backend, but backend={backend!r}")
         return "xla"
+    if backend == "interpret" and importlib.util.find_spec("torch") is None:
+        raise ImportError("backend='interpret' runs Triton's interpreter, which needs torch "
+                          "(pip install torch); backend='xla' needs nothing more")
     on_gpu = platform in _GPU_PLATFORMS
     if backend == "auto":
         return "triton" if on_gpu else "xla"

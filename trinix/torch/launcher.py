@@ -2,16 +2,12 @@
 
 import functools
 import threading
-import types
 from typing import Any
 
 import torch
 from torch.library import wrap_triton
-from triton import knobs
-from triton.runtime import driver
-from triton.runtime.interpreter import InterpretedFunction
-from triton.runtime.jit import JITFunction
 
+from trinix.kernels import triton_compat
 from trinix.kernels.call import KernelCall, Operand
 
 BACKENDS = ("auto", "triton", "interpret", "torch")
@@ -70,28 +66,10 @@ def resolve_backend(backend: str, use_triton: bool, device: torch.device) -> str
     return backend
 
 
-def _rebind(fn: types.FunctionType, namespace: dict) -> types.FunctionType:
-    return types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
-
-
 # Triton's interpreter keeps global state while it runs (the program id, a patched
 # triton.language): launches through it from several threads must take turns.
 _INTERPRETER_LOCK = threading.Lock()
-
-
-@functools.cache
-def _interpreted(kernel: JITFunction) -> InterpretedFunction:
-    """`kernel` for Triton's interpreter, the @triton.jit helpers it calls included.
-
-    The interpreter runs a kernel's Python source, where a call to a @triton.jit helper fails
-    unless TRITON_INTERPRET was set before import; so the kernel runs in a copy of its
-    module's namespace in which every @triton.jit function is an InterpretedFunction.
-    """
-    namespace = dict(kernel.fn.__globals__)
-    for name, value in kernel.fn.__globals__.items():
-        if isinstance(value, JITFunction):
-            namespace[name] = InterpretedFunction(_rebind(value.fn, namespace))
-    return InterpretedFunction(_rebind(kernel.fn, namespace))
+_interpreted = functools.cache(triton_compat.interpreted)
 
 
 def launch(call: KernelCall, arrays: dict[str, torch.Tensor | None], *, interpret: bool,
@@ -131,21 +109,12 @@ def _options(call: KernelCall) -> dict:
 # Compiled kernels by (KernelCall, device, 16-byte alignment of each input): what Triton's
 # JITFunction.run specializes a launch on, since a KernelCall fixes every scalar, constexpr and
 # dtype, and outputs are new (aligned) tensors or aliased inputs. JITFunction.run binds and
-# specializes each argument again on every launch (33 us of host time per RoPE launch of ~40
-# arguments, measured on the H200's host); the cached launch passes the arguments straight to
-# the compiled kernel's launcher, pointers as integers (given a tensor, the launcher calls its
-# data_ptr() and asks the driver whether the address is device memory; the bindings have
-# checked that every tensor is on the kernel's CUDA device). A cached call is kept alive beside
-# its kernel, so that its id is not reused.
+# specializes each argument again on every launch; a cached kernel is launched straight through
+# its launcher instead, pointers as integers (the bindings have checked that every tensor is on
+# the kernel's CUDA device). A cached call is kept alive beside its kernel, so that its id is
+# not reused.
 _COMPILED: dict[tuple, tuple[KernelCall, Any, tuple]] = {}
 _COMPILED_MAX = 4096
-
-
-def _launch_hooks_set() -> bool:
-    """Whether a profiler has given Triton launch hooks, which only Triton's own launch calls.
-    Triton 3.6 keeps each hook as a HookChain, empty (its `calls`) when none is set."""
-    hooks = (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook)
-    return any(hook is not None and getattr(hook, "calls", True) for hook in hooks)
 
 
 def _launch_compiled(call: KernelCall, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
@@ -161,6 +130,8 @@ def _launch_compiled(call: KernelCall, inputs: list[torch.Tensor], outputs: list
     if cached is None:
         arguments = (*inputs, *call.scalars, *outputs)
         compiled = call.kernel[call.grid](*arguments, **_options(call))
+        if not triton_compat.can_launch_directly(compiled):
+            return None
         names = call.kernel.arg_names[len(arguments):]
         if len(_COMPILED) >= _COMPILED_MAX:
             _COMPILED.clear()
@@ -168,10 +139,6 @@ def _launch_compiled(call: KernelCall, inputs: list[torch.Tensor], outputs: list
         return None
     _, compiled, constexprs = cached
     grid = (*call.grid, 1, 1)[:3]  # the launcher reads all three grid sizes
-    if _launch_hooks_set():  # Triton's own launch calls them
-        compiled[grid](*inputs, *call.scalars, *outputs, *constexprs)
-    else:
-        compiled.run(*grid, driver.active.get_current_stream(device), compiled.function,
-                     compiled.packed_metadata, None, None, None, *pointers, *call.scalars,
-                     *(tensor.data_ptr() for tensor in outputs), *constexprs)
+    arguments = [*pointers, *call.scalars, *(tensor.data_ptr() for tensor in outputs)]
+    triton_compat.launch_compiled(compiled, grid, device, arguments, constexprs)
     return None

@@ -1,0 +1,119 @@
+"""Every piece of Triton that is not its public API, each found by detection with a fallback to
+the public API. A Triton that lacks a piece makes trinix slower, never wrong.
+
+- `row_max` / `row_sum`: reductions over axis 1 by triton.language's own combine functions,
+  which Triton's interpreter runs as NumPy reductions; elsewhere by combine functions of ours,
+  which compile to the same code but run element by element in the interpreter.
+- `interpreted`: a kernel for Triton's interpreter without TRITON_INTERPRET set before import.
+- `launch_compiled`: a launch of an already compiled kernel straight through its launcher,
+  skipping the JITFunction's argument binding; the fallback is `kernel[grid](...)`.
+
+TRINIX_TRITON_PUBLIC_API=1 (read at import) takes every fallback: tests compare the two.
+"""
+
+import os
+import types
+
+import triton
+import triton.language as tl
+from triton.runtime import driver
+from triton.runtime.jit import JITFunction
+
+PUBLIC_API_ONLY = os.environ.get("TRINIX_TRITON_PUBLIC_API") == "1"
+
+
+@triton.jit
+def _maximum(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _add(a, b):
+    return a + b
+
+
+_standard = tl.standard
+if not PUBLIC_API_ONLY and hasattr(_standard, "_elementwise_max") and hasattr(_standard, "_sum_combine"):
+    _MAX_COMBINE, _SUM_COMBINE = _standard._elementwise_max, _standard._sum_combine
+else:
+    _MAX_COMBINE, _SUM_COMBINE = _maximum, _add
+
+
+@triton.jit
+def row_max(x):
+    return tl.reduce(x, 1, _MAX_COMBINE)
+
+
+@triton.jit
+def row_sum(x):
+    return tl.reduce(x, 1, _SUM_COMBINE)
+
+
+# --- Triton's interpreter -------------------------------------------------------------------
+
+try:
+    from triton.runtime.interpreter import InterpretedFunction
+except ImportError:  # no interpreter entry point: only TRITON_INTERPRET=1 can start it
+    InterpretedFunction = None
+
+
+def _rebind(fn: types.FunctionType, namespace: dict) -> types.FunctionType:
+    return types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+def _interpreted_namespace(module_globals: dict, namespaces: dict) -> dict:
+    """A copy of a module's globals in which each @triton.jit function of trinix runs in the
+    interpreter, in a namespace made alike from its own module's globals. Triton's own jit
+    functions stay as they are: the interpreter knows them (tl.standard's combine functions)."""
+    key = id(module_globals)
+    if key not in namespaces:
+        namespace = namespaces[key] = dict(module_globals)
+        for name, value in module_globals.items():
+            if isinstance(value, JITFunction) and not value.__module__.startswith("triton."):
+                inner = _interpreted_namespace(value.fn.__globals__, namespaces)
+                namespace[name] = InterpretedFunction(_rebind(value.fn, inner))
+    return namespaces[key]
+
+
+def interpreted(kernel):
+    """`kernel` for Triton's interpreter, the @triton.jit helpers it calls included.
+
+    The interpreter runs a kernel's Python source, where a call to a @triton.jit helper fails
+    unless TRITON_INTERPRET was set before import; so the kernel runs in copies of its modules'
+    namespaces in which those helpers are interpreted too. With TRITON_INTERPRET=1 set,
+    every kernel already is interpreted and is returned as it is.
+    """
+    if not isinstance(kernel, JITFunction):
+        return kernel
+    if InterpretedFunction is None or PUBLIC_API_ONLY:
+        raise RuntimeError("this Triton's interpreter can be started only by setting "
+                           "TRITON_INTERPRET=1 before triton is imported")
+    return InterpretedFunction(_rebind(kernel.fn, _interpreted_namespace(kernel.fn.__globals__, {})))
+
+
+# --- Launching a compiled kernel ------------------------------------------------------------
+
+def launch_hooks_set() -> bool:
+    """Whether a profiler has given Triton launch hooks, which only Triton's own launch calls.
+    Triton keeps each hook as a HookChain, empty (its `calls`) when none is set."""
+    runtime = triton.knobs.runtime
+    hooks = (getattr(runtime, "launch_enter_hook", None), getattr(runtime, "launch_exit_hook", None))
+    return any(hook is not None and getattr(hook, "calls", True) for hook in hooks)
+
+
+def can_launch_directly(compiled) -> bool:
+    """Whether `compiled` (what `kernel[grid](...)` returns) exposes the launcher that
+    `launch_compiled` calls."""
+    return not PUBLIC_API_ONLY and all(hasattr(compiled, name) for name in ("run", "function", "packed_metadata"))
+
+
+def launch_compiled(compiled, grid: tuple[int, int, int], device: int, arguments: list,
+                    constexprs: tuple) -> None:
+    """Launch `compiled` on `grid` (three sizes), on the current stream of `device`, with its
+    runtime arguments (pointers as integers) and constexpr values, in signature order."""
+    if launch_hooks_set():  # Triton's own launch calls them
+        compiled[grid](*arguments, *constexprs)
+        return
+    stream = driver.active.get_current_stream(device)
+    compiled.run(*grid, stream, compiled.function, compiled.packed_metadata, None, None, None,
+                 *arguments, *constexprs)
