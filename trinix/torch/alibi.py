@@ -19,28 +19,28 @@ from torch.library import triton_op
 
 from trinix import alibi as host
 from trinix.kernels.alibi import alibi_add_call, alibi_bias_call, alibi_slopes_call, alibi_softmax_call
-from trinix.torch.launcher import DTYPES, compute_dtype, dtype_name, launch, operand, resolve_backend
+from trinix.torch.launcher import DTYPES, cached, compute_dtype, dtype_name, launch, operand, resolve_backend
 
 
 def _launch_slopes(max_bias, num_heads, head_offset, total_heads, interpret, traceable=False):
-    call = alibi_slopes_call(num_heads, head_offset=head_offset, total_heads=total_heads)
+    call = cached(alibi_slopes_call)(num_heads, head_offset=head_offset, total_heads=total_heads)
     return launch(call, dict(max_bias=max_bias), interpret=interpret, traceable=traceable)[0]
 
 
 def _launch_bias(slopes, seqlen_q, seqlen_k, q_offset, causal, dtype, interpret, traceable=False):
-    call = alibi_bias_call(operand(slopes), seqlen_q, seqlen_k, q_offset=q_offset, causal=causal,
+    call = cached(alibi_bias_call)(operand(slopes), seqlen_q, seqlen_k, q_offset=q_offset, causal=causal,
                            dtype=dtype_name(dtype))
     return launch(call, dict(slopes=slopes), interpret=interpret, traceable=traceable)[0]
 
 
 def _launch_add(scores, slopes, q_offset, causal, interpret, inplace=False, traceable=False):
-    call = alibi_add_call(operand(scores), operand(slopes), q_offset=q_offset, causal=causal,
+    call = cached(alibi_add_call)(operand(scores), operand(slopes), q_offset=q_offset, causal=causal,
                           inplace=inplace)
     return launch(call, dict(scores=scores, slopes=slopes), interpret=interpret, traceable=traceable)[0]
 
 
 def _launch_softmax(scores, slopes, scale, q_offset, causal, interpret, traceable=False):
-    call = alibi_softmax_call(operand(scores), operand(slopes), scale=scale, q_offset=q_offset,
+    call = cached(alibi_softmax_call)(operand(scores), operand(slopes), scale=scale, q_offset=q_offset,
                               causal=causal)
     return launch(call, dict(scores=scores, slopes=slopes), interpret=interpret, traceable=traceable)[0]
 

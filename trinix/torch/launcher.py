@@ -25,9 +25,17 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-@functools.cache
+_DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+
 def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+    return _DTYPE_NAMES.get(dtype) or str(dtype).removeprefix("torch.")
+
+
+def cached(function):
+    """`function`, a functools cache; under torch.compile the function it caches, since Dynamo
+    warns at a cache and traces the function anyway."""
+    return function.__wrapped__ if torch.compiler.is_compiling() else function
 
 
 def operand(t: torch.Tensor | None) -> Operand | None:
@@ -84,7 +92,7 @@ def launch(call: KernelCall, arrays: dict[str, torch.Tensor | None], *, interpre
     """
     inputs = [arrays.get(name) for name in call.inputs]
     device = next(tensor for tensor in inputs if tensor is not None).device
-    inputs = [_placeholder(device) if tensor is None else tensor for tensor in inputs]
+    inputs = [cached(_placeholder)(device) if tensor is None else tensor for tensor in inputs]
     outputs = [
         arrays[out.alias] if out.alias else torch.empty(out.shape, dtype=DTYPES[out.dtype], device=device)
         for out in call.outputs

@@ -20,7 +20,7 @@ from torch.library import triton_op
 from trinix import rope as host
 from trinix.rope_scaling import SEQ_LEN_DEPENDENT, RopeConfig, inv_freq_and_scale
 from trinix.kernels.rope import rope_apply_call, rope_table_call
-from trinix.torch.launcher import (DTYPES, compute_dtype, dtype_name, launch, may_synchronize, operand,
+from trinix.torch.launcher import (DTYPES, cached, compute_dtype, dtype_name, launch, may_synchronize, operand,
                                    resolve_backend)
 
 
@@ -39,7 +39,7 @@ def _launch_apply(tensors, options: _Options, conjugate, interpret, inplace, tra
     batch_offsets, cu_seqlens), None where not used; operands: theirs, if already made."""
     q, k, cos, sin, frequencies, positions, batch_offsets, cu_seqlens = tensors
     q_, k_, cos_, sin_, _, positions_, batch_offsets_, cu_seqlens_ = operands or map(operand, tensors)
-    call = rope_apply_call(
+    call = cached(rope_apply_call)(
         q_, k_, layout=options.layout,
         rotary_dim=None if frequencies is None else 2 * frequencies.shape[1],
         interleaved=options.interleaved, cos=cos_, sin=sin_, positions=positions_,
@@ -236,7 +236,7 @@ def _rotate(q, k, *, cos=None, sin=None, frequencies=None, position_ids=None, of
     tensors = (q, k, cos, sin, frequencies, position_ids, batch_offsets, cu_seqlens)
     operands = tuple(map(operand, tensors))
     q_, k_, cos_, sin_, _, positions_, batch_offsets_, cu_seqlens_ = operands
-    _check_rope_apply(
+    cached(_check_rope_apply)(
         q_, k_, layout=layout, cos=cos_, sin=sin_, positions=positions_,
         batch_offsets=batch_offsets_, cu_seqlens=cu_seqlens_, position_offset=offset,
         dim=None if frequencies is None else 2 * frequencies.shape[1],
@@ -352,7 +352,7 @@ def _cos_sin(frequencies, seq_len, offset, dtype, interleaved, backend, use_trit
         positions = torch.arange(offset, offset + seq_len, device=frequencies.device)
         cos, sin = _angles_torch(frequencies, positions, torch.float64, interleaved)
         return cos.to(dtype), sin.to(dtype)
-    call = rope_table_call(seq_len, 2 * frequencies.shape[1], dtype_name(dtype), position_offset=offset,
+    call = cached(rope_table_call)(seq_len, 2 * frequencies.shape[1], dtype_name(dtype), position_offset=offset,
                            interleaved=interleaved)
     return launch(call, dict(frequencies=frequencies), interpret=backend == "interpret",
                   traceable=torch.compiler.is_compiling())
