@@ -20,7 +20,7 @@ import triton.language as tl
 from .call import (KernelCall, Operand, Output, batched_strides, cdiv, compute_dtype, largest_power_of_2,
                    next_power_of_2, row_major_strides)
 from .hints import kernel, multiple_of_16, strides_aligned
-from .triton_compat import row_max as _row_max, row_sum as _row_sum
+from .triton_compat import rowwise_max, rowwise_sum
 
 # Elements of one (BLOCK_Q, BLOCK_K) tile a program writes; rows of at most _BLOCK_K keys
 # keep each thread's stores 16-byte vectors along the contiguous key axis.
@@ -230,8 +230,8 @@ def _softmax_store(o_base, x, keys, offs_q, seqlen_q, seqlen_k, q_offset, slope,
     z = _logits(x, keys, offs_q, 0, seqlen_q, seqlen_k, q_offset, slope, SCALE, CAUSAL, EVEN,
                 BLOCK_K, COMPUTE)
     # The exponentials are kept for the store: one exp per score, not two.
-    p = tl.exp2(z - _finite(_row_max(z))[:, None])
-    _store_block(o_base, p * _inverse_sum(_row_sum(p))[:, None], offs_q, 0, seqlen_q, seqlen_k,
+    p = tl.exp2(z - _finite(rowwise_max(z))[:, None])
+    _store_block(o_base, p * _inverse_sum(rowwise_sum(p))[:, None], offs_q, 0, seqlen_q, seqlen_k,
                  stride_oq, stride_ok, EVEN, BLOCK_K)
 
 
@@ -297,9 +297,9 @@ def _alibi_softmax_kernel(
         while k0 < key_end:
             z = _read_logits(x_base, keys, offs_q, k0, seqlen_q, seqlen_k, key_end, q_offset, slope,
                              stride_q, stride_k, SCALE, CAUSAL, EVEN, BLOCK_K, COMPUTE)
-            new_max = tl.maximum(row_max, _row_max(z))
+            new_max = tl.maximum(row_max, rowwise_max(z))
             shift = _finite(new_max)
-            row_sum = row_sum * tl.exp2(row_max - shift) + _row_sum(tl.exp2(z - shift[:, None]))
+            row_sum = row_sum * tl.exp2(row_max - shift) + rowwise_sum(tl.exp2(z - shift[:, None]))
             row_max = new_max
             k0 += BLOCK_K
         shift = _finite(row_max)

@@ -1,7 +1,7 @@
 """Every piece of Triton that is not its public API, each found by detection with a fallback to
 the public API. A Triton that lacks a piece makes trinix slower, never wrong.
 
-- `row_max` / `row_sum`: reductions over axis 1 by triton.language's own combine functions,
+- `rowwise_max` / `rowwise_sum`: reductions over axis 1 by triton.language's own combine functions,
   which Triton's interpreter runs as NumPy reductions; elsewhere by combine functions of ours,
   which compile to the same code but run element by element in the interpreter.
 - `interpreted`: a kernel for Triton's interpreter without TRITON_INTERPRET set before import.
@@ -32,21 +32,24 @@ def _add(a, b):
     return a + b
 
 
-_standard = tl.standard
-if not PUBLIC_API_ONLY and hasattr(_standard, "_elementwise_max") and hasattr(_standard, "_sum_combine"):
-    _MAX_COMBINE, _SUM_COMBINE = _standard._elementwise_max, _standard._sum_combine
+# Each reduction is defined once under its own name, with no alias: torch.compile's Inductor
+# copies a user kernel's jit helpers into its own module by their names.
+if not PUBLIC_API_ONLY and hasattr(tl.standard, "_elementwise_max") and hasattr(tl.standard, "_sum_combine"):
+    @triton.jit
+    def rowwise_max(x):
+        return tl.reduce(x, 1, tl.standard._elementwise_max)
+
+    @triton.jit
+    def rowwise_sum(x):
+        return tl.reduce(x, 1, tl.standard._sum_combine)
 else:
-    _MAX_COMBINE, _SUM_COMBINE = _maximum, _add
+    @triton.jit
+    def rowwise_max(x):
+        return tl.reduce(x, 1, _maximum)
 
-
-@triton.jit
-def row_max(x):
-    return tl.reduce(x, 1, _MAX_COMBINE)
-
-
-@triton.jit
-def row_sum(x):
-    return tl.reduce(x, 1, _SUM_COMBINE)
+    @triton.jit
+    def rowwise_sum(x):
+        return tl.reduce(x, 1, _add)
 
 
 # --- Triton's interpreter -------------------------------------------------------------------

@@ -21,7 +21,7 @@ COMPILE = """
     backend = sys.argv[1]
     device = "cuda" if backend == "triton" else "cpu"
     rope = FastRoPEPositionEmbedding(dim=32, backend=backend).to(device)
-    alibi = FastALiBiPositionEmbedding(num_heads=4, backend=backend).to(device)
+    alibi = FastALiBiPositionEmbedding(num_heads=4, backend=backend, device=device)
 
     def step(q, k, scores):
         cos, sin = rope(q, q.shape[1])
