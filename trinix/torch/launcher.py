@@ -92,7 +92,10 @@ def launch(call: KernelCall, arrays: dict[str, torch.Tensor | None], *, interpre
     """
     inputs = [arrays.get(name) for name in call.inputs]
     device = next(tensor for tensor in inputs if tensor is not None).device
-    inputs = [cached(_placeholder)(device) if tensor is None else tensor for tensor in inputs]
+    # A traced launch gets a placeholder of its own: a cached one would enter the graph as a
+    # constant, or the cache would keep a tensor of the trace.
+    placeholder = torch.empty(1, device=device) if traceable else _placeholder(device)
+    inputs = [placeholder if tensor is None else tensor for tensor in inputs]
     outputs = [
         arrays[out.alias] if out.alias else torch.empty(out.shape, dtype=DTYPES[out.dtype], device=device)
         for out in call.outputs
