@@ -42,7 +42,8 @@ def test_defaults_are_the_original_reports():
 def test_a_cpu_run_writes_into_its_own_folder_unless_asked():
     """One rule: a GPU run keeps the committed layout, a CPU run writes benchmarks/results/cpu/."""
     assert cli.parse_args([]).output is None
-    assert report.layout(None, gpu=False) == (BENCHMARKS / "results" / "cpu", BENCHMARKS / "results" / "cpu" / "latest.json")
+    cpu = BENCHMARKS / "results" / "cpu"
+    assert report.layout(None, gpu=False) == (cpu, cpu / "latest.json")
     assert report.layout(None, gpu=True) == (BENCHMARKS, BENCHMARKS / "results" / "latest.json")
     out = Path("elsewhere")
     assert cli.parse_args(["--output", "elsewhere"]).output == out
@@ -327,7 +328,8 @@ def _section_tables(text: str, method: str) -> list[list[list[str]]]:
     """Per configuration of `method`, the cells of its tables' lines."""
     section = text[text.index(f"## {schema.METHODS[method]['title']}"):]
     section = section[:section.index("\n## ")]
-    return [[[cell.strip() for cell in line.strip("|").split("|")] for line in chunk.splitlines() if line.startswith("|")]
+    return [[[cell.strip() for cell in line.strip("|").split("|")]
+             for line in chunk.splitlines() if line.startswith("|")]
             for chunk in section.split("\n### ")[1:]]
 
 

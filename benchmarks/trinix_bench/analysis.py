@@ -49,29 +49,24 @@ class Rows:
         return self.meta["copy_gbps"] / ratio if ratio else None
 
 
-def fmt_ms(ms: float | None) -> str:
-    if ms is None:
+def _fmt(value: float | None, formats: tuple, suffix: str = "") -> str:
+    """value in the format of the first (threshold, format) of `formats` it reaches; None as —."""
+    if value is None:
         return "—"
-    if ms >= 100:
-        return f"{ms:.0f}"
-    if ms >= 10:
-        return f"{ms:.1f}"
-    return f"{ms:.2f}" if ms >= 1 else f"{ms:#.3g}"
+    return next(f"{value:{spec}}" for threshold, spec in formats if value >= threshold) + suffix
+
+
+def fmt_ms(ms: float | None) -> str:
+    return _fmt(ms, ((100, ".0f"), (10, ".1f"), (1, ".2f"), (-math.inf, "#.3g")))
 
 
 def fmt_x(ratio: float | None) -> str:
-    if ratio is None:
-        return "—"
-    if ratio >= 100:
-        return f"{ratio:,.0f}×"
-    return f"{ratio:.1f}×" if ratio >= 10 else f"{ratio:.2f}×"
+    return _fmt(ratio, ((100, ",.0f"), (10, ".1f"), (-math.inf, ".2f")), "×")
 
 
 def fmt_amount(value: float | None) -> str:
     """MB or GB/s."""
-    if value is None:
-        return "—"
-    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
+    return _fmt(value, ((10, ",.0f"), (-math.inf, ".2g")))
 
 
 def geomean(values: list[float]) -> float | None:

@@ -7,7 +7,7 @@ import torch
 
 from . import original
 from .harness import Call
-from .providers import NEEDS_GPU, Inputs, Provider, Unavailable, import_module
+from .providers import NEEDS_GPU, Inputs, Provider, Unavailable, import_module, trinix_encoding
 from .schema import Config
 from .torch_providers import TrinixTorch
 
@@ -123,25 +123,20 @@ class TrinixJax(Provider):
                 import_module("trinix.jax.launcher").jax_triton()
             except ImportError as error:
                 raise Unavailable(f"jax_triton cannot be imported ({error})") from None
-        c = self.config
-        if method == "rope":
-            self.rope = import_module("trinix.jax.rope").FastRoPEPositionEmbedding(
-                c.head_dim, c.seq_len, backend=self.backend)
-        else:
-            self.module = import_module("trinix.jax.alibi")
-            self.alibi = self.module.FastALiBiPositionEmbedding(c.heads, c.seq_len, backend=self.backend)
+        # module: trinix.jax.rope or .alibi; encoding: its FastRoPE- or FastALiBiPositionEmbedding
+        self.module, self.encoding = trinix_encoding("jax", method, self.config, self.backend)
 
     def apply(self, q, k, cos, sin):
-        return self.rope.apply_rotary_pos_emb(q, k, cos, sin)
+        return self.encoding.apply_rotary_pos_emb(q, k, cos, sin)
 
     def rope_generate(self):
-        return Call(_jit(lambda x: self.rope(x)), (self.x.q,))
+        return Call(_jit(lambda x: self.encoding(x)), (self.x.q,))
 
     def rope_apply(self):
         return Call(_jit(self.apply), (self.x.q, self.x.k, *self.x.tables))
 
     def rope_total(self):
-        return Call(_jit(lambda q, k: self.rope.rotate(q, k)), (self.x.q, self.x.k))
+        return Call(_jit(lambda q, k: self.encoding.rotate(q, k)), (self.x.q, self.x.k))
 
     def rope_fwd_bwd(self):
         return jax_fwd_bwd(self.apply, self.x)
@@ -151,7 +146,7 @@ class TrinixJax(Provider):
 
     def alibi_bias(self):
         c = self.config
-        return Call(_jit(lambda seq_len, batch: self.alibi(seq_len, batch), 0, 1), (c.seq_len, c.batch))
+        return Call(_jit(lambda seq_len, batch: self.encoding(seq_len, batch), 0, 1), (c.seq_len, c.batch))
 
     def alibi_total(self):
         import jax.numpy as jnp
@@ -167,8 +162,8 @@ class TrinixJax(Provider):
     def alibi_add_to_scores(self):
         import jax
 
-        return Call(jax.jit(lambda scores: self.alibi.add_to_scores(scores), donate_argnums=0),
+        return Call(jax.jit(lambda scores: self.encoding.add_to_scores(scores), donate_argnums=0),
                     (self.x.new_scores(),), donates_first=True)
 
     def alibi_softmax(self):
-        return Call(_jit(lambda scores: self.alibi.softmax(scores)), (self.x.scores,))
+        return Call(_jit(lambda scores: self.encoding.softmax(scores)), (self.x.scores,))

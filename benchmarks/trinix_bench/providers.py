@@ -20,6 +20,15 @@ def import_module(module: str):
         raise Unavailable(f"{module} cannot be imported ({error})") from None
 
 
+def trinix_encoding(framework: str, method: str, config: Config, backend: str, **alibi_options):
+    """(trinix.<framework>.<method>, its FastRoPEPositionEmbedding or FastALiBiPositionEmbedding
+    for `config`); `alibi_options` go to the ALiBi module only."""
+    module = import_module(f"trinix.{framework}.{method}")
+    if method == "rope":
+        return module, module.FastRoPEPositionEmbedding(config.head_dim, config.seq_len, backend=backend)
+    return module, module.FastALiBiPositionEmbedding(config.heads, config.seq_len, backend=backend, **alibi_options)
+
+
 class Unavailable(Exception):
     """A provider cannot run here; the message becomes the note of its rows."""
 

@@ -59,8 +59,8 @@ def console_table(results: dict) -> str:
         return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
     framework = [p for p in PROVIDERS if p not in KERNEL_PROVIDERS]
-    out = [f"Median ms per call; roofline ms: the op's bytes at this run's copy bandwidth, "
-           f"{rows.meta['copy_gbps']:,.1f} GB/s ({rows.meta['gpu']})",
+    out = [f"Device: {rows.meta['gpu']}. Median ms per call; roofline ms: the op's bytes at this run's "
+           f"copy bandwidth, {rows.meta['copy_gbps']:,.1f} GB/s",
            text(header), *map(text, lines),
            "—: not run here (no GPU, provider not installed or not selected, does not fit, or failed; "
            "each row's note in latest.json says which)"]

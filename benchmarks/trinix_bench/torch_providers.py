@@ -7,7 +7,7 @@ import torch
 
 from . import original
 from .harness import Call
-from .providers import NEEDS_GPU, Inputs, Provider, Unavailable, import_module
+from .providers import NEEDS_GPU, Inputs, Provider, Unavailable, import_module, trinix_encoding
 from .schema import Config
 
 
@@ -115,33 +115,27 @@ class TrinixTorch(Provider):
         super().__init__(x, method)
         if self.backend == "triton" and x.device.type != "cuda":
             raise Unavailable(NEEDS_GPU)
-        c = self.config
-        if method == "rope":
-            self.rope = import_module("trinix.torch.rope").FastRoPEPositionEmbedding(
-                c.head_dim, c.seq_len, backend=self.backend)
-        else:
-            self.module = import_module("trinix.torch.alibi")
-            self.alibi = self.module.FastALiBiPositionEmbedding(c.heads, c.seq_len, backend=self.backend,
-                                                                device=x.device)
+        # module: trinix.torch.rope or .alibi; encoding: its FastRoPE- or FastALiBiPositionEmbedding
+        self.module, self.encoding = trinix_encoding("torch", method, self.config, self.backend, device=x.device)
 
     def rope_generate(self):
-        return Call(self.rope, (self.x.q, self.config.seq_len))
+        return Call(self.encoding, (self.x.q, self.config.seq_len))
 
     def rope_apply(self):
-        return Call(self.rope.apply_rotary_pos_emb, (self.x.q, self.x.k, *self.x.tables))
+        return Call(self.encoding.apply_rotary_pos_emb, (self.x.q, self.x.k, *self.x.tables))
 
     def rope_total(self):
-        return Call(self.rope.rotate, (self.x.q, self.x.k))
+        return Call(self.encoding.rotate, (self.x.q, self.x.k))
 
     def rope_fwd_bwd(self):
-        return torch_fwd_bwd(self.rope.apply_rotary_pos_emb, self.x)
+        return torch_fwd_bwd(self.encoding.apply_rotary_pos_emb, self.x)
 
     def alibi_slopes(self):
         return Call(functools.partial(self.module.alibi_slopes, device=self.x.device, backend=self.backend),
                     (self.config.heads,))
 
     def alibi_bias(self):
-        return Call(self.alibi, (self.config.seq_len, self.config.batch))
+        return Call(self.encoding, (self.config.seq_len, self.config.batch))
 
     def alibi_total(self):
         alibi = self.module
@@ -155,10 +149,10 @@ class TrinixTorch(Provider):
         return Call(total, (c.heads, c.seq_len, c.batch))
 
     def alibi_add_to_scores(self):
-        return Call(functools.partial(self.alibi.add_to_scores, inplace=True), (self.x.scores,))
+        return Call(functools.partial(self.encoding.add_to_scores, inplace=True), (self.x.scores,))
 
     def alibi_softmax(self):
-        return Call(self.alibi.softmax, (self.x.scores,))
+        return Call(self.encoding.softmax, (self.x.scores,))
 
 
 class Liger(Provider):
