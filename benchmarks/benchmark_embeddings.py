@@ -13,10 +13,9 @@ On a CUDA GPU it writes benchmarks/EMBEDDINGS.md, its plots and benchmarks/resul
 without one, all of them into benchmarks/results/cpu/ (latest.json beside the report), so a CPU
 run never replaces the committed GPU report; --output names another folder.
 
-Method (DESIGN.md, "Performance method"): every provider goes through one harness
-(trinix_bench/harness.py); the median time of each row is reported beside its roofline, the
-op's bytes (inputs read once, outputs written once) at the copy bandwidth of the same run.
-The code is the package trinix_bench beside this file.
+Method: every provider goes through one harness (trinix_bench/harness.py, beside this file);
+the median time of each row is reported beside its roofline, the op's bytes (inputs read
+once, outputs written once) at the copy bandwidth of the same run.
 """
 
 import sys

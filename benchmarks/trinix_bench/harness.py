@@ -1,4 +1,4 @@
-"""One way to time a call and read its memory, for every provider (DESIGN.md, "Performance method").
+"""One way to time a call and read its memory, the same for every provider.
 
 A call is run `warmup` times, then timed `iters` times, and the median is reported. On a GPU,
 torch calls as triton.testing.do_bench times them: L2 flushed before each, CUDA events around
