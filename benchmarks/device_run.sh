@@ -7,23 +7,22 @@
 # properties: the property tests in their "gpu" profile (compiled kernels, larger shapes), each
 #   test in its own process, in the background while the later steps run (put timing steps
 #   before it); each writes $OUT/properties-<test>.log as it ends, so a failure and its
-#   falsifying example come back even if another test is cut (session 3 lost a failure to one
-#   summary printed at the end): pytest-timeout stops a test at PROPERTIES_TEST_TIMEOUT (360 s;
-#   the RoPE backward test took 267 s beside the suite in session 6)
-#   and prints its stack, `timeout` kills it at PROPERTIES_LIMIT (60 s later by default: the
-#   plugin's clock starts at the test, after imports and collection, and with 15 s between
-#   the two, session 5's cut tests left empty logs). 30 s before the plugin's limit, Python's
-#   faulthandler writes every thread's stack: that works while the main thread is stuck in C,
-#   where the plugin's signal never runs (session 6: the RoPE backward test left an empty log
-#   at 420 s with a 390 s plugin limit). PROPERTIES_MATCH (a grep pattern) picks some of the
-#   tests. The script waits for them at its end.
+#   falsifying example come back even if another test is cut (one summary printed at the end
+#   would be lost with it): pytest-timeout stops a test at PROPERTIES_TEST_TIMEOUT (360 s; the
+#   RoPE backward test has taken 267 s beside the suite) and prints its stack, `timeout` kills
+#   it at PROPERTIES_LIMIT (60 s later by default: the plugin's clock starts at the test, after
+#   imports and collection, and 15 s between the two left cut tests with empty logs). 30 s
+#   before the plugin's limit, Python's faulthandler writes every thread's stack: that works
+#   while the main thread is stuck in C, where the plugin's signal never runs.
+#   PROPERTIES_MATCH (a grep pattern) picks some of the tests. The script waits for them at its end.
 # memcheck, racecheck: the compiled-kernel tests (-k triton) of SANITIZE_TESTS under
 #   compute-sanitizer; each took over 130 s for ~2/3 of the three default files.
 # probe: benchmarks/probe_rope.py $PROBE_ARGS (default --profile: host time per call, kernel
 #   time per tile, variants, timing methods, generate; "--items 4 5" for some of them).
 # probe-alibi: benchmarks/probe_alibi.py $PROBE_ALIBI_ARGS (the ALiBi softmax per row block
 #   and num_warps; "--causal" for the causal rows alone), stopped after PROBE_LIMIT (300 s).
-# bench: the benchmark, written to $OUT/bench (copy it into benchmarks/ to commit it). ~4 min.
+# bench: the benchmark, written to $OUT/bench in the committed layout (EMBEDDINGS.md, plots,
+#   results/latest.json: copy it into benchmarks/ to commit it). ~4 min.
 # TESTS_LIMIT, PROPERTIES_LIMIT, BENCH_LIMIT, SANITIZE_LIMIT (seconds) stop a step early, so that later steps
 # still run and the logs come back.
 # jax-triton and liger-kernel are not on that machine: carry their wheels in .whl/ (README).

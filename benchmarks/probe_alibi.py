@@ -4,7 +4,7 @@ program and num_warps.
     python benchmarks/probe_alibi.py [--causal]
 
 The softmax kernel (softmax(scores + bias) over keys, fp16 scores, causal and not; with
-`--causal` the causal rows alone) at the seed's medium and large ALiBi configurations, per
+`--causal` the causal rows alone) at the original medium and large ALiBi configurations, per
 tile (rows of a block), blocks of rows a program works through and num_warps, then as the
 builder chooses. Each variant is checked first (medium: against the torch fallback; large,
 where the float32 fallback does not fit: against the first variant, which the test suite
@@ -22,7 +22,7 @@ import itertools
 import torch
 import triton.testing
 
-from benchmark_embeddings import Harness, copy_gbps
+from trinix_bench.harness import Harness, copy_gbps
 
 import trinix.kernels.alibi as kernels_alibi
 from trinix.torch.alibi import alibi_add, alibi_slopes, alibi_softmax

@@ -2,7 +2,7 @@
 
     python benchmarks/probe_rope.py [--profile] [--items 1 2 3 4 5]
 
-1. Host: the seed's small configuration (fp16 q and k, 4x512x32x64), called back to back
+1. Host: the original small configuration (fp16 q and k, 4x512x32x64), called back to back
    without synchronising (the GPU finishes each kernel faster than the host issues the next),
    so wall time / calls is the host's cost of one call: trinix's rotate, the same KernelCall
    launched straight through Triton, and an empty torch op for scale; then the forward alone
@@ -27,11 +27,11 @@
 4. Timing methods: the benchmark's `apply` rows at medium, large and xl, trinix through torch
    timed both ways the benchmark times (CUDA events after an L2 flush, its torch rows; wall
    time of bursts, its JAX rows), trinix through JAX and XLA's jnp by bursts: whether the JAX
-   rows' gap to torch's (+17-57 us in session 4's report) is the method or the JAX launch;
-   bursts of 10 calls (session 4's method) and of about BURST_MS (the benchmark's now).
+   rows' gap to torch's is the method or the JAX launch; bursts of 10 calls (the benchmark's
+   earlier method) and of about BURST_MS (its method now).
 5. Generate cos/sin at every configuration: the table kernel by CUDA-graph replay, as the
-   benchmark times it, and the host's time per call: whether those rows (0.017-0.032 ms in
-   session 4's report, against 0.0047 ms at medium) are the kernel's time or the host's.
+   benchmark times it, and the host's time per call: whether those rows are the kernel's
+   time or the host's.
 """
 
 import argparse
@@ -45,8 +45,10 @@ import time
 import torch
 import triton.testing
 
-import benchmark_embeddings as bench
-from benchmark_embeddings import Harness, copy_gbps
+from trinix_bench.harness import BURST_MS, Call, Harness, copy_gbps, runnable
+from trinix_bench.jax_providers import JaxInputs, OriginalJax, TrinixJax
+from trinix_bench.schema import CONFIGS
+from trinix_bench.torch_providers import Liger, OriginalTorch, TorchInputs, TrinixTorch
 
 import trinix.kernels.rope as kernels_rope
 from trinix.torch.launcher import launch, operand
@@ -115,8 +117,8 @@ def probe_host(profile: bool):
             _Doubled.apply(q_leaf, k_leaf), (q_leaf, k_leaf), grads),
     }
     # The benchmark's apply and forward + backward rows at small, each provider's whole call.
-    inputs = bench.TorchInputs(bench.CONFIGS["rope"][0], "float16", torch.device("cuda"))
-    for provider in (bench.SeedTorch, bench.TrinixTorch, bench.Liger):
+    inputs = TorchInputs(CONFIGS["rope"][0], "float16", torch.device("cuda"))
+    for provider in (OriginalTorch, TrinixTorch, Liger):
         for op in ("apply", "fwd_bwd"):
             row = getattr(provider(inputs, "rope"), f"rope_{op}")()
             cases[f"benchmark {op} row: {provider.name}"] = functools.partial(row.fn, *row.args)
@@ -226,13 +228,13 @@ def probe_timing():
     """Item 4."""
     harness = Harness(torch.device("cuda"), warmup=3, iters=30)
     print()
-    for config in bench.CONFIGS["rope"][1:]:
-        torch_inputs = bench.TorchInputs(config, "float16", torch.device("cuda"))
-        jax_inputs = bench.JaxInputs(config, "float16")
+    for config in CONFIGS["rope"][1:]:
+        torch_inputs = TorchInputs(config, "float16", torch.device("cuda"))
+        jax_inputs = JaxInputs(config, "float16")
         runs = {
-            "torch": bench.runnable("torch", bench.TrinixTorch(torch_inputs, "rope").rope_apply()),
-            "jax-triton": bench.runnable("jax", bench.TrinixJax(jax_inputs, "rope").rope_apply()),
-            "jax-xla": bench.runnable("jax", bench.SeedJax(jax_inputs, "rope").rope_apply()),
+            "torch": runnable("torch", TrinixTorch(torch_inputs, "rope").rope_apply()),
+            "jax-triton": runnable("jax", TrinixJax(jax_inputs, "rope").rope_apply()),
+            "jax-xla": runnable("jax", OriginalJax(jax_inputs, "rope").rope_apply()),
         }
         for run in runs.values():
             for _ in range(harness.warmup):
@@ -240,7 +242,7 @@ def probe_timing():
         times = {"torch, events": statistics.median(harness._torch_gpu_ms(runs["torch"], harness.iters))}
         for name, run in runs.items():
             times[f"{name}, bursts of 10"] = statistics.median(harness._burst_ms(run, harness.iters, calls=10))
-            times[f"{name}, {bench.BURST_MS:g} ms bursts"] = harness.median_ms("torch", run, bursts=True)
+            times[f"{name}, {BURST_MS:g} ms bursts"] = harness.median_ms("torch", run, bursts=True)
         print(f"{config.name:6s} apply: " + ", ".join(f"{name} {ms:.4f} ms" for name, ms in times.items()))
         del runs, torch_inputs, jax_inputs
 
@@ -249,11 +251,11 @@ def probe_generate():
     """Item 5."""
     harness = Harness(torch.device("cuda"), warmup=3, iters=100)
     print()
-    for config in bench.CONFIGS["rope"]:
+    for config in CONFIGS["rope"]:
         q = torch.randn(config.batch, config.seq_len, config.heads, config.head_dim, dtype=torch.float16,
                         device="cuda")
         rope = FastRoPEPositionEmbedding(config.head_dim, max_position_embeddings=config.seq_len).cuda()
-        run = bench.runnable("torch", bench.Call(rope, (q, config.seq_len)))
+        run = runnable("torch", Call(rope, (q, config.seq_len)))
         kernel_ms = graph_ms(lambda: rope(q, config.seq_len))
         print(f"{config.name:6s} generate: kernel {kernel_ms:.4f} ms (graph replay), as the benchmark times it "
               f"{harness.median_ms('torch', run):.4f} ms, host {host_us_per_call(run.start):.1f} us/call")

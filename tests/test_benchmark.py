@@ -1,7 +1,9 @@
-"""The benchmark's CLI, its latest.json shape, its report writer, and a tiny run on the CPU."""
+"""The benchmark's CLI, its latest.json shape and rows, the data its report is written from, and
+a tiny run on the CPU."""
 
 import copy
 import json
+import re
 import subprocess
 import sys
 import time
@@ -13,21 +15,23 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-import benchmark_embeddings as bench  # noqa: E402
-import embeddings_report as report  # noqa: E402
+from trinix_bench import analysis, cli, jax_providers, plots, providers, report, roofline, run, schema  # noqa: E402
+from trinix_bench import torch_providers, variants  # noqa: E402
+from trinix_bench.harness import BURST_MS, MIN_BURSTS, Harness, Run  # noqa: E402
+from trinix_bench.progress import Progress  # noqa: E402
 
-XL_ALIBI = bench.CONFIGS["alibi"][-1]
+XL_ALIBI = schema.CONFIGS["alibi"][-1]
 
 
 # --- CLI ----------------------------------------------------------------------------------
 
 
-def test_defaults_are_the_seeds():
-    args = bench.parse_args([])
+def test_defaults_are_the_original_reports():
+    args = cli.parse_args([])
     assert (args.warmup, args.iters, args.dtype) == (10, 100, "float16")
     assert args.methods == ["rope", "alibi"] and args.frameworks == ["torch", "jax"]
-    assert args.providers == list(report.PROVIDERS)
-    configs = bench.selected_configs(args)
+    assert args.providers == list(schema.PROVIDERS)
+    configs = cli.selected_configs(args)
     assert [(c.name, c.heads, c.head_dim, c.seq_len, c.batch) for c in configs["rope"]] == [
         ("small", 32, 64, 512, 4), ("medium", 64, 128, 2048, 2), ("large", 64, 128, 8192, 1),
         ("xl", 128, 128, 32768, 1)]
@@ -35,88 +39,93 @@ def test_defaults_are_the_seeds():
         ("small", 32, 512, 4), ("medium", 64, 2048, 2), ("large", 128, 8192, 1), ("xl", 128, 32768, 1)]
 
 
-def test_a_cpu_run_does_not_write_over_the_committed_report_unless_asked():
-    if torch.cuda.is_available():
-        pytest.skip("the default output differs on a GPU")
-    assert bench.parse_args([]).output == BENCHMARKS / "results" / "cpu"
-    assert bench.parse_args(["--output", "benchmarks"]).output == Path("benchmarks")
+def test_a_cpu_run_writes_into_its_own_folder_unless_asked():
+    """One rule: a GPU run keeps the committed layout, a CPU run writes benchmarks/results/cpu/."""
+    assert cli.parse_args([]).output is None
+    cpu = BENCHMARKS / "results" / "cpu"
+    assert report.layout(None, gpu=False) == (cpu, cpu / "latest.json")
+    assert report.layout(None, gpu=True) == (BENCHMARKS, BENCHMARKS / "results" / "latest.json")
+    out = Path("elsewhere")
+    assert cli.parse_args(["--output", "elsewhere"]).output == out
+    assert report.layout(out, gpu=True) == (out, out / "results" / "latest.json")
+    assert report.layout(out, gpu=False) == (out, out / "latest.json")
 
 
-def test_custom_configuration_from_the_seeds_flags():
-    args = bench.parse_args(["--num_heads", "64", "--head_dim", "128", "--seq_len", "8192",
+def test_custom_configuration_from_the_original_flags():
+    args = cli.parse_args(["--num_heads", "64", "--head_dim", "128", "--seq_len", "8192",
                              "--methods", "rope", "alibi", "--dtype", "bfloat16"])
-    configs = bench.selected_configs(args)
-    assert configs["rope"] == [bench.Config("custom", 64, 8192, 1, 128)]
-    assert configs["alibi"] == [bench.Config("custom", 64, 8192, 1)]
+    configs = cli.selected_configs(args)
+    assert configs["rope"] == [schema.Config("custom", 64, 8192, 1, 128)]
+    assert configs["alibi"] == [schema.Config("custom", 64, 8192, 1)]
     assert args.dtype == "bfloat16"
 
 
 def test_quick_mode_runs_small_configurations_with_few_iterations():
-    args = bench.parse_args(["--quick", "--methods", "alibi"])
-    assert (args.warmup, args.iters) == (bench.QUICK_WARMUP, bench.QUICK_ITERS)
-    assert [c.name for c in bench.selected_configs(args)["alibi"]] == ["small"]
-    assert bench.parse_args(["--quick", "--iters", "7"]).iters == 7
+    args = cli.parse_args(["--quick", "--methods", "alibi"])
+    assert (args.warmup, args.iters) == (cli.QUICK_WARMUP, cli.QUICK_ITERS)
+    assert [c.name for c in cli.selected_configs(args)["alibi"]] == ["small"]
+    assert cli.parse_args(["--quick", "--iters", "7"]).iters == 7
 
 
 @pytest.mark.parametrize("argv", [["--head_dim", "63"], ["--dtype", "int8"], ["--iters", "0"],
                                   ["--methods", "xpos"], ["--providers", "cuda"]])
 def test_bad_arguments_are_refused(argv, capsys):
     with pytest.raises(SystemExit):
-        bench.parse_args(argv)
+        cli.parse_args(argv)
 
 
 # --- bytes and fitting ----------------------------------------------------------------------
 
 
 def test_roofline_bytes():
-    xl = bench.CONFIGS["rope"][-1]
+    xl = schema.CONFIGS["rope"][-1]
     qk = 2 * 32768 * 128 * 128 * 2
-    assert bench.op_bytes("rope", xl, "total", "float16") == 2 * qk
-    assert bench.op_bytes("rope", xl, "apply", "float16") == 2 * qk + 2 * 32768 * 128 * 2
-    assert bench.op_bytes("alibi", XL_ALIBI, "bias", "float16") == 128 * 32768**2 * 4
-    assert bench.op_bytes("alibi", XL_ALIBI, "add_to_scores", "float16") == 2 * 128 * 32768**2 * 2
+    assert roofline.op_bytes("rope", xl, "total", "float16") == 2 * qk
+    assert roofline.op_bytes("rope", xl, "apply", "float16") == 2 * qk + 2 * 32768 * 128 * 2
+    assert roofline.op_bytes("alibi", XL_ALIBI, "bias", "float16") == 128 * 32768**2 * 4
+    assert roofline.op_bytes("alibi", XL_ALIBI, "add_to_scores", "float16") == 2 * 128 * 32768**2 * 2
 
 
 def test_a_row_too_big_for_memory_says_its_size_instead_of_allocating():
-    x = bench.TorchInputs(XL_ALIBI, "float16", torch.device("cpu"))
-    harness = bench.Harness(torch.device("cpu"), warmup=1, iters=1)
-    provider = bench.SeedTorch(x, "alibi")
+    x = torch_providers.TorchInputs(XL_ALIBI, "float16", torch.device("cpu"))
+    harness = Harness(torch.device("cpu"), warmup=1, iters=1)
+    provider = torch_providers.OriginalTorch(x, "alibi")
     for op, tensor in [("bias", "bias (1, 128, 32768, 32768) float32 alone is 550 GB"),
                        ("add_to_scores", "scores (1, 128, 32768, 32768) float16 alone is 275 GB")]:
-        ms, burst_ms, peak, note = bench.measure(harness, provider, "alibi", XL_ALIBI, op, "float16")
+        ms, burst_ms, peak, note = run.measure(harness, provider, "alibi", XL_ALIBI, op, "float16")
         assert ms is None and burst_ms is None and peak is None
         assert note.startswith("does not fit") and tensor in note
     assert "scores" not in x.__dict__  # nothing was allocated
 
 
 @pytest.mark.parametrize("provider, make_inputs", [
-    (bench.TrinixTorch, lambda config: bench.TorchInputs(config, "float32", torch.device("cpu"))),
-    (bench.TrinixJax, lambda config: bench.JaxInputs(config, "float32")),
+    (torch_providers.TrinixTorch, lambda config: torch_providers.TorchInputs(config, "float32", torch.device("cpu"))),
+    (jax_providers.TrinixJax, lambda config: jax_providers.JaxInputs(config, "float32")),
 ])
 def test_trinix_rows_call_the_api_as_it_is(provider, make_inputs, monkeypatch):
     """The trinix providers' calls, through Triton's interpreter on tiny shapes."""
     monkeypatch.setattr(provider, "backend", "interpret")
-    harness = bench.Harness(torch.device("cpu"), warmup=1, iters=1)
-    for method, config in [("rope", bench.Config("tiny", 2, 16, 1, 8)), ("alibi", bench.Config("tiny", 2, 16, 1))]:
+    harness = Harness(torch.device("cpu"), warmup=1, iters=1)
+    for method, config in [("rope", schema.Config("tiny", 2, 16, 1, 8)), ("alibi", schema.Config("tiny", 2, 16, 1))]:
         chosen = provider(make_inputs(config), method)
-        for op in report.METHODS[method]["ops"]:
-            ms, burst_ms, _, note = bench.measure(harness, chosen, method, config, op, "float32")
+        for op in schema.METHODS[method]["ops"]:
+            ms, burst_ms, _, note = run.measure(harness, chosen, method, config, op, "float32")
             assert ms is not None and ms > 0, (method, op, note)
             assert burst_ms is None  # bursts only on a GPU
 
 
-VARIANT_BASE = bench.Config("tiny", 2, 8, 1, 128)  # head_dim 128, as the variants assume
+VARIANT_BASE = schema.Config("tiny", 2, 8, 1, 128)  # head_dim 128, as the variants assume
 
 
 def test_rope_variants_are_checked_then_timed():
     """Every variant's rows: PyTorch and trinix (through Triton's interpreter) checked and timed,
     one roofline a variant, Liger's reason where it has no such rotation."""
-    harness = bench.Harness(torch.device("cpu"), warmup=1, iters=1)
-    rows = bench.variant_rows(harness, 10.0, VARIANT_BASE, ["pytorch", "liger", "triton"], backend="interpret")
+    harness = Harness(torch.device("cpu"), warmup=1, iters=1)
+    rows = variants.variant_rows(harness, 10.0, VARIANT_BASE, ["pytorch", "liger", "triton"], backend="interpret")
     assert [(r["config"], r["provider"]) for r in rows] == [
-        (f"tiny-{v}", p) for v in report.ROPE_VARIANTS for p in bench.VARIANT_PROVIDERS]
+        (f"tiny-{v}", p) for v in schema.ROPE_VARIANTS for p in schema.VARIANT_PROVIDERS]
     for row in rows:
-        report.validate_results({"meta": fake_results()["meta"], "rows": [row]})
+        schema.validate_results({"meta": fake_results()["meta"], "rows": [row]})
         if row["provider"] in ("pytorch", "triton"):
             assert row["ms"] > 0 and row["note"] is None, row
         else:
@@ -131,19 +140,24 @@ def test_rope_variants_are_checked_then_timed():
     liger = {r["config"]: r["note"] for r in rows if r["provider"] == "liger"}
     assert liger["tiny-partial"] == liger["tiny-gptj"] == "Liger-Kernel rotates every column, in half-split pairs only"
     if not torch.cuda.is_available():
-        assert liger["tiny-gqa"] == bench.NEEDS_GPU
+        assert liger["tiny-gqa"] == providers.NEEDS_GPU
     assert {r["note"] for r in rows if r["provider"] == "torch_compile"} == {"not selected (--providers)"}
 
 
-def test_variants_follow_the_seeds_configurations_but_not_quick_runs(monkeypatch):
-    tiny = [bench.Config("small", 2, 8, 1, 128), bench.Config("large", 2, 8, 1, 128)]
-    monkeypatch.setitem(bench.CONFIGS, "rope", tiny)
+def _run(argv: list[str]) -> dict:
+    args = cli.parse_args(argv)
+    return run.run_benchmark(args, cli.selected_configs(args))
+
+
+def test_variants_follow_the_original_configurations_but_not_quick_runs(monkeypatch):
+    tiny = [schema.Config("small", 2, 8, 1, 128), schema.Config("large", 2, 8, 1, 128)]
+    monkeypatch.setitem(schema.CONFIGS, "rope", tiny)
     argv = ["--methods", "rope", "--frameworks", "torch", "--providers", "pytorch", "--warmup", "1", "--iters", "1"]
-    results, _ = bench.run_benchmark(bench.parse_args(argv))
+    results = _run(argv)
     assert list(dict.fromkeys(r["config"] for r in results["rows"])) == [
-        "small", "large", *(f"large-{v}" for v in report.ROPE_VARIANTS)]
+        "small", "large", *(f"large-{v}" for v in schema.ROPE_VARIANTS)]
     assert all(r["ms"] > 0 for r in results["rows"] if r["provider"] == "pytorch")
-    results, _ = bench.run_benchmark(bench.parse_args([*argv, "--quick"]))
+    results = _run([*argv, "--quick"])
     assert {r["config"] for r in results["rows"]} == {"small"}
 
 
@@ -157,8 +171,8 @@ def test_a_wrong_rope_variant_is_not_timed(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(trinix_rope, "apply_rotary_pos_emb", ignores_interleaved)
-    harness = bench.Harness(torch.device("cpu"), warmup=1, iters=1)
-    rows = bench.variant_rows(harness, 10.0, VARIANT_BASE, ["triton"], backend="interpret")
+    harness = Harness(torch.device("cpu"), warmup=1, iters=1)
+    rows = variants.variant_rows(harness, 10.0, VARIANT_BASE, ["triton"], backend="interpret")
     triton = {r["config"]: r for r in rows if r["provider"] == "triton"}
     for variant in ("interleaved", "gptj"):
         assert triton[f"tiny-{variant}"]["ms"] is None
@@ -169,7 +183,7 @@ def test_a_wrong_rope_variant_is_not_timed(monkeypatch):
 def test_bursts_last_about_burst_ms_and_are_timed_whole():
     """A JAX row's calls run in bursts of equal length, sized from a first estimate so that a
     burst lasts about BURST_MS, and at least MIN_BURSTS of them are timed."""
-    harness = bench.Harness(torch.device("cpu"), warmup=1, iters=5)
+    harness = Harness(torch.device("cpu"), warmup=1, iters=5)
     harness.cuda = True  # the burst path; nothing in it touches a GPU
     started, bursts = [0], []
 
@@ -181,21 +195,21 @@ def test_bursts_last_about_burst_ms_and_are_timed_whole():
     def wait(out):
         bursts.append(out - sum(bursts))
 
-    ms = harness.median_ms("jax", bench.Run(start, wait))
+    ms = harness.median_ms("jax", Run(start, wait))
     timed = bursts[2:]  # after the warm-up call and the 3-call estimate
-    assert len(timed) >= bench.MIN_BURSTS and len(set(timed)) == 1
-    assert 1 <= timed[0] <= bench.BURST_MS / 2  # each call takes at least 2 ms
+    assert len(timed) >= MIN_BURSTS and len(set(timed)) == 1
+    assert 1 <= timed[0] <= BURST_MS / 2  # each call takes at least 2 ms
     assert ms >= 2.0
 
 
 def test_providers_that_cannot_run_here_say_why():
-    config = bench.CONFIGS["rope"][0]
-    x = bench.TorchInputs(config, "float16", torch.device("cpu"))
-    with pytest.raises(bench.Unavailable, match="Liger-Kernel has no ALiBi"):
-        bench.Liger(x, "alibi")
+    config = schema.CONFIGS["rope"][0]
+    x = torch_providers.TorchInputs(config, "float16", torch.device("cpu"))
+    with pytest.raises(providers.Unavailable, match="Liger-Kernel has no ALiBi"):
+        torch_providers.Liger(x, "alibi")
     if not torch.cuda.is_available():
-        with pytest.raises(bench.Unavailable, match="needs a CUDA GPU"):
-            bench.TrinixTorch(x, "rope")
+        with pytest.raises(providers.Unavailable, match="needs a CUDA GPU"):
+            torch_providers.TrinixTorch(x, "rope")
 
 
 # --- latest.json ----------------------------------------------------------------------------
@@ -205,29 +219,29 @@ def fake_results(on_gpu: bool = True) -> dict:
     """Rows for every configuration, op and provider: Triton slower than PyTorch at small,
     faster above; the ALiBi xl bias and scores too big, as on an H200."""
     rows = []
-    for method, configs in bench.CONFIGS.items():
+    for method, configs in schema.CONFIGS.items():
         for size, config in enumerate(configs):
-            for op in report.METHODS[method]["ops"]:
-                for provider in report.PROVIDERS:
+            for op in schema.METHODS[method]["ops"]:
+                for provider in schema.PROVIDERS:
                     ms = 0.1 * 4.0**size
                     if provider in ("triton", "jax_triton"):
                         ms *= 1.5 if size == 0 else 0.5
                     note = None
                     if not on_gpu and provider in ("triton", "jax_triton", "liger"):
-                        ms, note = None, bench.NEEDS_GPU
+                        ms, note = None, providers.NEEDS_GPU
                     if method == "alibi" and config.name == "xl" and op != "slopes":
                         ms, note = None, "does not fit: needs about 825 GB (bias (1, 128, 32768, 32768) float32 alone is 550 GB), 140 GB free on the device"
                     burst_ms = 1.25 * ms if on_gpu and provider == "triton" and ms is not None else None
                     rows.append(dict(method=method, config=config.name, op=op, provider=provider,
                                      ms=ms, burst_ms=burst_ms, roofline_ms=0.01 * 4.0**size,
                                      peak_mb=None if ms is None else 12.5, note=note))
-    for variant in report.ROPE_VARIANTS:
-        for provider in bench.VARIANT_PROVIDERS:
+    for variant in schema.ROPE_VARIANTS:
+        for provider in schema.VARIANT_PROVIDERS:
             ms, note = (0.4 if provider == "triton" else 0.8), None
             if provider == "liger" and variant in ("partial", "interleaved", "gptj"):
                 ms, note = None, "Liger-Kernel rotates every column, in half-split pairs only"
             if not on_gpu and provider in ("triton", "liger"):
-                ms, note = None, bench.NEEDS_GPU
+                ms, note = None, providers.NEEDS_GPU
             rows.append(dict(method="rope", config=f"large-{variant}", op="apply", provider=provider, ms=ms,
                              burst_ms=None, roofline_ms=0.32, peak_mb=None, note=note))
     gpu = "NVIDIA H200" if on_gpu else "none (CPU only: x86_64, 2 cores)"
@@ -238,8 +252,8 @@ def fake_results(on_gpu: bool = True) -> dict:
 
 def test_json_shape_is_accepted_and_survives_a_round_trip():
     results = fake_results()
-    report.validate_results(results)
-    report.validate_results(json.loads(json.dumps(results)))
+    schema.validate_results(results)
+    schema.validate_results(json.loads(json.dumps(results)))
 
 
 def _broken(edit):
@@ -265,52 +279,103 @@ def _broken(edit):
 ])
 def test_json_shape_violations_are_refused(edit, message):
     with pytest.raises(ValueError, match=message):
-        report.validate_results(_broken(edit))
+        schema.validate_results(_broken(edit))
 
 
-# --- the report -----------------------------------------------------------------------------
+# --- the data the report is written from ---------------------------------------------------
 
 RUN_INFO = {"warmup": 10, "iters": 100, "command": "python benchmarks/benchmark_embeddings.py"}
 
 
-def test_report_keeps_the_seeds_structure_and_has_no_tbd():
-    text = report.render_markdown(fake_results(), bench.CONFIGS, RUN_INFO, None)
-    assert "TBD" not in text
-    for heading in ["# Position Embeddings Benchmark", "## Test Environment", "## Summary",
-                    "## RoPE (Rotary Position Embedding)", "## ALiBi (Attention with Linear Biases)",
-                    "### Small Configuration", "### Large Configuration (LLaMA 3 70B)",
-                    "### XL Configuration (Long Context)", "## Key Insights", "### Comparison",
-                    "## Recommendations", "## Configuration Guidelines", "## Performance Scaling",
-                    "### RoPE by Configuration", "### ALiBi by Sequence Length", "## Memory Efficiency",
-                    "## Reproduce These Results", "**Heads=64, HeadDim=128, SeqLen=8192, Batch=1**",
-                    "**Heads=128, SeqLen=32768, Batch=1**"]:
-        assert heading in text, heading
-    seed_table = "| Operation | PyTorch (ms) | Triton (ms) | Speedup | Memory (MB) |"
-    assert text.count(seed_table) == 8
-    assert "| **Total** | 1.60 | 0.800 | 2.00× | 12 / 12 |" in text  # rope large
-    assert "| Generate slopes | 6.40 | — | — |" not in text
-    assert "faster than PyTorch from medium (hidden_size 8192, seq_len 2048) up, slower at small" in text
-    assert "550 GB" in text and "![time against roofline](embeddings_time.png)" in text
-    assert "This run had no CUDA GPU" not in text
+def test_ratios_are_of_rows_of_the_same_run():
+    results = fake_results()
+    rows = analysis.Rows(results)
+    by_key = {(r["method"], r["config"], r["op"], r["provider"]): r for r in results["rows"]}
+    for (method, config, op, provider), row in by_key.items():
+        pytorch = by_key[method, config, op, "pytorch"]
+        if row["ms"] is None or pytorch["ms"] is None:
+            assert rows.speedup(method, config, op, provider) is None
+            continue
+        assert rows.speedup(method, config, op, provider) == pytest.approx(pytorch["ms"] / row["ms"])
+        ratio = row["ms"] / pytorch["roofline_ms"]
+        assert rows.over_roofline(method, config, op, provider) == pytest.approx(ratio)
+        assert rows.gbps(method, config, op, provider) == pytest.approx(results["meta"]["copy_gbps"] / ratio)
+    assert rows.speedup("rope", "large", "total", "triton") == pytest.approx(2.0)
+    assert rows.speedup("rope", "small", "total", "triton") == pytest.approx(1 / 1.5)
+    assert rows.over_roofline("rope", "large-gqa", "apply", "pytorch") == pytest.approx(2.5)
+    assert rows.speedup("rope", "large-gqa", "apply", "triton") == pytest.approx(2.0)
     # JAX Triton's ms / Triton's burst_ms (1.25 x its ms, both 1.5 or 0.5 x the base time)
-    assert "- **JAX Triton against Triton**" in text
-    assert "  - Apply rotation: small 0.80×, medium 0.80×, large 0.80×, xl 0.80×" in text
-    variants = text[text.index("## RoPE variants"):text.index("## Key Insights")]
-    assert "| Variant | Roofline (ms) | PyTorch | Triton | torch.compile | Liger | Triton over PyTorch |" in variants
-    assert ("| GQA: k of 8 heads (LLaMA 3 70B, Qwen 2) | 0.320 | 0.800 (2.50×) | 0.400 (1.25×) | 0.800 (2.50×) "
-            "| 0.800 (2.50×) | 2.00× |") in variants
-    assert ("- **Liger**, 32 of 128 columns rotate (Pythia, GPT-NeoX, Phi); interleaved pairs (RoFormer, Meta's "
-            "LLaMA code); 64 of 128 columns in interleaved pairs (GPT-J): Liger-Kernel rotates every column, "
-            "in half-split pairs only") in variants
+    for method, configs in schema.CONFIGS.items():
+        for config in configs:
+            for op in schema.METHODS[method]["ops"]:
+                expected = None if by_key[method, config.name, op, "jax_triton"]["ms"] is None else 0.8
+                assert rows.jax_over_torch(method, config.name, op) == pytest.approx(expected)
+    measured = analysis.speedups(rows, schema.CONFIGS)
+    assert {(m, c, op) for m, c, op, _ in measured} == {
+        key[:3] for key, row in by_key.items() if key[3] == "triton" and row["ms"] is not None
+        and not key[1].startswith("large-")}
 
 
-def test_cpu_report_says_plainly_that_triton_needs_a_gpu():
-    text = report.render_markdown(fake_results(on_gpu=False), bench.CONFIGS, RUN_INFO, "matplotlib is missing")
+def test_a_cpu_run_has_no_kernel_ratios():
+    rows = analysis.Rows(fake_results(on_gpu=False))
+    assert analysis.speedups(rows, schema.CONFIGS) == []
+    assert all(rows.jax_over_torch(m, c.name, op) is None
+               for m, cs in schema.CONFIGS.items() for c in cs for op in schema.METHODS[m]["ops"])
+    assert analysis.why_not(rows, "rope", schema.CONFIGS["rope"], "total", "triton") == providers.NEEDS_GPU
+
+
+def _section_tables(text: str, method: str) -> list[list[list[str]]]:
+    """Per configuration of `method`, the cells of its tables' lines."""
+    section = text[text.index(f"## {schema.METHODS[method]['title']}"):]
+    section = section[:section.index("\n## ")]
+    return [[[cell.strip() for cell in line.strip("|").split("|")]
+             for line in chunk.splitlines() if line.startswith("|")]
+            for chunk in section.split("\n### ")[1:]]
+
+
+@pytest.mark.parametrize("on_gpu", [True, False])
+def test_report_tables_carry_every_rows_numbers(on_gpu):
+    """Each configuration's table of every provider holds each row's ms and time / roofline."""
+    results = fake_results(on_gpu)
+    rows = analysis.Rows(results)
+    text = report.render_markdown(results, schema.CONFIGS, RUN_INFO, None, "results/latest.json")
     assert "TBD" not in text
-    assert "This run had no CUDA GPU" in text
-    assert "JAX Triton against Triton" not in text  # no burst times without a GPU
-    assert "| **Average Speedup** | not measured: Triton needs a CUDA GPU" in text
-    assert "No plots: matplotlib is missing." in text
+    for method, configs in schema.CONFIGS.items():
+        tables = _section_tables(text, method)
+        assert len(tables) == len(configs)
+        for config, lines in zip(configs, tables):
+            for op in schema.METHODS[method]["ops"]:
+                expected = [analysis.row_label(method, op), analysis.fmt_ms(rows.roofline(method, config.name, op))]
+                for provider in schema.PROVIDERS:
+                    ms = rows.ms(method, config.name, op, provider)
+                    expected.append("—" if ms is None else f"{analysis.fmt_ms(ms)} "
+                                    f"({analysis.fmt_x(rows.over_roofline(method, config.name, op, provider))})")
+                assert expected in lines, (method, config.name, op)
+    for row in results["rows"]:  # why a row has no time reaches the report
+        if row["ms"] is None:
+            assert row["note"] in text, row
+    for name in plots.PLOTS:
+        assert f"({name})" in text
+
+
+def test_the_committed_report_is_written_from_the_committed_rows():
+    """benchmarks/EMBEDDINGS.md's tables and numbers, written again from results/latest.json."""
+    results = json.loads((BENCHMARKS / "results" / "latest.json").read_text())
+    schema.validate_results(results)
+    names = {(r["method"], r["config"]) for r in results["rows"]}
+    configs = {m: [c for c in cs if (m, c.name) in names] for m, cs in schema.CONFIGS.items()}
+    files = report.layout(BENCHMARKS, schema.on_gpu(results["meta"]))
+    text = report.render_markdown(results, configs, RUN_INFO, None, files.json.relative_to(files.folder).as_posix())
+    committed = (BENCHMARKS / "EMBEDDINGS.md").read_text()
+
+    def tables(markdown):
+        return [line for line in markdown.splitlines() if line.startswith("|")]
+
+    def numbers(markdown):
+        return re.findall(r"\d[\d,.]*", markdown)
+
+    assert tables(text) == tables(committed)
+    assert numbers(text) == numbers(committed)
 
 
 @pytest.mark.parametrize("speedups, expected", [
@@ -320,33 +385,37 @@ def test_cpu_report_says_plainly_that_triton_needs_a_gpu():
     ([2, 0.5, 0.5, 0.5], "faster than PyTorch at small only"),
 ])
 def test_crossover_is_read_from_the_rows(speedups, expected):
-    configs = bench.CONFIGS["rope"]
+    configs = schema.CONFIGS["rope"]
     rows = [dict(method="rope", config=c.name, op="total", provider=p, ms=1.0 / s if p == "triton" else 1.0,
                  roofline_ms=0.1, peak_mb=None, note=None)
             for c, s in zip(configs, speedups) for p in ("pytorch", "triton")]
-    assert report.crossover(report.Rows({"meta": {}, "rows": rows}), "rope", configs).startswith(expected)
+    assert analysis.crossover(analysis.Rows({"meta": {}, "rows": rows}), "rope", configs).startswith(expected)
 
 
-def test_outputs_are_written_and_json_matches_the_report(tmp_path):
-    results = fake_results()
-    written = report.write_outputs(results, bench.CONFIGS, RUN_INFO, tmp_path)
-    assert tmp_path / "EMBEDDINGS.md" in written
-    assert json.loads((tmp_path / "results" / "latest.json").read_text()) == results
+@pytest.mark.parametrize("on_gpu, json_path", [(True, "results/latest.json"), (False, "latest.json")])
+def test_outputs_are_written_where_the_layout_says(tmp_path, on_gpu, json_path):
+    results = fake_results(on_gpu)
+    written = report.write_outputs(results, schema.CONFIGS, RUN_INFO, tmp_path)
+    assert written[:2] == [tmp_path / "EMBEDDINGS.md", tmp_path / json_path]
+    assert json.loads((tmp_path / json_path).read_text()) == results
+    assert f"]({json_path})" in (tmp_path / "EMBEDDINGS.md").read_text()  # the report links its rows
     pytest.importorskip("matplotlib")
-    for name in report.PLOTS:
+    for name in plots.PLOTS:
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
 
 
 def test_plots_are_skipped_with_a_note_without_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    report.write_outputs(fake_results(), bench.CONFIGS, RUN_INFO, tmp_path)
+    written, note = plots.write_plots(fake_results(), schema.CONFIGS, tmp_path)
+    assert written == [] and "matplotlib is not installed" in note
+    report.write_outputs(fake_results(), schema.CONFIGS, RUN_INFO, tmp_path)
     assert not list(tmp_path.glob("*.png"))
-    assert "No plots: matplotlib is not installed" in (tmp_path / "EMBEDDINGS.md").read_text()
+    assert note in (tmp_path / "EMBEDDINGS.md").read_text()
 
 
 def test_progress_counts_on_stderr_without_tqdm(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tqdm", None)
-    progress = bench.Progress(2)
+    progress = Progress(2)
     progress.start("rope small apply pytorch")
     progress.finish_row()
     progress.close()
@@ -363,9 +432,9 @@ def test_tiny_quick_run_on_the_cpu(tmp_path):
                "--output", str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((tmp_path / "results" / "latest.json").read_text())
-    report.validate_results(results)
-    assert len(results["rows"]) == (4 + 5) * len(report.PROVIDERS)
+    results = json.loads(report.layout(tmp_path, torch.cuda.is_available()).json.read_text())
+    schema.validate_results(results)
+    assert len(results["rows"]) == (4 + 5) * len(schema.PROVIDERS)
     by_provider = {}
     for row in results["rows"]:
         by_provider.setdefault(row["provider"], []).append(row)
@@ -374,7 +443,16 @@ def test_tiny_quick_run_on_the_cpu(tmp_path):
     if not torch.cuda.is_available():
         assert all(row["ms"] is None and "CUDA GPU" in row["note"] for row in by_provider["triton"])
     text = (tmp_path / "EMBEDDINGS.md").read_text()
-    assert "TBD" not in text and "### Custom Configuration" in text
+    custom = schema.Config("custom", 2, 16, 1, 8)
+    assert "TBD" not in text and f"**{analysis.dims('rope', custom)}**" in text
     assert "This report: `python benchmarks/benchmark_embeddings.py --quick --num_heads 2" in text
     assert str(tmp_path) not in text
-    assert "rope   custom" in done.stdout
+    # The console table: a column per provider with its unit, a line per (method, config, op).
+    lines = done.stdout.splitlines()
+    header = next(line.split("  ") for line in lines if line.startswith("method"))
+    assert {"roofline ms", *(f"{p} ms" for p in schema.PROVIDERS)} <= {cell.strip() for cell in header}
+    table = [line.split() for line in lines if line.split()[:2] in (["rope", "custom"], ["alibi", "custom"])]
+    assert [cells[2] for cells in table] == schema.METHODS["rope"]["ops"] + schema.METHODS["alibi"]["ops"]
+    assert any(line.startswith("—:") for line in lines)
+    if not torch.cuda.is_available():
+        assert any(line.startswith("CPU run:") for line in lines)
