@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# On the GPU machine (device tool): install what is missing, run the test suite with
-# compiled kernels, then the benchmark. Logs go to $OUT.
+# On a CUDA machine: install what is missing, run the test suite with compiled kernels, then the
+# benchmark. Logs go to $OUT (default /tmp/trinix-out). Wheels in the checkout's .whl/ folder
+# (git ignores it) are installed first: jax-triton and liger-kernel for a machine without network.
 #   bash benchmarks/device_run.sh [tests] [properties] [memcheck] [racecheck] [probe] [probe-alibi] [bench]
 # tests: the suite (or the TESTS paths), compiled kernels included, over PYTEST_WORKERS processes
 #   (8); a test running past 150 s fails with its stack (pytest-timeout, installed there). ~3 min.
@@ -25,7 +26,6 @@
 #   results/latest.json: copy it into benchmarks/ to commit it). ~4 min.
 # TESTS_LIMIT, PROPERTIES_LIMIT, BENCH_LIMIT, SANITIZE_LIMIT (seconds) stop a step early, so that later steps
 # still run and the logs come back.
-# jax-triton and liger-kernel are not on that machine: carry their wheels in .whl/ (README).
 set -uo pipefail
 OUT=${OUT:-/tmp/trinix-out}
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
