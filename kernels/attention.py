@@ -31,7 +31,7 @@ from .alibi import LOG2_E, _finite, _inverse_sum
 from .call import KernelCall, Operand, Output, cdiv, compute_dtype, next_power_of_2, row_major_strides
 from .hints import kernel, multiple_of_16, strides_aligned
 from .rope import LAYOUTS, _bshd
-from .triton_compat import row_max as _row_max, row_sum as _row_sum
+from .triton_compat import dot as _dot, row_max as _row_max, row_sum as _row_sum
 
 ALIBI_FORMS = ("none", "symmetric", "causal")
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -91,7 +91,7 @@ def _scores(q, k, slope, n0, query_pos, seqlen_k, SCALE: tl.constexpr, ALIBI: tl
     """Scores of queries at query_pos (BLOCK_M,) and keys n0 .. n0 + BLOCK_N, in base 2
     (`slope` already times log2(e)); -inf for keys masked (MASKED: past seqlen_k, or after the
     query when CAUSAL)."""
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION, out_dtype=COMPUTE) * (SCALE * LOG2_E)
+    s = _dot(q, tl.trans(k), PRECISION, COMPUTE) * (SCALE * LOG2_E)
     if ALIBI != "none":
         # j - p_i: the tile's base distance per row plus a column ramp, exact in float32 below 2**24.
         distance = (n0 - query_pos).to(COMPUTE)[:, None] + tl.arange(0, BLOCK_N).to(COMPUTE)[None, :]
@@ -125,7 +125,7 @@ def _fwd_tile(acc, row_max, row_sum, q, k_base, v_base, slope, n0, query_pos, se
     p = tl.exp2(s - shift[:, None])
     rescale = tl.exp2(row_max - shift)
     row_sum = row_sum * rescale + _row_sum(p)
-    acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION, out_dtype=COMPUTE)
+    acc = acc * rescale[:, None] + _dot(p.to(v.dtype), v, PRECISION, COMPUTE)
     return acc, new_max, row_sum
 
 
@@ -211,7 +211,7 @@ def _attention_fwd_kernel(
     _store_rows(o_base, acc * _inverse_sum(row_sum)[:, None], offs_m, seqlen_q, offs_d, stride_os, stride_od,
                 HEAD_DIM)
     # log(sum) in natural units; a row that saw no key has sum 0 and LSE -inf.
-    lse = (row_max + tl.log2(row_sum)) * LN_2
+    lse = tl.where(row_sum == 0, float("-inf"), (row_max + tl.log2(tl.where(row_sum == 0, 1.0, row_sum))) * LN_2)
     tl.store(LSE + b * stride_lb + h * stride_lh + q_start + offs_m, lse.to(tl.float32), mask=offs_m < seqlen_q)
 
 
@@ -258,7 +258,7 @@ def _bwd_tile(q, k, v, do, lse, delta, slope, n0, query_pos, seqlen_k,
     s = _scores(q, k, slope, n0, query_pos, seqlen_k, SCALE, ALIBI, CAUSAL, MASKED, BLOCK_N, COMPUTE,
                 PRECISION)
     p = tl.exp2(s - lse[:, None])
-    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION, out_dtype=COMPUTE)
+    dp = _dot(do, tl.trans(v), PRECISION, COMPUTE)
     return p, p * (dp - delta[:, None])
 
 
@@ -285,8 +285,8 @@ def _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE, DELTA, row_base, slope, m0, n
     lse, delta = _load_row_stats(LSE, DELTA, row_base, offs_m, seqlen_q, COMPUTE)
     p, ds = _bwd_tile(q, k, v, do, lse, delta, slope, n0, q_offset + offs_m, seqlen_k, SCALE, ALIBI, CAUSAL,
                       MASKED, BLOCK_N, COMPUTE, PRECISION)
-    dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION, out_dtype=COMPUTE)
-    dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=PRECISION, out_dtype=COMPUTE)
+    dv += _dot(tl.trans(p).to(do.dtype), do, PRECISION, COMPUTE)
+    dk += _dot(tl.trans(ds).to(q.dtype), q, PRECISION, COMPUTE)
     return dk, dv
 
 
@@ -398,7 +398,7 @@ def _dq_tile(dq, q, do, lse, delta, k_base, v_base, slope, n0, query_pos, seqlen
     v = _load_rows(v_base, offs_n, seqlen_k, offs_d, stride_vs, stride_vd, HEAD_DIM, BLOCK_D, MASKED)
     _, ds = _bwd_tile(q, k, v, do, lse, delta, slope, n0, query_pos, seqlen_k, SCALE, ALIBI, CAUSAL, MASKED,
                       BLOCK_N, COMPUTE, PRECISION)
-    return dq + tl.dot(ds.to(k.dtype), k, input_precision=PRECISION, out_dtype=COMPUTE)
+    return dq + _dot(ds.to(k.dtype), k, PRECISION, COMPUTE)
 
 
 @kernel
