@@ -66,6 +66,26 @@ def _sequence(CU_SEQLENS, b, seqlen, VARLEN: tl.constexpr):
 
 
 @triton.jit
+def _sequence_pair(CU_SEQLENS_Q, CU_SEQLENS_K, b, seqlen_q, seqlen_k, q_offset, VARLEN: tl.constexpr,
+                   BOTTOM_RIGHT: tl.constexpr):
+    """(first query row, first key row, seqlen_q, seqlen_k, key position of query 0) of
+    sequence b."""
+    q_start, seqlen_q = _sequence(CU_SEQLENS_Q, b, seqlen_q, VARLEN)
+    k_start, seqlen_k = _sequence(CU_SEQLENS_K, b, seqlen_k, VARLEN)
+    if BOTTOM_RIGHT:
+        q_offset += seqlen_k - seqlen_q
+    return q_start, k_start, seqlen_q, seqlen_k, q_offset
+
+
+@triton.jit
+def _slope(SLOPES, b, h, stride_mb, stride_mh, ALIBI: tl.constexpr, COMPUTE: tl.constexpr):
+    """Head h's slope times log2(e) (scores are kept in base 2); 0 without ALiBi."""
+    if ALIBI == "none":
+        return 0.0
+    return tl.load(SLOPES + b * stride_mb + h * stride_mh).to(COMPUTE) * LOG2_E
+
+
+@triton.jit
 def _load_rows(base, offs, n_rows, offs_d, stride_s, stride_d, HEAD_DIM: tl.constexpr,
                BLOCK_D: tl.constexpr, MASKED: tl.constexpr):
     """Rows `offs` (BLOCK, BLOCK_D) of one head; padded columns and, when MASKED, rows past
@@ -172,12 +192,10 @@ def _attention_fwd_kernel(
     m0 = tl.program_id(0) * BLOCK_M
     b = tl.program_id(1) // n_heads
     h = tl.program_id(1) % n_heads
-    q_start, seqlen_q = _sequence(CU_SEQLENS_Q, b, seqlen_q, VARLEN)
-    k_start, seqlen_k = _sequence(CU_SEQLENS_K, b, seqlen_k, VARLEN)
+    q_start, k_start, seqlen_q, seqlen_k, q_offset = _sequence_pair(
+        CU_SEQLENS_Q, CU_SEQLENS_K, b, seqlen_q, seqlen_k, q_offset, VARLEN, BOTTOM_RIGHT)
     if m0 >= seqlen_q:  # a packed sequence shorter than the longest
         return
-    if BOTTOM_RIGHT:
-        q_offset += seqlen_k - seqlen_q
     b = b.to(tl.int64)
     h = h.to(tl.int64)
     kv_head = h // n_heads_per_kv
@@ -187,9 +205,7 @@ def _attention_fwd_kernel(
     q_base = Q + b * stride_qb + h * stride_qh + q_start * stride_qs
     k_base = K + b * stride_kb + kv_head * stride_kh + k_start * stride_ks
     v_base = V + b * stride_vb + kv_head * stride_vh + k_start * stride_vs
-    slope = 0.0
-    if ALIBI != "none":
-        slope = tl.load(SLOPES + b * stride_mb + h * stride_mh).to(COMPUTE) * LOG2_E
+    slope = _slope(SLOPES, b, h, stride_mb, stride_mh, ALIBI, COMPUTE)
 
     q = _load_rows(q_base, offs_m, seqlen_q, offs_d, stride_qs, stride_qd, HEAD_DIM, BLOCK_D, True)
     acc = tl.full((BLOCK_M, BLOCK_D), 0.0, COMPUTE)
@@ -325,12 +341,10 @@ def _attention_bwd_dkdv_kernel(
     n_kv_heads = n_heads // n_heads_per_kv
     b = tl.program_id(1) // n_kv_heads
     kv_head = tl.program_id(1) % n_kv_heads
-    q_start, seqlen_q = _sequence(CU_SEQLENS_Q, b, seqlen_q, VARLEN)
-    k_start, seqlen_k = _sequence(CU_SEQLENS_K, b, seqlen_k, VARLEN)
+    q_start, k_start, seqlen_q, seqlen_k, q_offset = _sequence_pair(
+        CU_SEQLENS_Q, CU_SEQLENS_K, b, seqlen_q, seqlen_k, q_offset, VARLEN, BOTTOM_RIGHT)
     if n0 >= seqlen_k:
         return
-    if BOTTOM_RIGHT:
-        q_offset += seqlen_k - seqlen_q
     b = b.to(tl.int64)
     kv_head = kv_head.to(tl.int64)
     offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -361,9 +375,7 @@ def _attention_bwd_dkdv_kernel(
         q_base = Q + b * stride_qb + h * stride_qh + q_start * stride_qs
         do_base = DO + b * stride_dob + h * stride_doh + q_start * stride_dos
         row_base = b * stride_lb + h * stride_lh + q_start
-        slope = 0.0
-        if ALIBI != "none":
-            slope = tl.load(SLOPES + b * stride_mb + h * stride_mh).to(COMPUTE) * LOG2_E
+        slope = _slope(SLOPES, b, h, stride_mb, stride_mh, ALIBI, COMPUTE)
         for m0 in range(start, full_start, BLOCK_M):
             dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE, DELTA, row_base, slope, m0, n0, q_offset,
                                 seqlen_q, seqlen_k, offs_d, stride_qs, stride_qd, stride_dos, stride_dod,
@@ -428,12 +440,10 @@ def _attention_bwd_dq_kernel(
     m0 = tl.program_id(0) * BLOCK_M
     b = tl.program_id(1) // n_heads
     h = tl.program_id(1) % n_heads
-    q_start, seqlen_q = _sequence(CU_SEQLENS_Q, b, seqlen_q, VARLEN)
-    k_start, seqlen_k = _sequence(CU_SEQLENS_K, b, seqlen_k, VARLEN)
+    q_start, k_start, seqlen_q, seqlen_k, q_offset = _sequence_pair(
+        CU_SEQLENS_Q, CU_SEQLENS_K, b, seqlen_q, seqlen_k, q_offset, VARLEN, BOTTOM_RIGHT)
     if m0 >= seqlen_q:
         return
-    if BOTTOM_RIGHT:
-        q_offset += seqlen_k - seqlen_q
     b = b.to(tl.int64)
     h = h.to(tl.int64)
     kv_head = h // n_heads_per_kv
@@ -442,9 +452,7 @@ def _attention_bwd_dq_kernel(
     query_pos = q_offset + offs_m
     k_base = K + b * stride_kb + kv_head * stride_kh + k_start * stride_ks
     v_base = V + b * stride_vb + kv_head * stride_vh + k_start * stride_vs
-    slope = 0.0
-    if ALIBI != "none":
-        slope = tl.load(SLOPES + b * stride_mb + h * stride_mh).to(COMPUTE) * LOG2_E
+    slope = _slope(SLOPES, b, h, stride_mb, stride_mh, ALIBI, COMPUTE)
     q = _load_rows(Q + b * stride_qb + h * stride_qh + q_start * stride_qs, offs_m, seqlen_q, offs_d,
                    stride_qs, stride_qd, HEAD_DIM, BLOCK_D, True)
     do = _load_rows(DO + b * stride_dob + h * stride_doh + q_start * stride_dos, offs_m, seqlen_q, offs_d,

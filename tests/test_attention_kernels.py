@@ -112,6 +112,19 @@ def _options(case: Case) -> dict:
     return dict(alibi=case.alibi, causal=case.causal, q_offset=case.q_offset)
 
 
+def launch_forward_backward(arrays: dict, options: dict):
+    """(o, lse, dq, dk, dv) of the kernels launched on `arrays` ("q", "k", "v", "do",
+    "slopes" and any cu_seqlens) with the builders' `options`."""
+    q, k, v, do, slopes = (operand(arrays[name]) for name in ("q", "k", "v", "do", "slopes"))
+    o, lse = launch(attention_fwd_call(q, k, v, slopes, **options), arrays, interpret=True)
+    arrays = dict(arrays, o=o, lse=lse)
+    preprocess, dkdv, dq_call = attention_bwd_calls(q, k, v, operand(o), do, slopes, **options)
+    (arrays["delta"],) = launch(preprocess, arrays, interpret=True)
+    dk, dv = launch(dkdv, arrays, interpret=True)
+    (dq,) = launch(dq_call, arrays, interpret=True)
+    return o, lse, dq, dk, dv
+
+
 def run_case(case: Case):
     """(kernel results, reference results): (o, lse, dq, dk, dv), o and gradients as BSHD."""
     rng = np.random.default_rng(0)
@@ -123,15 +136,8 @@ def run_case(case: Case):
     arrays = {name: _tensor(value, case.dtype, case.layout, case.strided)
               for name, value in dict(q=q_np, k=k_np, v=v_np, do=do_np).items()}
     arrays["slopes"] = None if slopes_np is None else torch.from_numpy(slopes_np)
-    q, k, v, do, slopes = (operand(arrays[name]) for name in ("q", "k", "v", "do", "slopes"))
     options = dict(_options(case), layout=case.layout, block_sizes=case.block_sizes)
-
-    o, lse = launch(attention_fwd_call(q, k, v, slopes, **options), arrays, interpret=True)
-    arrays.update(o=o, lse=lse)
-    preprocess, dkdv, dq_call = attention_bwd_calls(q, k, v, operand(o), do, slopes, **options)
-    (arrays["delta"],) = launch(preprocess, arrays, interpret=True)
-    dk, dv = launch(dkdv, arrays, interpret=True)
-    (dq,) = launch(dq_call, arrays, interpret=True)
+    o, lse, dq, dk, dv = launch_forward_backward(arrays, options)
 
     expected_o, expected_lse = ref.attention(q_np, k_np, v_np, slopes_np, **_options(case))
     expected_grads = ref.attention_vjp(q_np, k_np, v_np, do_np, slopes_np, **_options(case))
@@ -181,18 +187,11 @@ def test_packed_sequences_match_per_sequence_reference(alibi, q_offset, dtype, b
     arrays = dict(q=torch.from_numpy(q_np).to(DTYPES[dtype]), k=torch.from_numpy(k_np).to(DTYPES[dtype]),
                   v=torch.from_numpy(v_np).to(DTYPES[dtype]), do=torch.from_numpy(do_np).to(DTYPES[dtype]),
                   slopes=torch.from_numpy(slopes_np), cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
-    q, k, v, do, slopes, cu_seqlens_q, cu_seqlens_k = (operand(arrays[name]) for name in arrays)
     max_q, max_k = (max(np.diff(cu)) for cu in (PACKED_CU_SEQLENS_Q, PACKED_CU_SEQLENS_K))
-    options = dict(alibi=alibi, q_offset=q_offset, layout="thd", cu_seqlens_q=cu_seqlens_q,
-                   cu_seqlens_k=cu_seqlens_k, max_seqlen_q=int(max_q), max_seqlen_k=int(max_k),
+    options = dict(alibi=alibi, q_offset=q_offset, layout="thd", cu_seqlens_q=operand(cu_q),
+                   cu_seqlens_k=operand(cu_k), max_seqlen_q=int(max_q), max_seqlen_k=int(max_k),
                    block_sizes=TEST_BLOCKS)
-
-    o, lse = launch(attention_fwd_call(q, k, v, slopes, **options), arrays, interpret=True)
-    arrays.update(o=o, lse=lse)
-    preprocess, dkdv, dq_call = attention_bwd_calls(q, k, v, operand(o), do, slopes, **options)
-    (arrays["delta"],) = launch(preprocess, arrays, interpret=True)
-    dk, dv = launch(dkdv, arrays, interpret=True)
-    (dq,) = launch(dq_call, arrays, interpret=True)
+    o, lse, dq, dk, dv = launch_forward_backward(arrays, options)
 
     packed = (PACKED_CU_SEQLENS_Q, PACKED_CU_SEQLENS_K, slopes_np)
     expected_o, expected_lse = ref.attention_packed(q_np, k_np, v_np, *packed, alibi=alibi, q_offset=q_offset)
