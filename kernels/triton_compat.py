@@ -4,6 +4,8 @@ the public API. A Triton that lacks a piece makes trinix slower, never wrong.
 - `rowwise_max` / `rowwise_sum`: reductions over axis 1 by triton.language's own combine functions,
   which Triton's interpreter runs as NumPy reductions; elsewhere by combine functions of ours,
   which compile to the same code but run element by element in the interpreter.
+- `dot`: tl.dot, which Triton's interpreter runs on bfloat16 operands as their uint16 bit
+  patterns: `interpreted` kernels get a stand-in that multiplies them in float32.
 - `interpreted`: a kernel for Triton's interpreter without TRITON_INTERPRET set before import.
 - `launch_compiled`: a launch of an already compiled kernel straight through its launcher,
   skipping the JITFunction's argument binding; the fallback is `kernel[grid](...)`.
@@ -52,6 +54,21 @@ else:
         return tl.reduce(x, 1, _add)
 
 
+@triton.jit
+def dot(a, b, PRECISION: tl.constexpr, OUT: tl.constexpr):
+    """a @ b with input_precision PRECISION, accumulated in OUT."""
+    return tl.dot(a, b, input_precision=PRECISION, out_dtype=OUT)
+
+
+@triton.jit
+def _interpreted_dot(a, b, PRECISION: tl.constexpr, OUT: tl.constexpr):
+    """`dot` in the interpreter: bfloat16 operands widened to float32 first (their products
+    are exact there, as on tensor cores)."""
+    if a.dtype == tl.bfloat16:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee", out_dtype=OUT)
+    return tl.dot(a, b, input_precision=PRECISION, out_dtype=OUT)
+
+
 # --- Triton's interpreter -------------------------------------------------------------------
 
 try:
@@ -72,10 +89,16 @@ def _interpreted_namespace(module_globals: dict, namespaces: dict) -> dict:
     if key not in namespaces:
         namespace = namespaces[key] = dict(module_globals)
         for name, value in module_globals.items():
+            value = _interpreter_stand_in(value)
             if isinstance(value, JITFunction) and not value.__module__.startswith("triton."):
                 inner = _interpreted_namespace(value.fn.__globals__, namespaces)
                 namespace[name] = InterpretedFunction(_rebind(value.fn, inner))
     return namespaces[key]
+
+
+def _interpreter_stand_in(value):
+    """What the interpreter runs in place of a helper it gets wrong: `dot`'s stand-in."""
+    return _interpreted_dot if value is dot else value
 
 
 def interpreted(kernel):

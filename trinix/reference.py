@@ -275,3 +275,108 @@ def rope_longrope_attention_factor(factor: float, original_max_position_embeddin
     if factor <= 1:
         return 1.0
     return math.sqrt(1 + math.log(factor) / math.log(original_max_position_embeddings))
+
+
+def attention(q, k, v, slopes=None, *, alibi: str = "none", causal: bool | None = None,
+              scale: float | None = None, q_offset: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Attention with ALiBi, float64: O (batch, seqlen_q, heads, head_dim) and LSE (batch, heads,
+    seqlen_q), for q (batch, seqlen_q, heads, head_dim) and k, v (batch, seqlen_k, kv_heads,
+    head_dim), kv_heads dividing heads (query head h reads kv head h // (heads / kv_heads)).
+
+    Query i sits at p_i = i + q_offset (default seqlen_k - seqlen_q), key j at j; m is the
+    head's slope (slopes (heads,) or (batch, heads)), scale defaults to head_dim ** -0.5:
+
+        s_ij = scale * q_i . k_j + bias_ij,  bias: "none" 0, "symmetric" -m |p_i - j|,
+                                                   "causal" -m (p_i - j)
+        keys j > p_i masked (s = -inf) when causal (default: alibi == "causal")
+        LSE_i = log sum_j exp(s_ij),  P_ij = exp(s_ij - LSE_i),  O_i = sum_j P_ij v_j
+
+    A row with no visible key has P = 0, O = 0 and LSE = -inf.
+    """
+    p, lse = _attention_probabilities(q, k, slopes, alibi, causal, scale, q_offset)
+    return np.einsum("bhqk,bkhd->bqhd", p, _repeat_kv(v, q.shape[2])), lse
+
+
+def attention_vjp(q, k, v, grad, slopes=None, *, alibi: str = "none", causal: bool | None = None,
+                  scale: float | None = None, q_offset: int | None = None) -> tuple[np.ndarray, ...]:
+    """(dq, dk, dv) of `attention`'s O for its gradient `grad` (like q), float64:
+
+        dv_j = sum_i P_ij grad_i,   dP_ij = grad_i . v_j,   delta_i = sum_j P_ij dP_ij = grad_i . O_i
+        dS_ij = P_ij (dP_ij - delta_i),   dq_i = scale sum_j dS_ij k_j,   dk_j = scale sum_i dS_ij q_i
+
+    dk and dv summed over the query heads that share a kv head.
+    """
+    q, grad = np.asarray(q, np.float64), np.asarray(grad, np.float64)
+    heads, kv_heads = q.shape[2], np.shape(k)[2]
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    p, _ = _attention_probabilities(q, k, slopes, alibi, causal, scale, q_offset)
+    k, v = _repeat_kv(k, heads), _repeat_kv(v, heads)
+    dp = np.einsum("bqhd,bkhd->bhqk", grad, v)
+    ds = p * (dp - (p * dp).sum(axis=-1, keepdims=True))
+    dq = scale * np.einsum("bhqk,bkhd->bqhd", ds, k)
+    dk = scale * np.einsum("bhqk,bqhd->bkhd", ds, q)
+    dv = np.einsum("bhqk,bqhd->bkhd", p, grad)
+
+    def per_kv_head(x):
+        return x.reshape(*x.shape[:2], kv_heads, heads // kv_heads, x.shape[-1]).sum(axis=3)
+
+    return dq, per_kv_head(dk), per_kv_head(dv)
+
+
+def attention_packed(q, k, v, cu_seqlens_q, cu_seqlens_k, slopes=None, **options) -> tuple[np.ndarray, ...]:
+    """`attention` of packed sequences, q (tokens_q, heads, head_dim) and k, v (tokens_k,
+    kv_heads, head_dim), sequence b being rows cu_seqlens[b] .. cu_seqlens[b + 1]: O like q
+    and LSE (heads, tokens_q). One call per sequence; q_offset defaults per sequence. Slopes
+    (batch, heads) give sequence b row b."""
+    outs, lses = [], []
+    for b, (qb, kb, vb, slopes_b) in enumerate(_sequences(q, k, v, cu_seqlens_q, cu_seqlens_k, slopes)):
+        o, lse = attention(qb, kb, vb, slopes_b, **options)
+        outs.append(o[0])
+        lses.append(lse[0])
+    return np.concatenate(outs), np.concatenate(lses, axis=-1)
+
+
+def attention_packed_vjp(q, k, v, grad, cu_seqlens_q, cu_seqlens_k, slopes=None, **options) -> tuple[np.ndarray, ...]:
+    """`attention_vjp` of `attention_packed`: (dq, dk, dv), packed like q, k, v."""
+    grads = [attention_vjp(qb, kb, vb, gb[None], slopes_b, **options)
+             for (qb, kb, vb, slopes_b), gb in zip(_sequences(q, k, v, cu_seqlens_q, cu_seqlens_k, slopes),
+                                                   np.split(np.asarray(grad), np.asarray(cu_seqlens_q)[1:-1]))]
+    return tuple(np.concatenate([g[i][0] for g in grads]) for i in range(3))
+
+
+def _sequences(q, k, v, cu_seqlens_q, cu_seqlens_k, slopes):
+    """(q, k, v, slopes) of each packed sequence, as a batch of one."""
+    for b in range(len(cu_seqlens_q) - 1):
+        rows_q = slice(cu_seqlens_q[b], cu_seqlens_q[b + 1])
+        rows_k = slice(cu_seqlens_k[b], cu_seqlens_k[b + 1])
+        slopes_b = None if slopes is None else np.asarray(slopes)[b] if np.ndim(slopes) == 2 else slopes
+        yield q[None, rows_q], k[None, rows_k], v[None, rows_k], slopes_b
+
+
+def _repeat_kv(x, heads: int) -> np.ndarray:
+    """k or v (batch, seq, kv_heads, head_dim) with each kv head repeated for its query heads."""
+    x = np.asarray(x, np.float64)
+    return np.repeat(x, heads // x.shape[2], axis=2)
+
+
+def _attention_probabilities(q, k, slopes, alibi, causal, scale, q_offset):
+    """P (batch, heads, seqlen_q, seqlen_k) and LSE (batch, heads, seqlen_q) of `attention`."""
+    q = np.asarray(q, np.float64)
+    batch, seqlen_q, heads, head_dim = q.shape
+    seqlen_k = np.shape(k)[1]
+    scale = head_dim ** -0.5 if scale is None else scale
+    causal = alibi == "causal" if causal is None else causal
+    s = scale * np.einsum("bqhd,bkhd->bhqk", q, _repeat_kv(k, heads))
+    d = _alibi_distance(seqlen_q, seqlen_k, q_offset)  # j - p_i
+    if alibi != "none":
+        m = np.broadcast_to(np.asarray(slopes, np.float64), (batch, heads))[..., None, None]
+        s = s - m * np.abs(d) if alibi == "symmetric" else s + m * d
+    if causal:
+        s = np.where(d > 0, -np.inf, s)
+    top = s.max(axis=-1, keepdims=True, initial=-np.inf)
+    top = np.where(np.isfinite(top), top, 0.0)
+    e = np.exp(s - top)
+    total = e.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        lse = (np.log(total) + top)[..., 0]
+    return e / np.where(total == 0, 1.0, total), lse
