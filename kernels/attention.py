@@ -31,7 +31,7 @@ from .alibi import LOG2_E, _finite, _inverse_sum
 from .call import KernelCall, Operand, Output, cdiv, compute_dtype, next_power_of_2, row_major_strides
 from .hints import kernel, multiple_of_16, strides_aligned
 from .rope import LAYOUTS, _bshd
-from .triton_compat import dot as _dot, row_max as _row_max, row_sum as _row_sum
+from .triton_compat import dot, rowwise_max, rowwise_sum
 
 ALIBI_FORMS = ("none", "symmetric", "causal")
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -111,7 +111,7 @@ def _scores(q, k, slope, n0, query_pos, seqlen_k, SCALE: tl.constexpr, ALIBI: tl
     """Scores of queries at query_pos (BLOCK_M,) and keys n0 .. n0 + BLOCK_N, in base 2
     (`slope` already times log2(e)); -inf for keys masked (MASKED: past seqlen_k, or after the
     query when CAUSAL)."""
-    s = _dot(q, tl.trans(k), PRECISION, COMPUTE) * (SCALE * LOG2_E)
+    s = dot(q, tl.trans(k), PRECISION, COMPUTE) * (SCALE * LOG2_E)
     if ALIBI != "none":
         # j - p_i: the tile's base distance per row plus a column ramp, exact in float32 below 2**24.
         distance = (n0 - query_pos).to(COMPUTE)[:, None] + tl.arange(0, BLOCK_N).to(COMPUTE)[None, :]
@@ -140,12 +140,12 @@ def _fwd_tile(acc, row_max, row_sum, q, k_base, v_base, slope, n0, query_pos, se
     v = _load_rows(v_base, offs_n, seqlen_k, offs_d, stride_vs, stride_vd, HEAD_DIM, BLOCK_D, MASKED)
     s = _scores(q, k, slope, n0, query_pos, seqlen_k, SCALE, ALIBI, CAUSAL, MASKED, BLOCK_N, COMPUTE,
                 PRECISION)
-    new_max = tl.maximum(row_max, _row_max(s))
+    new_max = tl.maximum(row_max, rowwise_max(s))
     shift = _finite(new_max)  # a row with no visible key yet: exp2(-inf - 0) = 0, never NaN
     p = tl.exp2(s - shift[:, None])
     rescale = tl.exp2(row_max - shift)
-    row_sum = row_sum * rescale + _row_sum(p)
-    acc = acc * rescale[:, None] + _dot(p.to(v.dtype), v, PRECISION, COMPUTE)
+    row_sum = row_sum * rescale + rowwise_sum(p)
+    acc = acc * rescale[:, None] + dot(p.to(v.dtype), v, PRECISION, COMPUTE)
     return acc, new_max, row_sum
 
 
@@ -261,7 +261,7 @@ def _attention_bwd_preprocess_kernel(
                    stride_os, stride_od, HEAD_DIM, BLOCK_D, True)
     do = _load_rows(DO + b * stride_dob + h * stride_doh + q_start * stride_dos, offs_m, seqlen_q, offs_d,
                     stride_dos, stride_dod, HEAD_DIM, BLOCK_D, True)
-    delta = _row_sum(o.to(tl.float32) * do.to(tl.float32))
+    delta = rowwise_sum(o.to(tl.float32) * do.to(tl.float32))
     tl.store(DELTA + b * stride_lb + h * stride_lh + q_start + offs_m, delta, mask=offs_m < seqlen_q)
 
 
@@ -274,7 +274,7 @@ def _bwd_tile(q, k, v, do, lse, delta, slope, n0, query_pos, seqlen_k,
     s = _scores(q, k, slope, n0, query_pos, seqlen_k, SCALE, ALIBI, CAUSAL, MASKED, BLOCK_N, COMPUTE,
                 PRECISION)
     p = tl.exp2(s - lse[:, None])
-    dp = _dot(do, tl.trans(v), PRECISION, COMPUTE)
+    dp = dot(do, tl.trans(v), PRECISION, COMPUTE)
     return p, p * (dp - delta[:, None])
 
 
@@ -301,8 +301,8 @@ def _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE, DELTA, row_base, slope, m0, n
     lse, delta = _load_row_stats(LSE, DELTA, row_base, offs_m, seqlen_q, COMPUTE)
     p, ds = _bwd_tile(q, k, v, do, lse, delta, slope, n0, q_offset + offs_m, seqlen_k, SCALE, ALIBI, CAUSAL,
                       MASKED, BLOCK_N, COMPUTE, PRECISION)
-    dv += _dot(tl.trans(p).to(do.dtype), do, PRECISION, COMPUTE)
-    dk += _dot(tl.trans(ds).to(q.dtype), q, PRECISION, COMPUTE)
+    dv += dot(tl.trans(p).to(do.dtype), do, PRECISION, COMPUTE)
+    dk += dot(tl.trans(ds).to(q.dtype), q, PRECISION, COMPUTE)
     return dk, dv
 
 
@@ -410,7 +410,7 @@ def _dq_tile(dq, q, do, lse, delta, k_base, v_base, slope, n0, query_pos, seqlen
     v = _load_rows(v_base, offs_n, seqlen_k, offs_d, stride_vs, stride_vd, HEAD_DIM, BLOCK_D, MASKED)
     _, ds = _bwd_tile(q, k, v, do, lse, delta, slope, n0, query_pos, seqlen_k, SCALE, ALIBI, CAUSAL, MASKED,
                       BLOCK_N, COMPUTE, PRECISION)
-    return dq + _dot(ds.to(k.dtype), k, PRECISION, COMPUTE)
+    return dq + dot(ds.to(k.dtype), k, PRECISION, COMPUTE)
 
 
 @kernel
