@@ -1,0 +1,95 @@
+"""Probe of trinix's attention kernels on a CUDA GPU, launched as KernelCalls (no bindings yet):
+correctness against SDPA with the ALiBi bias materialized (medium), then forward and forward +
+backward times beside FlexAttention with an ALiBi score_mod and SDPA without a bias.
+
+    python benchmarks/probe_attention.py [--configs medium large] [--skip-flex]
+
+fp16, head_dim 128, BSHD. TFLOP/s counts 4·B·H·Sq·Sk·D forward (half when causal) and 3.5x
+that forward + backward.
+"""
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench
+
+from trinix.alibi import alibi_slopes
+from trinix.kernels.attention import attention_bwd_calls, attention_fwd_call
+from trinix.torch.launcher import launch, operand
+
+CONFIGS = {"medium": (2, 64, 2048), "large": (1, 128, 8192), "xl": (1, 128, 32768)}
+
+
+def trinix_fwd(q, k, v, slopes, alibi):
+    call = attention_fwd_call(operand(q), operand(k), operand(v), operand(slopes), alibi=alibi)
+    return launch(call, dict(q=q, k=k, v=v, slopes=slopes), interpret=False)
+
+
+def trinix_fwd_bwd(q, k, v, slopes, alibi, do):
+    o, lse = trinix_fwd(q, k, v, slopes, alibi)
+    preprocess, dkdv, dq = attention_bwd_calls(operand(q), operand(k), operand(v), operand(o), operand(do),
+                                               operand(slopes), alibi=alibi)
+    (delta,) = launch(preprocess, dict(o=o, do=do), interpret=False)
+    arrays = dict(q=q, k=k, v=v, do=do, lse=lse, delta=delta, slopes=slopes)
+    return (*launch(dq, arrays, interpret=False), *launch(dkdv, arrays, interpret=False))
+
+
+def dense_bias(slopes, seq, alibi):
+    """(H, S, S) float32: -m|i - j|, or -m(i - j) with -inf above the diagonal."""
+    pos = torch.arange(seq, device=slopes.device, dtype=torch.float32)
+    distance = pos[:, None] - pos[None, :]
+    if alibi == "symmetric":
+        return -slopes[:, None, None] * distance.abs()
+    return (-slopes[:, None, None] * distance).masked_fill(distance < 0, float("-inf"))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--configs", nargs="+", default=["medium", "large"])
+    parser.add_argument("--skip-flex", action="store_true")
+    args = parser.parse_args()
+    print(torch.cuda.get_device_name(), "torch", torch.__version__)
+    torch.manual_seed(0)
+
+    b, h, s = CONFIGS["medium"]
+    q, k, v = (torch.randn(b, 512, 8, 128, device="cuda", dtype=torch.float16) for _ in range(3))
+    slopes = torch.from_numpy(alibi_slopes(8)).float().cuda()
+    for alibi in ("symmetric", "causal"):
+        o, _ = trinix_fwd(q, k, v, slopes, alibi)
+        bias = dense_bias(slopes, 512, alibi).to(torch.float16)
+        want = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)), attn_mask=bias)
+        error = (o.float() - want.transpose(1, 2).float()).abs().max().item()
+        print(f"check {alibi}: max |trinix - SDPA(materialized bias)| = {error:.2e}")
+
+    if not args.skip_flex:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        flex = torch.compile(flex_attention)
+    for name in args.configs:
+        b, h, s = CONFIGS[name]
+        q, k, v, do = (torch.randn(b, s, h, 128, device="cuda", dtype=torch.float16) for _ in range(4))
+        slopes = torch.from_numpy(alibi_slopes(h)).float().cuda()
+        qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+        flops = 4 * b * h * s * s * 128
+        for alibi in ("symmetric", "causal"):
+            causal = alibi == "causal"
+            work = flops / 2 if causal else flops
+            rows = {
+                "trinix fwd": lambda: trinix_fwd(q, k, v, slopes, alibi),
+                "trinix fwd+bwd": lambda: trinix_fwd_bwd(q, k, v, slopes, alibi, do),
+                "sdpa no bias fwd": lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal),
+            }
+            if not args.skip_flex:
+                def score_mod(score, bi, hi, qi, ki):
+                    return score - slopes[hi] * (qi - ki).abs() if not causal else score - slopes[hi] * (qi - ki)
+
+                mask = create_block_mask(lambda bi, hi, qi, ki: qi >= ki, None, None, s, s) if causal else None
+                rows["flex alibi fwd"] = lambda: flex(qt, kt, vt, score_mod=score_mod, block_mask=mask)
+            for row, fn in rows.items():
+                ms = do_bench(fn, warmup=25, rep=100)
+                tflops = work * (3.5 if "bwd" in row else 1) / ms / 1e9
+                print(f"{name} {alibi:9s} {row:18s} {ms:9.3f} ms {tflops:6.0f} TFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
