@@ -1,7 +1,14 @@
 """Host-side ALiBi logic shared by the PyTorch and JAX bindings: the spec of an ALiBi module
 (AlibiSpec), slopes, the query offset, the input contract and the plan of each kernel
 (plan_bias, plan_scores). Works on numbers, shapes and dtype names only; never touches a
-tensor."""
+tensor.
+
+Shapes: scores (batch, heads, seqlen_q, seqlen_k); slopes (heads,) float32, or (batch or 1,
+heads) for the scores ops; a bias (heads, seqlen_q, seqlen_k). Query i sits at key position
+i' = i + q_offset, by default seqlen_k - seqlen_q (bottom-right, as a KV cache needs). Bias
+forms: symmetric -m|j - i'| and causal m(j - i') (= -m(i' - j) where j <= i'; the caller
+masks j > i', and the fused softmax does).
+"""
 
 import dataclasses
 import functools
@@ -136,6 +143,19 @@ class AlibiSpec:
     @staticmethod
     def of(num_heads: int, max_seq_len: int = 2048, causal: bool = False, max_bias: float = 8.0,
            head_offset: int = 0, total_heads: int | None = None) -> "AlibiSpec":
+        """The checked spec of an ALiBi module's arguments (torch, NNX and Linen alike).
+
+        Args:
+          num_heads: heads of this module (of the shard, under tensor parallelism).
+          max_seq_len: the context the model was trained for. Longer sequences are served, not
+            refused (ALiBi extrapolates; there is no table to outgrow); only a bias too big for
+            the device's memory is refused (use add_to_scores or softmax then).
+          causal: the bias form, causal m(j - i') instead of symmetric -m|j - i'|; also the
+            default mask of `softmax`.
+          max_bias: the 8 of the paper's slopes 2^(-8h/n) (MPT's alibi_bias_max).
+          head_offset, total_heads: this module's heads are heads head_offset .. head_offset +
+            num_heads - 1 of a model with total_heads heads (None: num_heads), and get their slopes.
+        """
         check_alibi_config(num_heads, max_bias=max_bias, head_offset=head_offset, total_heads=total_heads,
                            max_seq_len=max_seq_len)
         return AlibiSpec(num_heads, max_seq_len, causal, max_bias, head_offset, total_heads or num_heads)

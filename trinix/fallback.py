@@ -3,13 +3,18 @@
 Each function takes `xp`, the binding's array namespace (trinix.torch.launcher.TorchOps,
 trinix.jax.launcher.JaxOps): NumPy's names where torch and jax.numpy share them (where, floor,
 cos, sin, abs, clip, stack, concatenate, broadcast_to, searchsorted) and arange(start, stop,
-like), cast(x, dtype), expand_dims(x, axis), repeat(x, n, axis), softmax(x, axis),
-compute_dtype(dtype) and angle_dtype() (float64 in torch; jax's float64 only with x64).
+like), cast(x, dtype), expand_dims(x, axis), repeat(x, n, axis), softmax(x, axis), the dtypes
+float32 and float64, and angle_dtype() (float64 in torch; jax's float64 only with x64).
 """
 
 import math
 
 from trinix.rope import split_bshd
+
+def compute_dtype(xp, dtype):
+    """The dtype the fallbacks compute in: float32, float64 for float64 inputs."""
+    return xp.float64 if dtype == xp.float64 else xp.float32
+
 
 # RoPE: q, k in their layout; cos/sin per token, (batch or 1, seq, rotary_dim), or
 # (tokens, rotary_dim) for "thd".
@@ -24,7 +29,7 @@ def pairs(x, half: int, interleaved: bool):
 
 def rotate(xp, q, k, cos, sin, layout: str, interleaved: bool):
     """(q_rot, k_rot) by per-token cos and sin; the columns past rotary_dim pass through."""
-    compute = xp.compute_dtype(q.dtype)
+    compute = compute_dtype(xp, q.dtype)
     head_axis = -3 if layout == "bhsd" else -2  # where cos/sin broadcast over heads
     half = cos.shape[-1] // 2
     c1, c2 = (xp.expand_dims(c, head_axis) for c in pairs(xp.cast(cos, compute), half, interleaved))
@@ -101,7 +106,7 @@ def rope_rotate(xp, q, k, *, cos, sin, frequencies, position_ids, offsets, cu_se
     """(q_rot, k_rot) by cos/sin tables (rows indexed by position) or by frequencies."""
     positions, sequence = token_positions(xp, q, layout, position_ids, offsets, cu_seqlens, offset)
     if cos is None:
-        cos, sin = cos_sin(xp, frequencies, positions, xp.compute_dtype(q.dtype), interleaved)
+        cos, sin = cos_sin(xp, frequencies, positions, compute_dtype(xp, q.dtype), interleaved)
     else:
         cos, sin = table_rows(xp, cos, positions, sequence), table_rows(xp, sin, positions, sequence)
     return rotate(xp, q, k, cos, sin, layout, interleaved)
@@ -144,7 +149,7 @@ def bias(xp, slopes, distance, causal: bool, dtype):
 def alibi_bias(xp, slopes, seqlen_q: int, seqlen_k: int, q_offset: int, causal: bool, dtype):
     """The bias (heads, seqlen_q, seqlen_k) of `dtype` for slopes (heads,)."""
     d = distance(xp, seqlen_q, seqlen_k, q_offset, slopes)
-    return xp.cast(bias(xp, slopes, d, causal, xp.compute_dtype(dtype)), dtype)
+    return xp.cast(bias(xp, slopes, d, causal, compute_dtype(xp, dtype)), dtype)
 
 
 def _per_batch(slopes):
@@ -155,13 +160,13 @@ def _per_batch(slopes):
 def alibi_add(xp, scores, slopes, q_offset: int, causal: bool):
     """scores + bias, like scores."""
     d = distance(xp, *scores.shape[-2:], q_offset, scores)
-    added = bias(xp, _per_batch(slopes), d, causal, xp.compute_dtype(scores.dtype))
+    added = bias(xp, _per_batch(slopes), d, causal, compute_dtype(xp, scores.dtype))
     return xp.cast(xp.cast(scores, added.dtype) + added, scores.dtype)
 
 
 def alibi_softmax(xp, scores, slopes, scale: float, q_offset: int, causal: bool):
     """softmax over keys of scale * scores + bias, like scores; a row with no visible key is 0."""
-    compute = xp.compute_dtype(scores.dtype)
+    compute = compute_dtype(xp, scores.dtype)
     d = distance(xp, *scores.shape[-2:], q_offset, scores)
     z = scale * xp.cast(scores, compute) + bias(xp, _per_batch(slopes), from_nearest_key(xp, d, causal),
                                                 causal, compute)
@@ -176,6 +181,6 @@ def alibi_softmax(xp, scores, slopes, scale: float, q_offset: int, causal: bool)
 def softmax_backward(xp, y, grad, scale: float):
     """The fused softmax's backward from its output: scale * y * (g - sum_k g * y), in float32
     (float64 for float64)."""
-    compute = xp.compute_dtype(y.dtype)
+    compute = compute_dtype(xp, y.dtype)
     y32, g32 = xp.cast(y, compute), xp.cast(grad, compute)
     return xp.cast(scale * y32 * (g32 - (g32 * y32).sum(axis=-1, keepdims=True)), y.dtype)

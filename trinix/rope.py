@@ -1,6 +1,14 @@
 """Host-side RoPE logic shared by the PyTorch and JAX bindings: the spec of a RoPE module
 (RopeSpec), frequencies, the input contract and the plan of a rotation (plan_rotation). Works
-on shapes, dtype names and values the bindings read; never touches a tensor."""
+on shapes, dtype names and values the bindings read; never touches a tensor.
+
+Shapes: q (batch, seq, heads_q, head_dim) and k (batch, seq, heads_k, head_dim) in layout
+"bshd", (batch, heads, seq, head_dim) in "bhsd", or packed sequences (tokens, heads,
+head_dim) in "thd" with cu_seqlens (n_seqs + 1,); cos and sin (rows, rotary_dim) or
+(batch, rows, rotary_dim); position_ids (batch or 1, seq) integers, (tokens,) for "thd".
+The first rotary_dim columns of a head rotate, in half-split pairs (i, i + rotary_dim/2) or
+interleaved pairs (2i, 2i + 1); the rest pass through.
+"""
 
 import dataclasses
 import functools
@@ -362,8 +370,21 @@ class RopeSpec:
     def of(dim: int, max_position_embeddings: int = 2048, base: float = 10000.0,
            rope_config: RopeConfig | None = None, layout: str = "bshd",
            interleaved: bool = False) -> "RopeSpec":
-        """The checked spec of a module's arguments; rope_config, if given, must have its dim and
-        base (None: the default recipe of dim and base)."""
+        """The checked spec of a RoPE module's arguments (torch, NNX and Linen alike).
+
+        Args:
+          dim: rotary dim: the head_dim of q and k, or fewer columns (partial rotation, as in
+            GPT-NeoX or Phi: the columns past dim pass through). Even.
+          max_position_embeddings: the context the model was trained for. Longer sequences work
+            too: cos/sin are computed for any position, there is no cache to outgrow.
+          base: RoPE base (theta); frequencies are base ** (-2i / dim).
+          rope_config: a `trinix.rope_scaling.RopeConfig` with a scaling recipe (linear, dynamic
+            NTK, YaRN, Llama 3, LongRoPE) of the same dim and base (None: the default recipe);
+            the modules' `from_hf_config` makes one from a transformers config.
+          layout: "bshd" (batch, seq, heads, head_dim), "bhsd" (batch, heads, seq, head_dim) or
+            "thd" (packed tokens, heads, head_dim; calls then take cu_seqlens).
+          interleaved: rotate pairs (2i, 2i + 1) (GPT-J, RoFormer) instead of (i, i + dim/2).
+        """
         if rope_config is None:
             rope_config = RopeConfig(dim=dim, base=base, max_position_embeddings=max_position_embeddings)
         elif not isinstance(rope_config, RopeConfig):

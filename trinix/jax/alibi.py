@@ -2,10 +2,7 @@
 the Flax NNX module `FastALiBiPositionEmbedding`. Checks and plans: trinix.alibi; the "xla"
 backend: trinix.fallback.
 
-Shapes: scores (batch, heads, seqlen_q, seqlen_k); slopes (heads,) float32, or (batch or 1,
-heads) for the scores ops; a bias (heads, seqlen_q, seqlen_k). Query i sits at key position
-i + q_offset, by default seqlen_k - seqlen_q (bottom-right, as a KV cache needs). Bias forms:
-symmetric -m|j - i'| and causal m(j - i') (the caller masks j > i'; the fused softmax does).
+Shapes, positions and bias forms: trinix.alibi.
 
 Backends: "triton" (jax-triton, GPU), "interpret" (the same kernels through Triton's
 interpreter on the CPU), "xla" (plain jax.numpy), "auto" ("triton" on a GPU, else "xla").
@@ -224,19 +221,10 @@ class FastALiBiPositionEmbedding(ALiBiMethods, nnx.Module):
         (2, 8, 4, 16)
         >>> probs = alibi.softmax(scores, scale=0.125, causal=True)
 
-    Args:
-      num_heads: heads of this module (of the shard, under tensor parallelism).
-      max_seq_len: the context the model was trained for. Longer sequences are served, not
-        refused (ALiBi extrapolates; there is no table to outgrow); only a bias too big for the
-        device's memory is refused (use add_to_scores or softmax then).
+    Args: those of `trinix.alibi.AlibiSpec.of` (the module's `spec`), and
       use_triton: False forces the xla backend.
       backend: "auto", "triton", "interpret" or "xla".
-      causal: the bias form, causal m(j - i') instead of symmetric -m|j - i'|; also the default
-        mask of `softmax`.
       dtype: dtype of the bias `__call__` returns (float32 by default).
-      max_bias: the 8 of the paper's slopes 2^(-8h/n).
-      head_offset, total_heads: this module's heads are heads head_offset .. head_offset +
-        num_heads - 1 of a model with total_heads heads, and get their slopes.
     """
 
     def __init__(self, num_heads: int, max_seq_len: int = 2048, use_triton: bool = True, *,

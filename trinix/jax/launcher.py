@@ -20,12 +20,6 @@ from trinix.rope import FLOAT_DTYPES
 _GPU_PLATFORMS = ("gpu", "cuda", "rocm")
 
 
-def compute_dtype(dtype) -> jnp.dtype:
-    """The dtype XLA fallbacks compute in: float32, or float64 for float64 inputs (which exist
-    only with jax_enable_x64)."""
-    return jnp.dtype(jnp.float64 if dtype == jnp.float64 else jnp.float32)
-
-
 def as_arrays(**arrays) -> list:
     """The arguments as jax arrays (None stays None). TypeError naming one that is not an
     array; ValueError naming a numpy integer array whose values the jax integer dtype it
@@ -96,7 +90,7 @@ class JaxOps:
     clip, maximum, stack, concatenate = jnp.clip, jnp.maximum, jnp.stack, jnp.concatenate
     broadcast_to, searchsorted, repeat, expand_dims = jnp.broadcast_to, jnp.searchsorted, jnp.repeat, jnp.expand_dims
     softmax = staticmethod(jax.nn.softmax)
-    compute_dtype = staticmethod(compute_dtype)
+    float32, float64 = jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)
 
     @staticmethod
     def angle_dtype():

@@ -2,12 +2,7 @@
 the Flax NNX module `FastRoPEPositionEmbedding`. Checks and plans: trinix.rope; the "xla"
 backend: trinix.fallback.
 
-Shapes: q (batch, seq, heads_q, head_dim) and k (batch, seq, heads_k, head_dim) in layout
-"bshd", (batch, heads, seq, head_dim) in "bhsd", or packed sequences (tokens, heads,
-head_dim) in "thd" with cu_seqlens (n_seqs + 1,); cos and sin (rows, rotary_dim) or
-(batch, rows, rotary_dim); position_ids (batch or 1, seq) integers, (tokens,) for "thd".
-The first rotary_dim columns of a head rotate, in half-split pairs (i, i + rotary_dim/2) or
-interleaved pairs (2i, 2i + 1); the rest pass through.
+Shapes and pair orders: trinix.rope.
 
 Backends: "triton" (the kernel through jax-triton, GPU), "interpret" (the same kernel through
 Triton's interpreter on the CPU), "xla" (plain jax.numpy), "auto" ("triton" on a GPU, else
@@ -268,19 +263,9 @@ class FastRoPEPositionEmbedding(RoPEMethods, nnx.Module):
         ((2, 16, 8, 64), (2, 16, 2, 64))
         >>> q_rot, k_rot = rope.rotate(q, k, offset=16)  # cos/sin computed, no table
 
-    Args:
-      dim: rotary dim: the head_dim of q and k, or fewer columns (partial rotation, as in
-        GPT-NeoX or Phi: the columns past dim pass through). Even.
-      max_position_embeddings: the model's context length.
-      base: RoPE base; frequencies are base ** (-2i / dim).
+    Args: those of `trinix.rope.RopeSpec.of` (the module's `spec`), and
       use_triton: False forces the xla backend.
       backend: "auto", "triton", "interpret" or "xla".
-      layout: "bshd", "bhsd" or "thd" (packed tokens, heads, head_dim; calls then take
-        cu_seqlens), for q, k and x.
-      interleaved: rotate pairs (2i, 2i + 1) (GPT-J, RoFormer) instead of (i, i + dim/2).
-      rope_config: a `trinix.rope_scaling.RopeConfig` with a scaling recipe (linear, dynamic
-        NTK, YaRN, Llama 3, LongRoPE) of the same dim and base; `from_hf_config` makes one
-        from a transformers config.
     """
 
     def __init__(self, dim: int, max_position_embeddings: int = 2048, base: float = 10000.0,

@@ -2,11 +2,7 @@
 and the original API's `FastALiBiPositionEmbedding` module. Checks and plans: trinix.alibi;
 the "torch" backend: trinix.fallback.
 
-Shapes: scores (batch, heads, seqlen_q, seqlen_k), any strides; slopes (heads,) float32, or
-(batch or 1, heads) for the scores ops; a bias (heads, seqlen_q, seqlen_k). Query i sits at
-key position i + q_offset, by default seqlen_k - seqlen_q (bottom-right, as a KV cache needs).
-Bias forms: symmetric -m|j - i'| and causal m(j - i') (= -m(i' - j) where j <= i'; the caller
-masks j > i', and the fused softmax does).
+Shapes (any strides), positions and bias forms: trinix.alibi.
 
 Gradients: adding ALiBi passes the scores' gradient through unchanged; the fused softmax's
 backward, scale * y * (g - sum(g * y)), is torch ops (not a kernel). Slopes are constants.
@@ -240,21 +236,12 @@ class FastALiBiPositionEmbedding(torch.nn.Module):
         scores = alibi.add_to_scores(scores)     # scores (batch, 64, seq_q, seq_k) + ALiBi
         probs = alibi.softmax(scores, scale=head_dim ** -0.5, causal=True)
 
-    Args:
-        num_heads: heads of this module (of the shard, under tensor parallelism).
-        max_seq_len: the context the model was trained for. Longer sequences are served,
-            not refused: ALiBi extrapolates and there is no table to outgrow. Only a bias too
-            big for the device's memory is refused (use add_to_scores or softmax then).
+    Args: those of `trinix.alibi.AlibiSpec.of` (the module's `spec`), and
         use_triton: False runs plain torch ops (the "torch" backend).
         backend: "auto" (Triton for CUDA tensors, torch ops otherwise), "triton", "interpret"
             (the Triton kernels on the CPU through Triton's interpreter) or "torch".
-        causal: the bias form, causal m(j - i') instead of symmetric -m|j - i'|; also the
-            default mask of `softmax`.
         dtype: dtype of the bias `forward` returns (float32; float16/bfloat16 lose the
             difference between neighbouring keys at long context).
-        max_bias: the 8 of the paper's slopes 2^(-8h/n) (MPT's alibi_bias_max).
-        head_offset, total_heads: this module's heads are heads head_offset ..
-            head_offset + num_heads - 1 of a model with total_heads heads, and get their slopes.
         device: where the slopes (and so the biases) live; moves with the module.
 
     `slopes` is a (num_heads,) float32 buffer; it stays float32 when the module is cast.

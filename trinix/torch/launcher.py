@@ -10,20 +10,9 @@ from torch.library import wrap_triton
 from trinix import backend as backend_rule
 from trinix.kernels import triton_compat
 from trinix.kernels.call import KernelCall, Operand
+from trinix.rope import FLOAT_DTYPES
 
-DTYPES = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-}
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype framework-op fallbacks compute in: float32, float64 for float64 inputs."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
+DTYPES = {name: getattr(torch, name) for name in FLOAT_DTYPES}
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
@@ -76,7 +65,7 @@ class TorchOps:
     where, floor, cos, sin, abs = torch.where, torch.floor, torch.cos, torch.sin, torch.abs
     clip, maximum, stack, concatenate = torch.clip, torch.maximum, torch.stack, torch.concatenate
     broadcast_to, searchsorted, softmax = torch.broadcast_to, torch.searchsorted, torch.softmax
-    compute_dtype = staticmethod(compute_dtype)
+    float32, float64 = torch.float32, torch.float64
 
     @staticmethod
     def angle_dtype() -> torch.dtype:

@@ -2,12 +2,7 @@
 the original API's `FastRoPEPositionEmbedding` module. Checks and plans: trinix.rope; the
 "torch" backend: trinix.fallback.
 
-Shapes: q (batch, seq, heads_q, head_dim) and k (batch, seq, heads_k, head_dim) in layout
-"bshd", (batch, heads, seq, head_dim) in "bhsd", or packed sequences (tokens, heads,
-head_dim) in "thd" with cu_seqlens (n_seqs + 1,); cos and sin (rows, rotary_dim) or
-(batch, rows, rotary_dim); position_ids (batch or 1, seq) integers, (tokens,) for "thd".
-The first rotary_dim columns of a head rotate, in half-split pairs (i, i + rotary_dim/2) or
-interleaved pairs (2i, 2i + 1); the rest pass through.
+Shapes and pair orders: trinix.rope.
 """
 
 import functools
@@ -230,21 +225,10 @@ class FastRoPEPositionEmbedding(torch.nn.Module):
         q_rot, k_rot = rope.apply_rotary_pos_emb(q, k, cos, sin)  # q, k: (batch, seq, heads, 128)
         q_rot, k_rot = rope.rotate(q, k, offset=past_len)         # cos/sin computed in the kernel
 
-    Args:
-        dim: rotary dim: the head_dim of q and k, or fewer columns (partial rotation, as in
-            GPT-NeoX or Phi: the columns past dim pass through). Even.
-        max_position_embeddings: the context the model was trained for. Longer sequences
-            work too: cos/sin are computed for any position, there is no cache to outgrow.
-        base: RoPE base (theta).
+    Args: those of `trinix.rope.RopeSpec.of` (the module's `spec`), and
         use_triton: False runs plain torch ops (the "torch" backend).
         backend: "auto" (Triton for CUDA tensors, torch ops otherwise), "triton",
             "interpret" (the Triton kernel on the CPU through Triton's interpreter) or "torch".
-        layout: "bshd" (batch, seq, heads, head_dim), "bhsd" (batch, heads, seq, head_dim) or
-            "thd" (packed tokens, heads, head_dim; calls then take cu_seqlens).
-        interleaved: rotate pairs (2i, 2i + 1) (GPT-J, RoFormer) instead of (i, i + dim/2).
-        rope_config: a `trinix.rope_scaling.RopeConfig` with a scaling recipe (linear, dynamic
-            NTK, YaRN, Llama 3, LongRoPE) of the same dim and base; `from_hf_config` makes one
-            from a transformers config.
     """
 
     def __init__(self, dim: int, max_position_embeddings: int = 2048, base: float = 10000.0,
