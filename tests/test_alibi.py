@@ -327,7 +327,7 @@ SEVERAL_BLOCKS_CASES = [
 @pytest.mark.parametrize("runner", RUNNERS)
 @pytest.mark.parametrize("case", SEVERAL_BLOCKS_CASES, ids=str)
 def test_fused_softmax_with_several_row_blocks_a_program(case, runner, monkeypatch):
-    monkeypatch.setattr(kernels_alibi, "_SOFTMAX_MIN_PROGRAMS", 1)
+    monkeypatch.setattr(kernels_alibi, "SOFTMAX_MIN_PROGRAMS", 1)
     kernels_alibi.alibi_softmax_call.cache_clear()
     try:
         shape = (case.batch, case.heads, case.seqlen_q, case.seqlen_k)
