@@ -404,6 +404,12 @@ class RopeSpec:
         return dict(dim=rope_config.dim, max_position_embeddings=rope_config.max_position_embeddings or 2048,
                     base=rope_config.base, rope_config=rope_config)
 
+    def check_table_width(self, shape) -> None:
+        """cos and sin given to a module have its rotary dim as their last dim."""
+        if tuple(shape[-1:]) != (self.config.dim,):
+            raise ValueError(f"cos must have the module's rotary dim {self.config.dim} as its last dim, "
+                             f"got shape {tuple(shape)}")
+
     @property
     def length_dependent(self) -> bool:
         """Whether the frequencies depend on the positions' extent (dynamic NTK, LongRoPE)."""

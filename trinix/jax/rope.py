@@ -224,9 +224,8 @@ class RoPEMethods:
         """`apply_rotary_pos_emb` in the module's layout, pair order and backend (or
         `backend`); cos must have the module's rotary dim."""
         (cos,) = as_arrays(cos=cos)
-        if cos is not None and cos.shape[-1:] != (self.dim,):
-            raise ValueError(f"cos must have the module's rotary dim {self.dim} as its last dim, "
-                             f"got shape {tuple(cos.shape)}")
+        if cos is not None:
+            self.spec.check_table_width(cos.shape)
         return _rotate(q, k, cos=cos, sin=sin, position_ids=position_ids, layout=self.spec.layout,
                        interleaved=self.spec.interleaved, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
                        backend=backend or self.backend, use_triton=self.use_triton)

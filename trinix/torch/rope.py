@@ -289,8 +289,8 @@ class FastRoPEPositionEmbedding(torch.nn.Module):
                              max_seqlen: int | None = None, inplace: bool = False,
                              backend: str | None = None):
         """Rotate q and k by cos/sin from `forward` (see the module-level apply_rotary_pos_emb)."""
-        if isinstance(cos, Tensor) and cos.shape[-1] != self.dim:
-            raise ValueError(f"cos has {cos.shape[-1]} columns, the module's rotary dim is {self.dim}")
+        if isinstance(cos, Tensor):
+            self.spec.check_table_width(cos.shape)
         return _rotate(q, k, cos=cos, sin=sin, position_ids=position_ids, layout=self.layout,
                        interleaved=self.interleaved, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
                        inplace=inplace, backend=backend or self.backend, use_triton=self.use_triton)
