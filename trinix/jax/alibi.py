@@ -132,10 +132,11 @@ def alibi_bias(slopes, seq_len: int, key_len: int | None = None, *, causal: bool
     return _batchable_bias(plan, backend)(slopes)
 
 
-def _run_scores(scores, slopes, *, q_offset, causal, backend, use_triton, scale=None):
-    """alibi_add, or alibi_softmax when scale is given."""
+def _run_scores(scores, slopes, *, q_offset, causal, backend, use_triton, scale=None, num_heads=None):
+    """alibi_add, or alibi_softmax when scale is given; num_heads: a module's, checked."""
     scores, slopes = as_arrays(scores=scores, slopes=slopes)
-    plan = host.plan_scores(operand(scores), operand(slopes), q_offset=q_offset, causal=causal, scale=scale)
+    plan = host.plan_scores(operand(scores), operand(slopes), q_offset=q_offset, causal=causal, scale=scale,
+                            num_heads=num_heads)
     backend = resolve_backend(backend, use_triton, platform_of(scores))
     slopes = jax.lax.stop_gradient(slopes)
     if backend != "xla":
@@ -182,26 +183,20 @@ class ALiBiMethods:
                           dtype=self.dtype, backend=self.backend, use_triton=self.use_triton)
         return jnp.broadcast_to(bias, (batch_size, *bias.shape))
 
-    def _checked(self, scores, q_offset, causal, scale=None):
-        (scores,) = as_arrays(scores=scores)
-        host.plan_scores(operand(scores), operand(self.slopes), q_offset=q_offset, causal=causal, scale=scale,
-                         num_heads=self.spec.num_heads)
-
     def add_to_scores(self, scores, *, q_offset: int | None = None, backend: str | None = None):
         """scores (batch, num_heads, seqlen_q, seqlen_k) + ALiBi without a bias array (see
         `alibi_add`)."""
-        self._checked(scores, q_offset, self.spec.causal)
-        return alibi_add(scores, self.slopes, causal=self.spec.causal, q_offset=q_offset,
-                         backend=backend or self.backend, use_triton=self.use_triton)
+        return _run_scores(scores, self.slopes, q_offset=q_offset, causal=self.spec.causal,
+                           backend=backend or self.backend, use_triton=self.use_triton,
+                           num_heads=self.spec.num_heads)
 
     def softmax(self, scores, *, scale: float = 1.0, causal: bool | None = None,
                 q_offset: int | None = None, backend: str | None = None):
         """softmax(scale * scores + ALiBi) over keys in one kernel (see `alibi_softmax`);
         causal (masking the keys after each query) defaults to the module's."""
         causal = self.spec.causal if causal is None else causal
-        self._checked(scores, q_offset, causal, scale)
-        return alibi_softmax(scores, self.slopes, scale=scale, causal=causal, q_offset=q_offset,
-                             backend=backend or self.backend, use_triton=self.use_triton)
+        return _run_scores(scores, self.slopes, q_offset=q_offset, causal=causal, backend=backend or self.backend,
+                           use_triton=self.use_triton, scale=scale, num_heads=self.spec.num_heads)
 
 
 class FastALiBiPositionEmbedding(ALiBiMethods, nnx.Module):

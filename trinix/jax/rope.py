@@ -205,9 +205,19 @@ class RoPEMethods:
         return cls(**RopeSpec.hf_arguments(config), **kwargs)
 
     @property
+    def scaling(self) -> RopeConfig:
+        """The frequency recipe: rope_config, else the default one of dim and base."""
+        return self.spec.config
+
+    def frequencies(self, seq_len: int | None = None) -> tuple[np.ndarray, float]:
+        """(inv_freq (dim / 2,) float64, attention_factor) for sequences of seq_len positions
+        (dynamic NTK and LongRoPE depend on it)."""
+        return self.spec.inv_freq_and_scale(seq_len)
+
+    @property
     def inv_freq(self) -> np.ndarray:
         """(dim / 2,) float64 frequencies."""
-        return self.spec.inv_freq_and_scale()[0]
+        return self.frequencies()[0]
 
     def __call__(self, x, seq_len: int | None = None, *, offset: int = 0):
         """cos and sin, each (seq_len, dim) in x's dtype, for positions offset .. offset +
