@@ -316,8 +316,8 @@ def split_offset(offset, is_array: Callable) -> tuple[int, object]:
 def plan_rotation(arrays: tuple, operands: tuple, *, offset: int, layout: str, interleaved: bool,
                   max_seqlen, read: Callable, cache: bool = True) -> Rotation:
     """Check a rotation and derive its plan. arrays, operands: the inputs of ROTATION_INPUTS and
-    their descriptions (None where not given); read(array): its values as numpy, or None where
-    they cannot be read (traced). Position ids of a table path are checked against its rows and
+    their descriptions (None where not given); read(array, bounds=False): its values as numpy
+    (only min and max with bounds), or None where they cannot be read (traced). Position ids of a table path are checked against its rows and
     packed sequences' max_seqlen read from cu_seqlens, where readable. cache=False skips the
     cache of the shape checks (torch.compile must not trace a functools cache)."""
     check_layout(layout)  # layout and offset key the cached checks: an unhashable one
@@ -328,7 +328,7 @@ def plan_rotation(arrays: tuple, operands: tuple, *, offset: int, layout: str, i
           cu_seqlens=cu_seqlens, position_offset=offset,
           dim=None if frequencies is None else 2 * frequencies.shape[1])
     if cos is not None and positions is not None:
-        values = read(arrays[5])
+        values = read(arrays[5], bounds=True)
         if values is not None:
             check_table_positions(values, cos.shape[-2])
     max_seqlen = 0 if cu_seqlens is None else packed_max_seqlen(read(arrays[7]), q.shape[0], max_seqlen)

@@ -78,9 +78,12 @@ def resolve_backend(backend: str, use_triton: bool, platform: str) -> str:
     return backend
 
 
-def read(x) -> np.ndarray | None:
-    """The values of `x` as numpy, or None for a traced array (under jit or vmap)."""
-    return None if x is None or isinstance(x, jax.core.Tracer) else np.asarray(x)
+def read(x, bounds: bool = False) -> np.ndarray | None:
+    """The values of `x` as numpy, or only its (min, max) if `bounds` (a smaller copy); None
+    for a traced array (under jit or vmap)."""
+    if x is None or isinstance(x, jax.core.Tracer):
+        return None
+    return np.asarray(jnp.stack([x.min(), x.max()]) if bounds and x.size else x)
 
 
 class JaxOps:

@@ -52,10 +52,13 @@ def resolve_backend(backend: str, use_triton: bool, device: torch.device) -> str
                                         where=str(device))
 
 
-def read(tensor: torch.Tensor | None):
-    """The values of `tensor` as numpy, or None where reading them is not allowed now."""
+def read(tensor: torch.Tensor | None, bounds: bool = False):
+    """The values of `tensor` as numpy, or only its (min, max) if `bounds` (a smaller copy);
+    None where reading them is not allowed now."""
     if tensor is None or not may_synchronize(tensor.device):
         return None
+    if bounds and tensor.numel():
+        tensor = torch.stack(torch.aminmax(tensor))
     return tensor.detach().cpu().numpy()
 
 
