@@ -79,11 +79,9 @@ def resolve_backend(backend: str, use_triton: bool, platform: str) -> str:
 
 
 def read(x, bounds: bool = False) -> np.ndarray | None:
-    """The values of `x` as numpy, or only its (min, max) if `bounds` (a smaller copy); None
-    for a traced array (under jit or vmap)."""
-    if x is None or isinstance(x, jax.core.Tracer):
-        return None
-    return np.asarray(jnp.stack([x.min(), x.max()]) if bounds and x.size else x)
+    """The values of `x` as numpy (all of them: a reduction on the device would be traced
+    inside a jit of constants, so `bounds` changes nothing); None for a traced array."""
+    return None if x is None or isinstance(x, jax.core.Tracer) else np.asarray(x)
 
 
 class JaxOps:
