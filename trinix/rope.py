@@ -334,7 +334,7 @@ def plan_rotation(arrays: tuple, operands: tuple, *, offset: int, layout: str, i
     max_seqlen = 0 if cu_seqlens is None else packed_max_seqlen(read(arrays[7]), q.shape[0], max_seqlen)
     if cos is not None and positions is None:
         check_table_rows(cos.shape[-2], max_seqlen)
-    return Rotation(layout, offset, interleaved, max_seqlen)
+    return Rotation(layout, int(offset), interleaved, max_seqlen)
 
 
 @functools.lru_cache(maxsize=4096)
