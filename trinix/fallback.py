@@ -1,10 +1,11 @@
 """The framework-op backends ("torch", "xla"), written once for both bindings.
 
 Each function takes `xp`, the binding's array namespace (trinix.torch.launcher.TorchOps,
-trinix.jax.launcher.JaxOps): NumPy's names where torch and jax.numpy share them (where, floor,
-cos, sin, abs, clip, maximum, stack, concatenate, broadcast_to, searchsorted) and arange(start, stop,
-like), cast(x, dtype), expand_dims(x, axis), repeat(x, n, axis), softmax(x, axis), the dtypes
-float32 and float64, and angle_dtype() (float64 in torch; jax's float64 only with x64).
+trinix.jax.launcher.JaxOps): NumPy's names where torch and jax.numpy share them (where,
+floor, cos, sin, abs, clip, maximum, stack, concatenate, broadcast_to, searchsorted), and
+arange(start, stop, like), cast(x, dtype), expand_dims(x, axis), repeat(x, n, axis),
+softmax(x, axis), the dtypes float32 and float64, and angle_dtype() (float64 in torch; jax's
+float64 only with x64).
 """
 
 import math

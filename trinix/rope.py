@@ -443,4 +443,6 @@ class RopeSpec:
 
 @functools.lru_cache(maxsize=256)  # dynamic NTK makes new frequencies for each longer sequence
 def _inv_freq_and_scale(config: RopeConfig, extent: int | None):
-    return inv_freq_and_scale(config, extent)
+    inv_freq, attention_factor = inv_freq_and_scale(config, extent)
+    inv_freq.setflags(write=False)  # shared by every caller of the cache
+    return inv_freq, attention_factor
