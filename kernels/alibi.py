@@ -32,18 +32,12 @@ _SOFTMAX_BLOCK_K = 8192
 # The softmax's blocks: rows of more keys than this one to a block, of fewer as many as make
 # this many elements (16 a thread on its 4 warps). Programs of such short blocks work through
 # up to _SOFTMAX_BLOCKS_Q of them, loading each while they reduce the one before, as long as
-# the grid keeps _SOFTMAX_MIN_PROGRAMS programs (about 4 waves of 4 on the H200's 132 SMs).
-# On the H200 (session 7, probe_alibi.py, do_bench, fp16, full / causal, roofline 0.503 and
-# 8.041 ms): medium (2048 keys) one row a block, 8 blocks a program, 0.521 / 0.527 ms on 4
-# warps (1 block: 0.525 / 0.583; 4 rows a block: 0.541 / 0.743; 8 warps 0.543 / 0.593);
-# large (8192 keys, one row) 1 block a program, 8.161 / 8.666 ms on 4 warps (8 blocks:
-# 9.643 / 9.681; on 8 warps 8.181 / 11.129, with 8 blocks 8.509 / 8.588; 16 warps 8.704 /
-# 10.673). Since causal rows stop their reads past the last visible key (session 8): causal
-# medium 0.465 ms, large 8.115 (there, 1 row x 8 blocks on 8 warps: 7.840). Rows of 4096
-# keys and longer ones (two passes) were not measured.
+# the grid keeps SOFTMAX_MIN_PROGRAMS programs (about 4 waves of 4 on a 132-SM GPU). These
+# sizes were the fastest of a sweep of rows a block, blocks a program and warps
+# (benchmarks/NOTES.md, "2026-12-06: moved from code comments").
 _SOFTMAX_TILE_ELEMENTS = 2048
 _SOFTMAX_BLOCKS_Q = 8
-_SOFTMAX_MIN_PROGRAMS = 2048
+SOFTMAX_MIN_PROGRAMS = 2048  # public: a test lowers it to give small grids several blocks a program
 _BLOCK_HEADS = 1024
 # The softmax's logits are kept in base 2: exp(z) = exp2(z * LOG2_E), with LOG2_E folded into
 # the scale and the slope, so that a probability costs no multiply before its exp2.
@@ -399,12 +393,12 @@ def alibi_softmax_call(scores: Operand, slopes: Operand, *, scale: float, q_offs
     block_q, block_k = _tile(seqlen_q, seqlen_k, _SOFTMAX_BLOCK_K, _SOFTMAX_TILE_ELEMENTS)
     n_q_blocks = cdiv(seqlen_q, block_q)
     one_block = seqlen_k <= block_k
-    # Blocks a program (short blocks only): as many as leave _SOFTMAX_MIN_PROGRAMS programs,
+    # Blocks a program (short blocks only): as many as leave SOFTMAX_MIN_PROGRAMS programs,
     # up to _SOFTMAX_BLOCKS_Q, a power of two (one compilation each), never past the head's rows.
     blocks_q = 1
     while (one_block and block_q * block_k <= _SOFTMAX_TILE_ELEMENTS
            and 2 * blocks_q <= min(_SOFTMAX_BLOCKS_Q, n_q_blocks)
-           and batch * n_heads * n_q_blocks >= 2 * blocks_q * _SOFTMAX_MIN_PROGRAMS):
+           and batch * n_heads * n_q_blocks >= 2 * blocks_q * SOFTMAX_MIN_PROGRAMS):
         blocks_q *= 2
     n_q_groups = cdiv(n_q_blocks, blocks_q)
     out_strides = row_major_strides(scores.shape)

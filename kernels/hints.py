@@ -9,16 +9,14 @@ import triton.language as tl  # noqa: F401 (Triton's interpreter wants it among 
 # compiler knows that rows at such strides start 16-element aligned (and that a mask against
 # such a row length is uniform over 16 columns) and vectorizes loads and stores along a
 # contiguous axis. jax-triton (0.3) specializes no integer argument: the same kernel launched
-# from JAX would move one element per instruction (compiled for sm_90 offline: RoPE at the
-# seed's xl size, 0 of 261 global loads vectorized, against 38 of 54 as torch launches it).
+# from JAX would move one element per instruction (benchmarks/NOTES.md, "2026-12-06: moved
+# from code comments").
 # Kernels therefore take a constexpr ALIGNED, set by the call builder when all their row
 # strides and row lengths are multiples of 16, and pass those values through multiple_of_16.
 # ALIGNED is then the compiler's only source of divisibility: a launched kernel is declared
 # with `kernel`, which turns Triton's own integer specialization off, so that both launchers
-# compile the same code for the same call. (They did not where ALIGNED was unset: for the ALiBi
-# softmax of contiguous (1, 16, 32, 33) float32 scores Triton's launcher marked 16 heads, 32
-# queries and the 1056 head stride divisible and compiled other PTX than jax-triton; a
-# softmax compiled for other layouts sums in another order, so its last bits differ.)
+# compile the same code for the same call: a softmax compiled for other divisibility sums in
+# another order, so its last bits would differ between the frameworks.
 ALIGNMENT = 16
 
 

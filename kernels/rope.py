@@ -22,24 +22,21 @@ from .hints import kernel, multiple_of_16, strides_aligned
 # A program rotates a tile of BLOCK_S tokens x BLOCK_H heads x BLOCK_HALF pairs of q or of k
 # (with the BLOCK_PASS columns after them that partial rotation passes through), each
 # tensor's tiles shaped for its own head count: heads fill up to _HEAD_TILE_ELEMENTS pairs
-# (cos/sin, computed once per token, serve every head of the tile; on the H200 at the seed's xl
-# size, 128 heads x 64 pairs ran 4% faster than 64 heads), then tokens up to _TILE_ELEMENTS
-# (benchmarks/NOTES.md); passed-through columns count two to a pair.
+# (cos/sin, computed once per token, serve every head of the tile, so wide head tiles pay),
+# then tokens up to _TILE_ELEMENTS; passed-through columns count two to a pair. The sizes here
+# come from the sweeps in benchmarks/NOTES.md ("2026-12-06: moved from code comments").
 _HEAD_TILE_ELEMENTS = 8192
 _TILE_ELEMENTS = 4096
-# In "bhsd" a head's tokens are contiguous: computing cos/sin, a tile of 8 heads x 8 tokens
-# (at 64 pairs) ran 1.085x its roofline on the H200 against 1.122x for 64 heads x 1 token,
-# and 3.8x for 1 head x 64 tokens (each token's cos/sin then serves one head). Reading tables,
-# no tile beat the default by more than 1% (CUDA-graph replay at large, benchmarks/NOTES.md).
+# In "bhsd" a head's tokens are contiguous: computing cos/sin, a tile of a few heads x a few
+# tokens reads contiguous rows and still shares each token's cos/sin among heads; reading
+# tables, the default tile is as fast.
 _BHSD_COMPUTED_HEAD_TILE_ELEMENTS = 512
-# Warps per program. Reading cos/sin tables, a tile of 4096 pairs or more takes 8 warps: at
-# xl (128 heads x 64 pairs a program) 4 warps need 207 registers a thread, and on the H200
-# the tile ran 1.058x its roofline with 8 warps against 1.081x with 4 (CUDA-graph replay,
-# benchmarks/NOTES.md). Computing cos/sin, 4 warps were faster (1.047x against 1.082x).
+# Warps per program. Reading cos/sin tables, a tile of 4096 pairs or more takes 8 warps: on 4
+# such a tile needs over 200 registers a thread. Computing cos/sin, 4 warps are faster.
 _TABLE_WARPS_FROM_PAIRS = 4096
 # Pairs a program of the cos/sin table kernel computes: each is a float64 angle, a cos and a
-# sin (~100 instructions). At 4096 pairs a program the H200 took 0.019 ms for the large and xl
-# tables (4-5x their write roofline), with 4-512 programs in all; at 512 a thread has 4 pairs.
+# sin (~100 instructions): small programs, many of them, keep the GPU busy on short tables;
+# at 512 a thread has 4 pairs.
 _TABLE_TILE_PAIRS = 512
 
 
@@ -220,9 +217,8 @@ def _rope_apply_kernel(
     tile = pid % n_tiles
     if FROM_TABLE:
         # k's tiles run spread evenly among q's, not after them all: program `tile` is k's when
-        # the count of k's tiles before it, floor(tile * n_k_tiles / n_tiles), steps up. On the
-        # H200 (session 8, do_bench, large, tables) a k of 8 heads took 0.0839 -> 0.0803 ms and
-        # one of 64 heads 0.1379 -> 0.1369; computing cos/sin it gained nothing (0.1396 -> 0.1403).
+        # the count of k's tiles before it, floor(tile * n_k_tiles / n_tiles), steps up, so that
+        # the tiles of a small k (GQA) do not all run in the last wave.
         n_k_tiles = n_tiles - n_q_tiles
         k_before = (tile.to(tl.int64) * n_k_tiles) // n_tiles
         is_k = ((tile + 1).to(tl.int64) * n_k_tiles) // n_tiles > k_before
@@ -339,11 +335,9 @@ def rope_apply_call(
     half = (rotary_dim or head_dim) // 2
     passed = head_dim - 2 * half
     # A tile holds whole rows: the rotated pairs and, unless in place, the columns that pass
-    # through (a block of BLOCK_PASS, two to a pair in the tile's size). On the H200 (session
-    # 7, 32 of 128 columns at large) that ran 1.174x its roofline; copied by other programs
-    # 1.428x, in chunks after the rotated stores 1.459x. Sized by the rotated pairs alone,
-    # the pass-through block was up to 8x the rotated one: 202 registers a thread (sm_90), and
-    # 256 KiB of shared memory for float64 with a strided head_dim (the launch failed).
+    # through (a block of BLOCK_PASS, two to a pair in the tile's size): faster than copying
+    # them in other programs or after the rotated stores. Sized by the rotated pairs alone, the
+    # pass-through block could be 8x the rotated one, too many registers and shared memory.
     block_half = next_power_of_2(half)
     block_pass = next_power_of_2(passed) if passed and not inplace else 0
     row_pairs = block_half + block_pass // 2

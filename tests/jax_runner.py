@@ -24,7 +24,7 @@ class JaxRope:
 
     def __init__(self, backend: str):
         self.backend = backend
-        # XLA forms angles in float32 (trinix.jax.rope._cos_sin_xla); the kernels in float64.
+        # XLA forms angles in float32 (trinix.fallback.cos_sin); the kernels in float64.
         self.float32_angles = backend == "xla"
 
     def cos_sin(self, inv_freq, seq_len, offset, dtype, interleaved=False, attention_factor=1.0):

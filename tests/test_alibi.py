@@ -327,7 +327,7 @@ SEVERAL_BLOCKS_CASES = [
 @pytest.mark.parametrize("runner", RUNNERS)
 @pytest.mark.parametrize("case", SEVERAL_BLOCKS_CASES, ids=str)
 def test_fused_softmax_with_several_row_blocks_a_program(case, runner, monkeypatch):
-    monkeypatch.setattr(kernels_alibi, "_SOFTMAX_MIN_PROGRAMS", 1)
+    monkeypatch.setattr(kernels_alibi, "SOFTMAX_MIN_PROGRAMS", 1)
     kernels_alibi.alibi_softmax_call.cache_clear()
     try:
         shape = (case.batch, case.heads, case.seqlen_q, case.seqlen_k)
@@ -530,10 +530,10 @@ def test_bias_refused_when_its_allocation_fails_for_want_of_free_memory(monkeypa
     unless the free memory would have held the bias, when it stays what it was."""
     slopes = torch.full((4,), 0.5)
 
-    def out_of_memory(*args):
+    def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(torch_alibi, "_run", out_of_memory)
+    monkeypatch.setattr(torch_alibi, "launch", out_of_memory)
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 0)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 0)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1000, 10**9))

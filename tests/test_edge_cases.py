@@ -436,9 +436,9 @@ def test_threads_growing_the_frequency_cache_rotate_as_one_thread(backend):
         return run
 
     jobs = [job(*x) for x in inputs]
-    torch_rope._cached_frequencies.cache_clear()
+    torch_rope.frequencies_on_device.cache_clear()
     concurrent = _run_concurrently(jobs)
-    torch_rope._cached_frequencies.cache_clear()
+    torch_rope.frequencies_on_device.cache_clear()
     alone = dict(job() for job in jobs)
     assert len(alone) == len(jobs)
     for results in concurrent:

@@ -1,6 +1,6 @@
 """trinix: RoPE and ALiBi position encodings as Triton kernels for PyTorch and JAX/Flax.
 
-`from trinix import FastRoPEPositionEmbedding` gives the PyTorch module (the seed API); the
+`from trinix import FastRoPEPositionEmbedding` gives the PyTorch module (the original API); the
 JAX/Flax modules live in `trinix.jax` (NNX) and `trinix.jax.linen`. Nothing here imports a
 framework until a name that needs one is used.
 """

@@ -1,12 +1,25 @@
-"""Host-side ALiBi logic shared by the PyTorch and JAX bindings: slopes, the query offset and
-the input contract. Works on numbers, shapes and dtype names only; never touches a tensor."""
+"""Host-side ALiBi logic shared by the PyTorch and JAX bindings: the spec of an ALiBi module
+(AlibiSpec), slopes, the query offset, the input contract and the plan of each kernel
+(plan_bias, plan_scores). Works on numbers, shapes and dtype names only; never touches a
+tensor.
 
+Shapes: scores (batch, heads, seqlen_q, seqlen_k); slopes (heads,) float32, or (batch or 1,
+heads) for the scores ops; a bias (heads, seqlen_q, seqlen_k). Query i sits at key position
+i' = i + q_offset, by default seqlen_k - seqlen_q (bottom-right, as a KV cache needs). Bias
+forms: symmetric -m|j - i'| and causal m(j - i') (= -m(i' - j) where j <= i'; the caller
+masks j > i', and the fused softmax does).
+"""
+
+import dataclasses
+import functools
 import math
 import os
+from typing import NamedTuple
 
 import numpy as np
 
-from trinix.kernels.call import Operand, largest_power_of_2
+from trinix.kernels.alibi import alibi_add_call, alibi_bias_call, alibi_softmax_call
+from trinix.kernels.call import KernelCall, Operand, largest_power_of_2
 from trinix.rope import check_float, check_int
 
 _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
@@ -112,3 +125,98 @@ def check_bias_fits(shape: tuple[int, ...], dtype: str, available_bytes: int | N
             f"than the {available_bytes / 1e9:.1f} GB of memory available (seq_len too long to "
             "materialize); use add_to_scores, which adds ALiBi to the scores in place, or softmax, "
             "which fuses it into softmax(scale * scores + bias): neither creates the bias")
+
+
+@dataclasses.dataclass(frozen=True)
+class AlibiSpec:
+    """What an ALiBi module is, held alike by the torch, NNX and Linen modules: heads
+    head_offset .. head_offset + num_heads - 1 of a model with total_heads, their max_bias, the
+    bias form (causal) and the trained context. Make one with `of`."""
+
+    num_heads: int
+    max_seq_len: int = 2048
+    causal: bool = False
+    max_bias: float = 8.0
+    head_offset: int = 0
+    total_heads: int | None = None
+
+    @staticmethod
+    def of(num_heads: int, max_seq_len: int = 2048, causal: bool = False, max_bias: float = 8.0,
+           head_offset: int = 0, total_heads: int | None = None) -> "AlibiSpec":
+        """The checked spec of an ALiBi module's arguments (torch, NNX and Linen alike).
+
+        Args:
+          num_heads: heads of this module (of the shard, under tensor parallelism).
+          max_seq_len: the context the model was trained for. Longer sequences are served, not
+            refused (ALiBi extrapolates; there is no table to outgrow); only a bias too big for
+            the device's memory is refused (use add_to_scores or softmax then).
+          causal: the bias form, causal m(j - i') instead of symmetric -m|j - i'|; also the
+            default mask of `softmax`.
+          max_bias: the 8 of the paper's slopes 2^(-8h/n) (MPT's alibi_bias_max).
+          head_offset, total_heads: this module's heads are heads head_offset .. head_offset +
+            num_heads - 1 of a model with total_heads heads (None: num_heads), and get their slopes.
+        """
+        check_alibi_config(num_heads, max_bias=max_bias, head_offset=head_offset, total_heads=total_heads,
+                           max_seq_len=max_seq_len)
+        return AlibiSpec(num_heads, max_seq_len, causal, max_bias, head_offset, total_heads or num_heads)
+
+    def slopes(self) -> np.ndarray:
+        """(num_heads,) float64: the module's heads' slopes in the whole model."""
+        return alibi_slopes(self.num_heads, max_bias=self.max_bias, head_offset=self.head_offset,
+                            total_heads=self.total_heads)
+
+
+class BiasPlan(NamedTuple):
+    """The plan of a materialized bias (heads, seqlen_q, seqlen_k)."""
+
+    seqlen_q: int
+    seqlen_k: int
+    q_offset: int
+    causal: bool
+    dtype: str
+
+
+def plan_bias(slopes: Operand, seq_len, key_len, *, q_offset, causal: bool, dtype: str,
+              available_bytes: int | None) -> BiasPlan:
+    """Check a bias of slopes (heads,) and derive its plan; key_len None is seq_len. A bias
+    bigger than `available_bytes` (None: unknown) is refused before it is allocated."""
+    check_slopes(slopes)
+    check_size("seq_len", seq_len)
+    seqlen_k = seq_len if key_len is None else key_len
+    check_size("key_len", seqlen_k)
+    q_offset = query_offset(q_offset, seq_len, seqlen_k)
+    check_bias_fits((slopes.shape[0], seq_len, seqlen_k), dtype, available_bytes)
+    return BiasPlan(seq_len, seqlen_k, q_offset, bool(causal), dtype)
+
+
+@functools.lru_cache(maxsize=1024)
+def bias_call(plan: BiasPlan, slopes: Operand) -> KernelCall:
+    return alibi_bias_call(slopes, plan.seqlen_q, plan.seqlen_k, q_offset=plan.q_offset, causal=plan.causal,
+                           dtype=plan.dtype)
+
+
+class ScoresPlan(NamedTuple):
+    """The plan of a kernel over scores: alibi_add, or the fused softmax when scale is given."""
+
+    q_offset: int
+    causal: bool
+    scale: float | None = None
+
+
+def plan_scores(scores: Operand, slopes: Operand, *, q_offset, causal: bool, scale=None,
+                num_heads: int | None = None) -> ScoresPlan:
+    """Check scores and slopes (and scores' heads against a module's num_heads) and derive the
+    plan; scale: the fused softmax's (None: alibi_add)."""
+    check_scores(scores, slopes, num_heads=num_heads)
+    if scale is not None:
+        check_scale(scale)
+        scale = float(scale)
+    return ScoresPlan(query_offset(q_offset, *scores.shape[-2:]), bool(causal), scale)
+
+
+@functools.lru_cache(maxsize=1024)
+def scores_call(plan: ScoresPlan, scores: Operand, slopes: Operand, inplace: bool = False) -> KernelCall:
+    """The launch of `plan`; `inplace` adds into the scores (alibi_add only)."""
+    if plan.scale is not None:
+        return alibi_softmax_call(scores, slopes, scale=plan.scale, q_offset=plan.q_offset, causal=plan.causal)
+    return alibi_add_call(scores, slopes, q_offset=plan.q_offset, causal=plan.causal, inplace=inplace)

@@ -1,12 +1,26 @@
-"""Host-side RoPE logic shared by the PyTorch and JAX bindings: frequencies and the input
-contract. Works on shapes and dtype names only; never touches a tensor."""
+"""Host-side RoPE logic shared by the PyTorch and JAX bindings: the spec of a RoPE module
+(RopeSpec), frequencies, the input contract and the plan of a rotation (plan_rotation). Works
+on shapes, dtype names and values the bindings read; never touches a tensor.
 
+Shapes: q (batch, seq, heads_q, head_dim) and k (batch, seq, heads_k, head_dim) in layout
+"bshd", (batch, heads, seq, head_dim) in "bhsd", or packed sequences (tokens, heads,
+head_dim) in "thd" with cu_seqlens (n_seqs + 1,); cos and sin (rows, rotary_dim) or
+(batch, rows, rotary_dim); position_ids (batch or 1, seq) integers, (tokens,) for "thd".
+The first rotary_dim columns of a head rotate, in half-split pairs (i, i + rotary_dim/2) or
+interleaved pairs (2i, 2i + 1); the rest pass through.
+"""
+
+import dataclasses
+import functools
 import math
 import numbers
+from typing import Callable, NamedTuple
 
 import numpy as np
 
-from trinix.kernels.call import Operand
+from trinix.kernels.call import KernelCall, Operand
+from trinix.kernels.rope import rope_apply_call
+from trinix.rope_scaling import SEQ_LEN_DEPENDENT, RopeConfig, inv_freq_and_scale
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 LAYOUTS = ("bshd", "bhsd", "thd")
@@ -103,9 +117,18 @@ def check_table_positions(positions: np.ndarray, rows: int) -> None:
                          f"got values in [{positions.min()}, {positions.max()}]")
 
 
-def packed_max_seqlen(bounds: np.ndarray, tokens: int, max_seqlen: int | None) -> int:
-    """Check cu_seqlens' values `bounds` (start 0, never decrease, end at the token count) and
-    return the longest packed sequence: max_seqlen if given (not shorter than it), else it."""
+def packed_max_seqlen(bounds: np.ndarray | None, tokens: int, max_seqlen) -> int:
+    """The longest packed sequence, which sizes the launch: max_seqlen if given (an int, not
+    shorter than the longest), else read from cu_seqlens' values `bounds`, checked (start 0,
+    never decrease, end at the token count). bounds None: cu_seqlens cannot be read here
+    (traced), so max_seqlen is needed."""
+    if max_seqlen is not None:
+        check_int("max_seqlen", max_seqlen, 0)
+    if bounds is None:
+        if max_seqlen is None:
+            raise ValueError("packed sequences need max_seqlen where cu_seqlens cannot be read (traced "
+                             "by jax.jit, vmap or torch.compile, or in CUDA graph capture)")
+        return int(max_seqlen)
     lengths = np.diff(bounds)
     if bounds[0] != 0 or (lengths < 0).any() or bounds[-1] != tokens:
         raise ValueError(f"cu_seqlens must start at 0, never decrease and end at the token count "
@@ -260,3 +283,166 @@ def check_rope_apply(
         if tuple(batch_offsets.shape) not in ((qb,), (1,)):
             raise ValueError(f"offsets (per sequence) must be ({qb},) or (1,), got shape "
                              f"{tuple(batch_offsets.shape)}")
+
+
+# The checks depend on shapes, strides, dtypes and options alone: a call like an earlier one
+# (every call of a training step) skips them.
+_cached_check_rope_apply = functools.lru_cache(maxsize=4096)(check_rope_apply)
+
+# The inputs of a rotation, in the order every plan and launch takes them, by the names a user
+# gives them (per-sequence offsets are the array form of `offset`).
+ROTATION_INPUTS = ("q", "k", "cos", "sin", "frequencies", "position_ids", "offset", "cu_seqlens")
+
+
+class Rotation(NamedTuple):
+    """The plan of one kernel rotation, derived on the host: hashable, so it can be a static
+    argument (custom_vjp, torch.library op options, autograd context)."""
+
+    layout: str
+    offset: int
+    interleaved: bool
+    max_seqlen: int
+
+
+def split_offset(offset, is_array: Callable) -> tuple[int, object]:
+    """(int offset, per-sequence offsets (batch or 1,) or None) from an int or an integer array;
+    a 0-d array is one offset for every sequence (traceable: its value is not read)."""
+    if not is_array(offset):
+        check_offset(offset)
+        return offset, None
+    return 0, offset.reshape(1) if offset.ndim == 0 else offset
+
+
+def plan_rotation(arrays: tuple, operands: tuple, *, offset: int, layout: str, interleaved: bool,
+                  max_seqlen, read: Callable, cache: bool = True) -> Rotation:
+    """Check a rotation and derive its plan. arrays, operands: the inputs of ROTATION_INPUTS and
+    their descriptions (None where not given); read(array, bounds=False): its values as numpy
+    (only min and max with bounds), or None where they cannot be read (traced). Position ids of a table path are checked against its rows and
+    packed sequences' max_seqlen read from cu_seqlens, where readable. cache=False skips the
+    cache of the shape checks (torch.compile must not trace a functools cache)."""
+    check_layout(layout)  # layout and offset key the cached checks: an unhashable one
+    check_offset(offset)  # must get its own message, not lru_cache's
+    q, k, cos, sin, frequencies, positions, offsets, cu_seqlens = operands
+    check = _cached_check_rope_apply if cache else check_rope_apply
+    check(q, k, layout=layout, cos=cos, sin=sin, positions=positions, batch_offsets=offsets,
+          cu_seqlens=cu_seqlens, position_offset=offset,
+          dim=None if frequencies is None else 2 * frequencies.shape[1])
+    if cos is not None and positions is not None:
+        values = read(arrays[5], bounds=True)
+        if values is not None:
+            check_table_positions(values, cos.shape[-2])
+    max_seqlen = 0 if cu_seqlens is None else packed_max_seqlen(read(arrays[7]), q.shape[0], max_seqlen)
+    if cos is not None and positions is None:
+        check_table_rows(cos.shape[-2], max_seqlen)
+    return Rotation(layout, int(offset), interleaved, max_seqlen)
+
+
+@functools.lru_cache(maxsize=4096)
+def rotation_call(rotation: Rotation, operands: tuple, conjugate: bool = False,
+                  inplace: bool = False) -> KernelCall:
+    """The launch of `rotation` on operands of ROTATION_INPUTS; `conjugate` rotates back (the
+    backward), `inplace` writes q and k."""
+    q, k, cos, sin, frequencies, positions, offsets, cu_seqlens = operands
+    return rope_apply_call(
+        q, k, layout=rotation.layout, rotary_dim=None if frequencies is None else 2 * frequencies.shape[1],
+        interleaved=rotation.interleaved, cos=cos, sin=sin, positions=positions, batch_offsets=offsets,
+        cu_seqlens=cu_seqlens, max_seqlen=rotation.max_seqlen, position_offset=rotation.offset,
+        conjugate=conjugate, inplace=inplace)
+
+
+def rotation_inputs(q, k, cos, sin, frequencies, positions, offsets, cu_seqlens) -> dict:
+    """The arrays of ROTATION_INPUTS by the kernel's input names: it reads per-sequence offsets
+    where position ids would be."""
+    return dict(q=q, k=k, cos=cos, sin=sin, frequencies=frequencies,
+                positions=positions if offsets is None else offsets, cu_seqlens=cu_seqlens)
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeSpec:
+    """What a RoPE module is, held alike by the torch, NNX and Linen modules: its frequency
+    recipe (config: dim, base, scaling), layout and pair order. Make one with `of`."""
+
+    config: RopeConfig
+    layout: str = "bshd"
+    interleaved: bool = False
+
+    @staticmethod
+    def of(dim: int, max_position_embeddings: int = 2048, base: float = 10000.0,
+           rope_config: RopeConfig | None = None, layout: str = "bshd",
+           interleaved: bool = False) -> "RopeSpec":
+        """The checked spec of a RoPE module's arguments (torch, NNX and Linen alike).
+
+        Args:
+          dim: rotary dim: the head_dim of q and k, or fewer columns (partial rotation, as in
+            GPT-NeoX or Phi: the columns past dim pass through). Even.
+          max_position_embeddings: the context the model was trained for. Longer sequences work
+            too: cos/sin are computed for any position, there is no cache to outgrow.
+          base: RoPE base (theta); frequencies are base ** (-2i / dim).
+          rope_config: a `trinix.rope_scaling.RopeConfig` with a scaling recipe (linear, dynamic
+            NTK, YaRN, Llama 3, LongRoPE) of the same dim and base (None: the default recipe);
+            the modules' `from_hf_config` makes one from a transformers config.
+          layout: "bshd" (batch, seq, heads, head_dim), "bhsd" (batch, heads, seq, head_dim) or
+            "thd" (packed tokens, heads, head_dim; calls then take cu_seqlens).
+          interleaved: rotate pairs (2i, 2i + 1) (GPT-J, RoFormer) instead of (i, i + dim/2).
+        """
+        if rope_config is None:
+            rope_config = RopeConfig(dim=dim, base=base, max_position_embeddings=max_position_embeddings)
+        elif not isinstance(rope_config, RopeConfig):
+            raise TypeError(f"rope_config must be a trinix.rope_scaling.RopeConfig, got "
+                            f"{type(rope_config).__name__}")
+        elif (rope_config.dim, rope_config.base) != (dim, base):
+            raise ValueError(f"rope_config has dim {rope_config.dim} and base {rope_config.base}, the "
+                             f"module dim {dim} and base {base}")
+        check_layout(layout)
+        return RopeSpec(rope_config, layout, interleaved)
+
+    @staticmethod
+    def hf_arguments(config) -> dict:
+        """A module's dim, max_position_embeddings, base and rope_config for a transformers
+        config (object or config.json dict, 4.x `rope_scaling` or 5 `rope_parameters`)."""
+        rope_config = RopeConfig.from_hf(config)
+        return dict(dim=rope_config.dim, max_position_embeddings=rope_config.max_position_embeddings or 2048,
+                    base=rope_config.base, rope_config=rope_config)
+
+    def check_table_width(self, shape) -> None:
+        """cos and sin given to a module have its rotary dim as their last dim."""
+        if tuple(shape[-1:]) != (self.config.dim,):
+            raise ValueError(f"cos must have the module's rotary dim {self.config.dim} as its last dim, "
+                             f"got shape {tuple(shape)}")
+
+    @property
+    def length_dependent(self) -> bool:
+        """Whether the frequencies depend on the positions' extent (dynamic NTK, LongRoPE)."""
+        return self.config.rope_type in SEQ_LEN_DEPENDENT
+
+    def inv_freq_and_scale(self, extent: int | None = None) -> tuple[np.ndarray, float]:
+        """(inv_freq (dim / 2,) float64, attention_factor) for positions below `extent`."""
+        return _inv_freq_and_scale(self.config, extent if self.length_dependent else None)
+
+    def frequencies(self, extent: int | None = None) -> np.ndarray:
+        """The kernels' frequency operand (3, dim / 2) float32 for positions below `extent`."""
+        return kernel_frequencies(*self.inv_freq_and_scale(extent))
+
+    def rotation_extent(self, shape, position_ids, offset, cu_seqlens, max_seqlen, read) -> int | None:
+        """The extent a length-dependent recipe chooses frequencies by (None for the others):
+        positions_extent of the values `read` gives (None: traced, refused naming them)."""
+        if not self.length_dependent:
+            return None
+        needed = {"position_ids": position_ids, "offset": offset,
+                  "cu_seqlens": None if max_seqlen is not None else cu_seqlens}
+        values = {}
+        for name, value in needed.items():
+            values[name] = read(value) if hasattr(value, "shape") else value
+            if values[name] is None and value is not None:
+                raise ValueError(f"{name} is traced: dynamic NTK and LongRoPE choose their frequencies "
+                                 "by the longest position, which must be concrete"
+                                 + (" (or give max_seqlen)" if name == "cu_seqlens" else ""))
+        return positions_extent(shape, self.layout, values["position_ids"], values["offset"],
+                                values["cu_seqlens"], max_seqlen)
+
+
+@functools.lru_cache(maxsize=256)  # dynamic NTK makes new frequencies for each longer sequence
+def _inv_freq_and_scale(config: RopeConfig, extent: int | None):
+    inv_freq, attention_factor = inv_freq_and_scale(config, extent)
+    inv_freq.setflags(write=False)  # shared by every caller of the cache
+    return inv_freq, attention_factor

@@ -13,17 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trinix import backend as backend_rule
 from trinix.kernels.call import KernelCall, Operand, row_major_strides
 from trinix.rope import FLOAT_DTYPES
 
-BACKENDS = ("auto", "triton", "interpret", "xla")
 _GPU_PLATFORMS = ("gpu", "cuda", "rocm")
-
-
-def compute_dtype(dtype) -> jnp.dtype:
-    """The dtype XLA fallbacks compute in: float32, or float64 for float64 inputs (which exist
-    only with jax_enable_x64)."""
-    return jnp.dtype(jnp.float64 if dtype == jnp.float64 else jnp.float32)
 
 
 def as_arrays(**arrays) -> list:
@@ -75,23 +69,41 @@ def platform_of(x: jax.Array | None) -> str:
 
 
 def resolve_backend(backend: str, use_triton: bool, platform: str) -> str:
-    """The backend a call runs on: "triton", "interpret" or "xla"."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if not use_triton:
-        if backend not in ("auto", "xla"):
-            raise ValueError(f"use_triton=False asks for the xla backend, but backend={backend!r}")
-        return "xla"
+    """The backend a call on arrays on `platform` runs on: "triton", "interpret" or "xla"."""
+    backend = backend_rule.resolve_backend(backend, use_triton, fallback="xla",
+                                           on_gpu=platform in _GPU_PLATFORMS, where=platform)
     if backend == "interpret" and importlib.util.find_spec("torch") is None:
         raise ImportError("backend='interpret' runs Triton's interpreter, which needs torch "
                           "(pip install torch); backend='xla' needs nothing more")
-    on_gpu = platform in _GPU_PLATFORMS
-    if backend == "auto":
-        return "triton" if on_gpu else "xla"
-    if backend == "triton" and not on_gpu:
-        raise ValueError(f"backend='triton' needs a GPU, got arrays on {platform}; "
-                         "backend='interpret' runs the same kernel on the CPU")
     return backend
+
+
+def read(x, bounds: bool = False) -> np.ndarray | None:
+    """The values of `x` as numpy (all of them: a reduction on the device would be traced
+    inside a jit of constants, so `bounds` changes nothing); None for a traced array."""
+    return None if x is None or isinstance(x, jax.core.Tracer) else np.asarray(x)
+
+
+class JaxOps:
+    """jax.numpy as the array namespace of trinix.fallback."""
+
+    where, floor, cos, sin, abs = jnp.where, jnp.floor, jnp.cos, jnp.sin, jnp.abs
+    clip, maximum, stack, concatenate = jnp.clip, jnp.maximum, jnp.stack, jnp.concatenate
+    broadcast_to, searchsorted, repeat, expand_dims = jnp.broadcast_to, jnp.searchsorted, jnp.repeat, jnp.expand_dims
+    softmax = staticmethod(jax.nn.softmax)
+    float32, float64 = jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)
+
+    @staticmethod
+    def angle_dtype():
+        return jax.dtypes.canonicalize_dtype(jnp.float64)  # float32 unless x64 is on
+
+    @staticmethod
+    def arange(start: int, stop: int, like=None) -> jax.Array:
+        return jnp.arange(start, stop)
+
+    @staticmethod
+    def cast(x: jax.Array, dtype) -> jax.Array:
+        return x.astype(dtype)
 
 
 def launch(call: KernelCall, arrays: dict[str, jax.Array | None], *, backend: str) -> tuple[jax.Array, ...]:

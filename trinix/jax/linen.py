@@ -8,13 +8,17 @@
     >>> q_rot, k_rot = rope.apply({}, q, k, cos, sin, method="apply_rotary_pos_emb")
 """
 
+import functools
 from typing import Any
 
 import jax.numpy as jnp
 from flax import linen as nn
 
 from trinix.jax.alibi import ALiBiMethods
+from trinix.alibi import AlibiSpec
+from trinix.jax.launcher import float_dtype_name, resolve_backend
 from trinix.jax.rope import RoPEMethods
+from trinix.rope import RopeSpec
 from trinix.rope_scaling import RopeConfig
 
 
@@ -32,8 +36,14 @@ class FastRoPEPositionEmbedding(RoPEMethods, nn.Module):
     rope_config: RopeConfig | None = None
 
     def __post_init__(self):
-        self._check_config()
+        _ = self.spec  # made now, so that a bad field is refused at construction
+        resolve_backend(self.backend, self.use_triton, "gpu")
         super().__post_init__()
+
+    @functools.cached_property
+    def spec(self) -> RopeSpec:
+        return RopeSpec.of(self.dim, self.max_position_embeddings, self.base, self.rope_config, self.layout,
+                           self.interleaved)
 
 
 class FastALiBiPositionEmbedding(ALiBiMethods, nn.Module):
@@ -56,5 +66,12 @@ class FastALiBiPositionEmbedding(ALiBiMethods, nn.Module):
     total_heads: int | None = None
 
     def __post_init__(self):
-        self._check_config()
+        _ = self.spec  # made now, so that a bad field is refused at construction
+        float_dtype_name(self.dtype)
+        resolve_backend(self.backend, self.use_triton, "gpu")
         super().__post_init__()
+
+    @functools.cached_property
+    def spec(self) -> AlibiSpec:
+        return AlibiSpec.of(self.num_heads, self.max_seq_len, self.causal, self.max_bias, self.head_offset,
+                            self.total_heads)

@@ -1,11 +1,8 @@
 """ALiBi for PyTorch: torch.library ops over the Triton kernels, autograd, functional forms
-and the seed's `FastALiBiPositionEmbedding` module.
+and the original API's `FastALiBiPositionEmbedding` module. Checks and plans: trinix.alibi;
+the "torch" backend: trinix.fallback.
 
-Shapes: scores (batch, heads, seqlen_q, seqlen_k), any strides; slopes (heads,) float32, or
-(batch or 1, heads) for the scores ops; a bias (heads, seqlen_q, seqlen_k). Query i sits at
-key position i + q_offset, by default seqlen_k - seqlen_q (bottom-right, as a KV cache needs).
-Bias forms: symmetric -m|j - i'| and causal m(j - i') (= -m(i' - j) where j <= i'; the caller
-masks j > i', and the fused softmax does).
+Shapes (any strides), positions and bias forms: trinix.alibi.
 
 Gradients: adding ALiBi passes the scores' gradient through unchanged; the fused softmax's
 backward, scale * y * (g - sum(g * y)), is torch ops (not a kernel). Slopes are constants.
@@ -18,8 +15,10 @@ from torch import Tensor
 from torch.library import triton_op
 
 from trinix import alibi as host
-from trinix.kernels.alibi import alibi_add_call, alibi_bias_call, alibi_slopes_call, alibi_softmax_call
-from trinix.torch.launcher import DTYPES, cached, compute_dtype, dtype_name, launch, operand, resolve_backend
+from trinix import fallback
+from trinix.alibi import AlibiSpec, BiasPlan, ScoresPlan
+from trinix.kernels.alibi import alibi_slopes_call
+from trinix.torch.launcher import DTYPES, TorchOps, cached, dtype_name, launch, operand, resolve_backend
 
 
 def _launch_slopes(max_bias, num_heads, head_offset, total_heads, interpret, traceable=False):
@@ -27,21 +26,13 @@ def _launch_slopes(max_bias, num_heads, head_offset, total_heads, interpret, tra
     return launch(call, dict(max_bias=max_bias), interpret=interpret, traceable=traceable)[0]
 
 
-def _launch_bias(slopes, seqlen_q, seqlen_k, q_offset, causal, dtype, interpret, traceable=False):
-    call = cached(alibi_bias_call)(operand(slopes), seqlen_q, seqlen_k, q_offset=q_offset, causal=causal,
-                           dtype=dtype_name(dtype))
+def _launch_bias(slopes, plan: BiasPlan, interpret, traceable=False):
+    call = cached(host.bias_call)(plan, operand(slopes))
     return launch(call, dict(slopes=slopes), interpret=interpret, traceable=traceable)[0]
 
 
-def _launch_add(scores, slopes, q_offset, causal, interpret, inplace=False, traceable=False):
-    call = cached(alibi_add_call)(operand(scores), operand(slopes), q_offset=q_offset, causal=causal,
-                          inplace=inplace)
-    return launch(call, dict(scores=scores, slopes=slopes), interpret=interpret, traceable=traceable)[0]
-
-
-def _launch_softmax(scores, slopes, scale, q_offset, causal, interpret, traceable=False):
-    call = cached(alibi_softmax_call)(operand(scores), operand(slopes), scale=scale, q_offset=q_offset,
-                              causal=causal)
+def _launch_scores(scores, slopes, plan: ScoresPlan, interpret, inplace=False, traceable=False):
+    call = cached(host.scores_call)(plan, operand(scores), operand(slopes), inplace)
     return launch(call, dict(scores=scores, slopes=slopes), interpret=interpret, traceable=traceable)[0]
 
 
@@ -54,113 +45,58 @@ def _slopes_op(max_bias: Tensor, num_heads: int, head_offset: int, total_heads: 
 @triton_op("trinix::alibi_bias", mutates_args=())
 def _bias_op(slopes: Tensor, seqlen_q: int, seqlen_k: int, q_offset: int, causal: bool,
              dtype: torch.dtype, interpret: bool) -> Tensor:
-    return _launch_bias(slopes, seqlen_q, seqlen_k, q_offset, causal, dtype, interpret, traceable=True)
+    plan = BiasPlan(seqlen_q, seqlen_k, q_offset, causal, dtype_name(dtype))
+    return _launch_bias(slopes, plan, interpret, traceable=True)
 
 
 @triton_op("trinix::alibi_add", mutates_args=())
 def _add_op(scores: Tensor, slopes: Tensor, q_offset: int, causal: bool, interpret: bool) -> Tensor:
-    return _launch_add(scores, slopes, q_offset, causal, interpret, traceable=True)
+    return _launch_scores(scores, slopes, ScoresPlan(q_offset, causal), interpret, traceable=True)
 
 
 @triton_op("trinix::alibi_add_", mutates_args=("scores",))
 def _add_inplace_op(scores: Tensor, slopes: Tensor, q_offset: int, causal: bool, interpret: bool) -> None:
-    _launch_add(scores, slopes, q_offset, causal, interpret, inplace=True, traceable=True)
+    _launch_scores(scores, slopes, ScoresPlan(q_offset, causal), interpret, inplace=True, traceable=True)
 
 
 @triton_op("trinix::alibi_softmax", mutates_args=())
 def _softmax_op(scores: Tensor, slopes: Tensor, scale: float, q_offset: int, causal: bool,
                 interpret: bool) -> Tensor:
-    return _launch_softmax(scores, slopes, scale, q_offset, causal, interpret, traceable=True)
+    return _launch_scores(scores, slopes, ScoresPlan(q_offset, causal, scale), interpret, traceable=True)
 
 
-def _run(op, launch_kernel, *args):
+def _scores_by_kernel(scores, slopes, plan: ScoresPlan, interpret: bool, inplace: bool):
     """The kernel launched directly when eager; under torch.compile the torch.library op,
     which the compiler traces (its dispatch costs tens of microseconds per eager call)."""
-    return op(*args) if torch.compiler.is_compiling() else launch_kernel(*args)
+    if not torch.compiler.is_compiling():
+        return _launch_scores(scores, slopes, plan, interpret, inplace)
+    if plan.scale is not None:
+        return _softmax_op(scores, slopes, plan.scale, plan.q_offset, plan.causal, interpret)
+    if inplace:
+        _add_inplace_op(scores, slopes, plan.q_offset, plan.causal, interpret)
+        return scores
+    return _add_op(scores, slopes, plan.q_offset, plan.causal, interpret)
 
 
-class _AlibiAdd(torch.autograd.Function):
-    """scores + bias by the kernel; the gradient of scores is the output's, unchanged."""
+class _AlibiScores(torch.autograd.Function):
+    """scores + bias, or softmax(scale * scores + bias), by the kernel. The gradient of added
+    scores is the output's, unchanged; the softmax's comes from its output by torch ops."""
 
     @staticmethod
-    def forward(ctx, scores, slopes, q_offset, causal, interpret, inplace):
-        args = (scores, slopes, q_offset, causal, interpret)
+    def forward(ctx, scores, slopes, plan: ScoresPlan, interpret, inplace):
+        out = _scores_by_kernel(scores, slopes, plan, interpret, inplace)
         if inplace:
-            _run(_add_inplace_op, functools.partial(_launch_add, inplace=True), *args)
             ctx.mark_dirty(scores)
-            return scores
-        return _run(_add_op, _launch_add, *args)
+        if plan.scale is not None:
+            ctx.save_for_backward(out)
+        ctx.scale = plan.scale
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, None, None, None, None, None
-
-
-def _softmax_backward(y: Tensor, grad: Tensor, scale: float) -> Tensor:
-    """scale * y * (g - sum_k g * y), in float32 registers (float64 for float64)."""
-    compute = compute_dtype(y.dtype)
-    y32, g32 = y.to(compute), grad.to(compute)
-    return (scale * y32 * (g32 - (g32 * y32).sum(-1, keepdim=True))).to(y.dtype)
-
-
-class _AlibiSoftmax(torch.autograd.Function):
-    """softmax(scale * scores + bias) by the kernel; backward by torch ops from the output."""
-
-    @staticmethod
-    def forward(ctx, scores, slopes, scale, q_offset, causal, interpret):
-        y = _run(_softmax_op, _launch_softmax, scores, slopes, scale, q_offset, causal, interpret)
-        ctx.save_for_backward(y)
-        ctx.scale = scale
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        return _softmax_backward(y, grad, ctx.scale), None, None, None, None, None
-
-
-def _distance(seqlen_q: int, seqlen_k: int, q_offset: int, device) -> Tensor:
-    """(seqlen_q, seqlen_k) int64 key position - query position."""
-    keys = torch.arange(seqlen_k, device=device)
-    queries = torch.arange(q_offset, q_offset + seqlen_q, device=device)
-    return keys[None, :] - queries[:, None]
-
-
-def _from_nearest_key(distance: Tensor, causal: bool) -> Tensor:
-    """distance less, per row, that of the row's nearest visible key: the softmax's bias then
-    keeps its precision far from the keys (kernels/alibi.py, _from_nearest_key)."""
-    seqlen_k = distance.shape[-1]
-    query = -distance[:, :1]
-    if causal:
-        return distance - (seqlen_k - 1 - query).clamp(max=0)
-    return distance.abs() - torch.maximum(query - (seqlen_k - 1), -query).clamp(min=0)
-
-
-def _bias_torch(slopes: Tensor, distance: Tensor, causal: bool, compute: torch.dtype) -> Tensor:
-    """The torch backend's bias, (*slopes.shape, seqlen_q, seqlen_k) in `compute`."""
-    m = slopes.to(compute)[..., None, None]
-    d = distance.to(compute)
-    return m * d if causal else -m * d.abs()
-
-
-def _per_batch(slopes: Tensor) -> Tensor:
-    """(heads,) or (batch or 1, heads) slopes as (batch or 1, heads)."""
-    return slopes if slopes.ndim == 2 else slopes[None]
-
-
-def _softmax_torch(scores, slopes, scale, q_offset, causal):
-    seqlen_q, seqlen_k = scores.shape[-2:]
-    compute = compute_dtype(scores.dtype)
-    distance = _distance(seqlen_q, seqlen_k, q_offset, scores.device)
-    bias = _bias_torch(_per_batch(slopes), _from_nearest_key(distance, causal), causal, compute)
-    z = scale * scores.to(compute) + bias
-    if causal:
-        z = z.masked_fill(distance > 0, float("-inf"))
-    hidden = z == float("-inf")  # keys causal masking or the caller's -inf scores hide
-    # A row with no key left is 0, as the kernel gives; filling it with 0 before softmax keeps
-    # its gradient finite.
-    z = z.masked_fill(hidden.all(-1, keepdim=True), 0.0)
-    return torch.softmax(z, -1).masked_fill(hidden, 0.0).to(scores.dtype)
+        if ctx.scale is not None:
+            grad = fallback.softmax_backward(TorchOps, *ctx.saved_tensors, grad, ctx.scale)
+        return grad, None, None, None, None
 
 
 def _check_tensor(name: str, value) -> None:
@@ -181,18 +117,11 @@ def _device_memory_bytes(device: torch.device) -> int | None:
     return host.host_memory_bytes() if device.type == "cpu" else None
 
 
-def _check_bias_fits(shape, dtype: torch.dtype, device: torch.device) -> None:
-    """Refuse, before allocating, a bias bigger than all the memory of `device` (not while
-    torch.compile traces). The memory free right now is read only if the allocation fails
-    (_refuse_bias_out_of_memory): reading it costs a driver call and two passes over the
-    allocator's statistics, ~0.5 ms per bias on the H200, as much as the seed's medium bias."""
-    if not torch.compiler.is_compiling():
-        host.check_bias_fits(shape, dtype_name(dtype), _device_memory_bytes(device))
-
-
 def _refuse_bias_out_of_memory(shape, dtype: torch.dtype, device: torch.device,
                                error: torch.OutOfMemoryError):
-    """Raise the ValueError of a bias that does not fit the CUDA memory free now, or `error`."""
+    """Raise the ValueError of a bias that does not fit the CUDA memory free now, or `error`.
+    The free memory is read only here: reading it costs a driver call and two passes over the
+    allocator's statistics, as much as a small bias takes."""
     free, _ = torch.cuda.mem_get_info(device)
     available = free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     try:
@@ -202,22 +131,27 @@ def _refuse_bias_out_of_memory(shape, dtype: torch.dtype, device: torch.device,
     raise error
 
 
+def _check_dtype(dtype) -> None:
+    if dtype not in DTYPES.values():
+        raise TypeError(f"dtype must be one of {list(DTYPES.values())}, got {dtype}")
+
+
 def alibi_slopes(num_heads: int, *, max_bias: float = 8.0, head_offset: int = 0,
                  total_heads: int | None = None, device=None, backend: str = "auto",
                  use_triton: bool = True) -> Tensor:
     """ALiBi slopes of heads head_offset .. head_offset + num_heads - 1 of a model with
     `total_heads` heads (default num_heads), (num_heads,) float32; one kernel launch on the
     Triton backends."""
-    host.check_alibi_config(num_heads, max_bias=max_bias, head_offset=head_offset, total_heads=total_heads)
+    spec = AlibiSpec.of(num_heads, max_bias=max_bias, head_offset=head_offset, total_heads=total_heads)
     device = torch.device(device) if device is not None else torch.get_default_device()
     backend = resolve_backend(backend, use_triton, device)
     if backend == "torch":
-        slopes = host.alibi_slopes(num_heads, max_bias=max_bias, head_offset=head_offset,
-                                   total_heads=total_heads)
-        return torch.from_numpy(slopes).to(device=device, dtype=torch.float32)
+        return torch.from_numpy(spec.slopes()).to(device=device, dtype=torch.float32)
     max_bias = torch.full((1,), float(max_bias), dtype=torch.float32, device=device)
-    return _run(_slopes_op, _launch_slopes, max_bias, num_heads, head_offset, total_heads or num_heads,
-                backend == "interpret")
+    interpret = backend == "interpret"
+    if torch.compiler.is_compiling():
+        return _slopes_op(max_bias, num_heads, head_offset, spec.total_heads, interpret)
+    return _launch_slopes(max_bias, num_heads, head_offset, spec.total_heads, interpret)
 
 
 def alibi_bias(slopes: Tensor, seq_len: int, key_len: int | None = None, *, causal: bool = False,
@@ -228,34 +162,31 @@ def alibi_bias(slopes: Tensor, seq_len: int, key_len: int | None = None, *, caus
     refused (ValueError): before anything is allocated if it exceeds all of it, when its
     allocation fails if it exceeds what is free."""
     _check_tensor("slopes", slopes)
-    host.check_slopes(operand(slopes))
+    _check_dtype(dtype)
+    compiling = torch.compiler.is_compiling()  # no memory query while torch.compile traces
+    plan = host.plan_bias(operand(slopes), seq_len, key_len, q_offset=q_offset, causal=causal,
+                          dtype=dtype_name(dtype), available_bytes=None if compiling else
+                          _device_memory_bytes(slopes.device))
     _check_constant(slopes)
-    host.check_size("seq_len", seq_len)
-    seqlen_q, seqlen_k = seq_len, seq_len if key_len is None else key_len
-    host.check_size("key_len", seqlen_k)
-    q_offset = host.query_offset(q_offset, seqlen_q, seqlen_k)
-    if dtype not in DTYPES.values():
-        raise TypeError(f"dtype must be one of {list(DTYPES.values())}, got {dtype}")
-    shape = (slopes.shape[0], seqlen_q, seqlen_k)
-    _check_bias_fits(shape, dtype, slopes.device)
     backend = resolve_backend(backend, use_triton, slopes.device)
     try:
         if backend == "torch":
-            distance = _distance(seqlen_q, seqlen_k, q_offset, slopes.device)
-            return _bias_torch(slopes, distance, causal, compute_dtype(dtype)).to(dtype)
-        return _run(_bias_op, _launch_bias, slopes, seqlen_q, seqlen_k, q_offset, causal, dtype,
-                    backend == "interpret")
+            return fallback.alibi_bias(TorchOps, slopes, plan.seqlen_q, plan.seqlen_k, plan.q_offset, causal, dtype)
+        if compiling:
+            return _bias_op(slopes, plan.seqlen_q, plan.seqlen_k, plan.q_offset, plan.causal, dtype,
+                            backend == "interpret")
+        return _launch_bias(slopes, plan, backend == "interpret")
     except torch.OutOfMemoryError as error:
-        _refuse_bias_out_of_memory(shape, dtype, slopes.device, error)
+        _refuse_bias_out_of_memory((slopes.shape[0], plan.seqlen_q, plan.seqlen_k), dtype, slopes.device, error)
 
 
-def _checked_scores(scores, slopes, q_offset, num_heads=None) -> int:
-    """Check scores and slopes (and scores' heads against a module's); return the query offset."""
+def _planned_scores(scores, slopes, q_offset, causal, scale=None, num_heads=None) -> ScoresPlan:
     _check_tensor("scores", scores)
     _check_tensor("slopes", slopes)
-    host.check_scores(operand(scores), operand(slopes), num_heads=num_heads)
+    plan = host.plan_scores(operand(scores), operand(slopes), q_offset=q_offset, causal=causal, scale=scale,
+                            num_heads=num_heads)
     _check_constant(slopes)
-    return host.query_offset(q_offset, *scores.shape[-2:])
+    return plan
 
 
 def alibi_add(scores: Tensor, slopes: Tensor, *, causal: bool = False, q_offset: int | None = None,
@@ -265,19 +196,11 @@ def alibi_add(scores: Tensor, slopes: Tensor, *, causal: bool = False, q_offset:
     Returns a new tensor like scores (row-major), or scores itself when `inplace` (refused for
     a leaf that requires grad). The gradient of scores passes through unchanged.
     """
-    q_offset = _checked_scores(scores, slopes, q_offset)
+    plan = _planned_scores(scores, slopes, q_offset, causal)
     if inplace and torch.is_grad_enabled() and scores.is_leaf and scores.requires_grad:
         raise ValueError("inplace=True cannot add to a leaf tensor that requires grad (scores); "
                          "use inplace=False or add to a non-leaf (e.g. q @ k^T)")
-    backend = resolve_backend(backend, use_triton, scores.device)
-    slopes = slopes.to(scores.device)
-    if backend == "torch":
-        distance = _distance(*scores.shape[-2:], q_offset, scores.device)
-        bias = _bias_torch(_per_batch(slopes), distance, causal, compute_dtype(scores.dtype))
-        if inplace:
-            return scores.add_(bias)
-        return (scores + bias).to(scores.dtype)
-    return _AlibiAdd.apply(scores, slopes, q_offset, causal, backend == "interpret", inplace)
+    return _run_scores(scores, slopes, plan, backend, use_triton, inplace)
 
 
 def alibi_softmax(scores: Tensor, slopes: Tensor, *, scale: float = 1.0, causal: bool = False,
@@ -288,13 +211,19 @@ def alibi_softmax(scores: Tensor, slopes: Tensor, *, scale: float = 1.0, causal:
     form then gives the same) and returns 0 for a query before every key. `scale` is compiled
     into the kernel (one compilation per value).
     """
-    q_offset = _checked_scores(scores, slopes, q_offset)
-    host.check_scale(scale)
+    plan = _planned_scores(scores, slopes, q_offset, causal, scale)
+    return _run_scores(scores, slopes, plan, backend, use_triton, inplace=False)
+
+
+def _run_scores(scores, slopes, plan: ScoresPlan, backend, use_triton, inplace):
     backend = resolve_backend(backend, use_triton, scores.device)
     slopes = slopes.to(scores.device)
-    if backend == "torch":
-        return _softmax_torch(scores, slopes, scale, q_offset, causal)
-    return _AlibiSoftmax.apply(scores, slopes, float(scale), q_offset, causal, backend == "interpret")
+    if backend != "torch":
+        return _AlibiScores.apply(scores, slopes, plan, backend == "interpret", inplace)
+    if plan.scale is not None:
+        return fallback.alibi_softmax(TorchOps, scores, slopes, plan.scale, plan.q_offset, plan.causal)
+    added = fallback.alibi_add(TorchOps, scores, slopes, plan.q_offset, plan.causal)
+    return scores.copy_(added) if inplace else added
 
 
 class FastALiBiPositionEmbedding(torch.nn.Module):
@@ -307,21 +236,12 @@ class FastALiBiPositionEmbedding(torch.nn.Module):
         scores = alibi.add_to_scores(scores)     # scores (batch, 64, seq_q, seq_k) + ALiBi
         probs = alibi.softmax(scores, scale=head_dim ** -0.5, causal=True)
 
-    Args:
-        num_heads: heads of this module (of the shard, under tensor parallelism).
-        max_seq_len: the context the model was trained for. Longer sequences are served,
-            not refused: ALiBi extrapolates and there is no table to outgrow. Only a bias too
-            big for the device's memory is refused (use add_to_scores or softmax then).
+    Args: those of `trinix.alibi.AlibiSpec.of` (the module's `spec`), and
         use_triton: False runs plain torch ops (the "torch" backend).
         backend: "auto" (Triton for CUDA tensors, torch ops otherwise), "triton", "interpret"
             (the Triton kernels on the CPU through Triton's interpreter) or "torch".
-        causal: the bias form, causal m(j - i') instead of symmetric -m|j - i'|; also the
-            default mask of `softmax`.
         dtype: dtype of the bias `forward` returns (float32; float16/bfloat16 lose the
             difference between neighbouring keys at long context).
-        max_bias: the 8 of the paper's slopes 2^(-8h/n) (MPT's alibi_bias_max).
-        head_offset, total_heads: this module's heads are heads head_offset ..
-            head_offset + num_heads - 1 of a model with total_heads heads, and get their slopes.
         device: where the slopes (and so the biases) live; moves with the module.
 
     `slopes` is a (num_heads,) float32 buffer; it stays float32 when the module is cast.
@@ -332,27 +252,23 @@ class FastALiBiPositionEmbedding(torch.nn.Module):
                  max_bias: float = 8.0, head_offset: int = 0, total_heads: int | None = None,
                  device=None):
         super().__init__()
-        host.check_alibi_config(num_heads, max_bias=max_bias, head_offset=head_offset,
-                                total_heads=total_heads, max_seq_len=max_seq_len)
+        self.spec = AlibiSpec.of(num_heads, max_seq_len, causal, max_bias, head_offset, total_heads)
         resolve_backend(backend, use_triton, torch.device("cuda"))
-        if dtype not in DTYPES.values():
-            raise TypeError(f"dtype must be one of {list(DTYPES.values())}, got {dtype}")
-        self.num_heads = num_heads
-        self.max_seq_len = max_seq_len
-        self.use_triton = use_triton
-        self.backend = backend
-        self.causal = causal
-        self.dtype = dtype
-        self.max_bias = max_bias
-        self.head_offset = head_offset
-        self.total_heads = total_heads or num_heads
+        _check_dtype(dtype)
+        self.use_triton, self.backend, self.dtype = use_triton, backend, dtype
         self.register_buffer("slopes", self._slopes(device), persistent=False)
+
+    num_heads = property(lambda self: self.spec.num_heads)
+    max_seq_len = property(lambda self: self.spec.max_seq_len)
+    causal = property(lambda self: self.spec.causal)
+    max_bias = property(lambda self: self.spec.max_bias)
+    head_offset = property(lambda self: self.spec.head_offset)
+    total_heads = property(lambda self: self.spec.total_heads)
 
     def _slopes(self, device) -> Tensor:
         return alibi_slopes(self.num_heads, max_bias=self.max_bias, head_offset=self.head_offset,
                             total_heads=self.total_heads, device=device, backend=self.backend,
                             use_triton=self.use_triton)
-
     def _apply(self, fn, recurse=True):
         # Follow the module's moves, but not its casts (model.half()): slopes rounded to
         # float16 would misplace far keys, so they are recomputed in float32.
@@ -378,7 +294,7 @@ class FastALiBiPositionEmbedding(torch.nn.Module):
                       backend: str | None = None) -> Tensor:
         """scores (batch, num_heads, seqlen_q, seqlen_k) + ALiBi, in one pass and no bias
         tensor (see `alibi_add`)."""
-        _checked_scores(scores, self.slopes, q_offset, self.num_heads)
+        _planned_scores(scores, self.slopes, q_offset, self.causal, num_heads=self.num_heads)
         return alibi_add(scores, self.slopes, causal=self.causal, q_offset=q_offset, inplace=inplace,
                          backend=backend or self.backend, use_triton=self.use_triton)
 
@@ -386,7 +302,7 @@ class FastALiBiPositionEmbedding(torch.nn.Module):
                 q_offset: int | None = None, backend: str | None = None) -> Tensor:
         """softmax(scale * scores + ALiBi) over keys in one kernel (see `alibi_softmax`);
         causal (masking the keys after each query) defaults to the module's."""
-        _checked_scores(scores, self.slopes, q_offset, self.num_heads)
+        _planned_scores(scores, self.slopes, q_offset, self.causal, scale, self.num_heads)
         return alibi_softmax(scores, self.slopes, scale=scale,
                              causal=self.causal if causal is None else causal, q_offset=q_offset,
                              backend=backend or self.backend, use_triton=self.use_triton)

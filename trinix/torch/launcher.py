@@ -7,24 +7,12 @@ from typing import Any
 import torch
 from torch.library import wrap_triton
 
+from trinix import backend as backend_rule
 from trinix.kernels import triton_compat
 from trinix.kernels.call import KernelCall, Operand
+from trinix.rope import FLOAT_DTYPES
 
-BACKENDS = ("auto", "triton", "interpret", "torch")
-
-DTYPES = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-}
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype framework-op fallbacks compute in: float32, float64 for float64 inputs."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
+DTYPES = {name: getattr(torch, name) for name in FLOAT_DTYPES}
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
@@ -59,19 +47,48 @@ def may_synchronize(device: torch.device) -> bool:
 
 
 def resolve_backend(backend: str, use_triton: bool, device: torch.device) -> str:
-    """The backend a call runs on: "triton", "interpret" or "torch"."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if not use_triton:
-        if backend not in ("auto", "torch"):
-            raise ValueError(f"use_triton=False asks for the torch backend, but backend={backend!r}")
-        return "torch"
-    if backend == "auto":
-        return "triton" if device.type == "cuda" else "torch"
-    if backend == "triton" and device.type != "cuda":
-        raise ValueError(f"backend='triton' needs CUDA tensors, got tensors on {device}; "
-                         "backend='interpret' runs the same kernel on the CPU")
-    return backend
+    """The backend a call on tensors on `device` runs on: "triton", "interpret" or "torch"."""
+    return backend_rule.resolve_backend(backend, use_triton, fallback="torch", on_gpu=device.type == "cuda",
+                                        where=str(device))
+
+
+def read(tensor: torch.Tensor | None, bounds: bool = False):
+    """The values of `tensor` as numpy, or only its (min, max) if `bounds` (a smaller copy);
+    None where reading them is not allowed now."""
+    if tensor is None or not may_synchronize(tensor.device):
+        return None
+    if bounds and tensor.numel():
+        tensor = torch.stack(torch.aminmax(tensor))
+    return tensor.detach().cpu().numpy()
+
+
+class TorchOps:
+    """torch as the array namespace of trinix.fallback."""
+
+    where, floor, cos, sin, abs = torch.where, torch.floor, torch.cos, torch.sin, torch.abs
+    clip, maximum, stack, concatenate = torch.clip, torch.maximum, torch.stack, torch.concatenate
+    broadcast_to, searchsorted, softmax = torch.broadcast_to, torch.searchsorted, torch.softmax
+    float32, float64 = torch.float32, torch.float64
+
+    @staticmethod
+    def angle_dtype() -> torch.dtype:
+        return torch.float64
+
+    @staticmethod
+    def arange(start: int, stop: int, like: torch.Tensor) -> torch.Tensor:
+        return torch.arange(start, stop, device=like.device)
+
+    @staticmethod
+    def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return x.to(dtype)
+
+    @staticmethod
+    def expand_dims(x: torch.Tensor, axis: int) -> torch.Tensor:
+        return x.unsqueeze(axis)
+
+    @staticmethod
+    def repeat(x: torch.Tensor, repeats: int, axis: int) -> torch.Tensor:
+        return x.repeat_interleave(repeats, dim=axis)
 
 
 # Triton's interpreter keeps global state while it runs (the program id, a patched
@@ -86,8 +103,7 @@ def launch(call: KernelCall, arrays: dict[str, torch.Tensor | None], *, interpre
 
     `traceable` launches through torch.library.wrap_triton, as the body of a triton_op must
     for torch.compile to trace it. Eager launches go straight to the kernel: through
-    wrap_triton they pass a higher-order op that costs hundreds of microseconds per call
-    (measured on the H200: 407 us of host time per RoPE call at the seed's small size).
+    wrap_triton they pass a higher-order op that costs hundreds of microseconds per call.
     Returns the outputs: new tensors, or the aliased inputs for in-place outputs.
     """
     inputs = [arrays.get(name) for name in call.inputs]

@@ -1,0 +1,187 @@
+"""The framework-op backends ("torch", "xla"), written once for both bindings.
+
+Each function takes `xp`, the binding's array namespace (trinix.torch.launcher.TorchOps,
+trinix.jax.launcher.JaxOps): NumPy's names where torch and jax.numpy share them (where,
+floor, cos, sin, abs, clip, maximum, stack, concatenate, broadcast_to, searchsorted), and
+arange(start, stop, like), cast(x, dtype), expand_dims(x, axis), repeat(x, n, axis),
+softmax(x, axis), the dtypes float32 and float64, and angle_dtype() (float64 in torch; jax's
+float64 only with x64).
+"""
+
+import math
+
+from trinix.rope import split_bshd
+
+def compute_dtype(xp, dtype):
+    """The dtype the fallbacks compute in: float32, float64 for float64 inputs."""
+    return xp.float64 if dtype == xp.float64 else xp.float32
+
+
+# RoPE: q, k in their layout; cos/sin per token, (batch or 1, seq, rotary_dim), or
+# (tokens, rotary_dim) for "thd".
+
+
+def pairs(x, half: int, interleaved: bool):
+    """The two members of each rotated pair, from the first 2 * half columns of x."""
+    if interleaved:
+        return x[..., 0:2 * half:2], x[..., 1:2 * half:2]
+    return x[..., :half], x[..., half:2 * half]
+
+
+def rotate(xp, q, k, cos, sin, layout: str, interleaved: bool):
+    """(q_rot, k_rot) by per-token cos and sin; the columns past rotary_dim pass through."""
+    compute = compute_dtype(xp, q.dtype)
+    head_axis = -3 if layout == "bhsd" else -2  # where cos/sin broadcast over heads
+    half = cos.shape[-1] // 2
+    c1, c2 = (xp.expand_dims(c, head_axis) for c in pairs(xp.cast(cos, compute), half, interleaved))
+    s1, s2 = (xp.expand_dims(s, head_axis) for s in pairs(xp.cast(sin, compute), half, interleaved))
+
+    def rotate_one(x):
+        x1, x2 = pairs(xp.cast(x, compute), half, interleaved)
+        o1, o2 = x1 * c1 - x2 * s1, x2 * c2 + x1 * s2
+        if interleaved:
+            rotated = xp.stack((o1, o2), axis=-1).reshape(*o1.shape[:-1], 2 * half)
+        else:
+            rotated = xp.concatenate((o1, o2), axis=-1)
+        return xp.concatenate((xp.cast(rotated, x.dtype), x[..., 2 * half:]), axis=-1)
+
+    return rotate_one(q), rotate_one(k)
+
+
+def token_positions(xp, q, layout: str, position_ids, offsets, cu_seqlens, offset: int):
+    """Position of each token, (batch or 1, seq), or (tokens,) for "thd", and the batch
+    (sequence) index to read per-batch tables at, broadcastable to it. Packed tokens find their
+    sequence by a search of cu_seqlens on the device: no host read, traceable."""
+    if layout == "thd":
+        tokens = xp.arange(0, q.shape[0], like=q)
+        sequence = xp.searchsorted(cu_seqlens[1:], tokens, side="right")
+        if position_ids is not None:
+            return position_ids, sequence
+        positions = tokens - cu_seqlens[sequence] + offset
+        if offsets is not None:
+            positions = positions + xp.broadcast_to(offsets, cu_seqlens[1:].shape)[sequence]
+        return positions, sequence
+    batch, seq_len = split_bshd(q.shape, layout)[:2]
+    positions = position_ids
+    if positions is None:
+        positions = xp.arange(offset, offset + seq_len, like=q)[None]
+        if offsets is not None:
+            positions = positions + offsets[:, None]
+    return positions, xp.arange(0, batch, like=q)[:, None]
+
+
+def table_rows(xp, table, positions, sequence):
+    """Rows `positions` of a (rows, dim) table, or of sequence `sequence` (broadcastable to
+    positions) of a (batch, rows, dim) one, as (*positions.shape, dim); NaN rows for positions
+    outside the table, as the kernel gives."""
+    table = table if table.ndim == 3 else table[None]
+    inside = (positions >= 0) & (positions < table.shape[1])
+    rows = table[sequence if table.shape[0] > 1 else 0, xp.where(inside, positions, 0)]
+    return xp.where(inside[..., None], rows, math.nan)
+
+
+def cos_sin(xp, frequencies, positions, dtype, interleaved: bool):
+    """cos and sin (*positions.shape, rotary_dim) of `dtype`, times the amplitude, from the
+    kernels' frequency operand (3, rotary_dim / 2).
+
+    The angle 2pi * frac(position * turns) is formed in xp.angle_dtype(): float64 in torch, as in
+    the kernels; jax's float32 without x64 (as Flax and transformers), which loses bits at long
+    context."""
+    angle_dtype = xp.angle_dtype()
+    positions = xp.cast(positions, angle_dtype)[..., None]
+    high, low, amplitude = xp.cast(frequencies, angle_dtype)
+    turns = positions * high
+    turns = turns - xp.floor(turns) + positions * low
+    angle = (2 * math.pi) * (turns - xp.floor(turns))
+
+    def in_both_columns(x):
+        """Each frequency's value in both columns of its pair (see pairs)."""
+        x = xp.repeat(x, 2, axis=-1) if interleaved else xp.concatenate((x, x), axis=-1)
+        return xp.cast(x, dtype)
+
+    return in_both_columns(amplitude * xp.cos(angle)), in_both_columns(amplitude * xp.sin(angle))
+
+
+def rope_rotate(xp, q, k, *, cos, sin, frequencies, position_ids, offsets, cu_seqlens, offset: int,
+                layout: str, interleaved: bool):
+    """(q_rot, k_rot) by cos/sin tables (rows indexed by position) or by frequencies."""
+    positions, sequence = token_positions(xp, q, layout, position_ids, offsets, cu_seqlens, offset)
+    if cos is None:
+        cos, sin = cos_sin(xp, frequencies, positions, compute_dtype(xp, q.dtype), interleaved)
+    else:
+        cos, sin = table_rows(xp, cos, positions, sequence), table_rows(xp, sin, positions, sequence)
+    return rotate(xp, q, k, cos, sin, layout, interleaved)
+
+
+def rope_table(xp, frequencies, seq_len: int, offset: int, dtype, interleaved: bool):
+    """cos and sin (seq_len, rotary_dim) of `dtype` for positions offset .. offset + seq_len - 1."""
+    positions = xp.arange(offset, offset + seq_len, like=frequencies)
+    return cos_sin(xp, frequencies, positions, dtype, interleaved)
+
+
+# ALiBi: scores (batch, heads, seqlen_q, seqlen_k); slopes (heads,) or (batch or 1, heads).
+
+
+def distance(xp, seqlen_q: int, seqlen_k: int, q_offset: int, like):
+    """(seqlen_q, seqlen_k) integer key position - query position."""
+    keys = xp.arange(0, seqlen_k, like=like)
+    queries = xp.arange(q_offset, q_offset + seqlen_q, like=like)
+    return keys[None, :] - queries[:, None]
+
+
+def from_nearest_key(xp, distance, causal: bool):
+    """distance less, per row, that of the row's nearest visible key: the softmax's bias then
+    keeps its precision far from the keys (kernels/alibi.py, _from_nearest_key)."""
+    seqlen_k = distance.shape[-1]
+    query = -distance[:, :1]
+    if causal:
+        return distance - xp.clip(seqlen_k - 1 - query, max=0)
+    return xp.abs(distance) - xp.clip(xp.maximum(query - (seqlen_k - 1), -query), min=0)
+
+
+def bias(xp, slopes, distance, causal: bool, dtype):
+    """The bias (*slopes.shape, seqlen_q, seqlen_k) in `dtype`: causal m(j - i'), symmetric
+    -m|j - i'|."""
+    m = xp.cast(slopes, dtype)[..., None, None]
+    d = xp.cast(distance, dtype)
+    return m * d if causal else -m * xp.abs(d)
+
+
+def alibi_bias(xp, slopes, seqlen_q: int, seqlen_k: int, q_offset: int, causal: bool, dtype):
+    """The bias (heads, seqlen_q, seqlen_k) of `dtype` for slopes (heads,)."""
+    d = distance(xp, seqlen_q, seqlen_k, q_offset, slopes)
+    return xp.cast(bias(xp, slopes, d, causal, compute_dtype(xp, dtype)), dtype)
+
+
+def _per_batch(slopes):
+    """(heads,) or (batch or 1, heads) slopes as (batch or 1, heads)."""
+    return slopes if slopes.ndim == 2 else slopes[None]
+
+
+def alibi_add(xp, scores, slopes, q_offset: int, causal: bool):
+    """scores + bias, like scores."""
+    d = distance(xp, *scores.shape[-2:], q_offset, scores)
+    added = bias(xp, _per_batch(slopes), d, causal, compute_dtype(xp, scores.dtype))
+    return xp.cast(xp.cast(scores, added.dtype) + added, scores.dtype)
+
+
+def alibi_softmax(xp, scores, slopes, scale: float, q_offset: int, causal: bool):
+    """softmax over keys of scale * scores + bias, like scores; a row with no visible key is 0."""
+    compute = compute_dtype(xp, scores.dtype)
+    d = distance(xp, *scores.shape[-2:], q_offset, scores)
+    z = scale * xp.cast(scores, compute) + bias(xp, _per_batch(slopes), from_nearest_key(xp, d, causal),
+                                                causal, compute)
+    if causal:
+        z = xp.where(d > 0, -math.inf, z)
+    hidden = z == -math.inf  # keys causal masking or the caller's -inf scores hide
+    # Filling a row with no key left with 0 before softmax keeps its gradient finite.
+    z = xp.where(hidden.all(axis=-1, keepdims=True), 0.0, z)
+    return xp.cast(xp.where(hidden, 0.0, xp.softmax(z, axis=-1)), scores.dtype)
+
+
+def softmax_backward(xp, y, grad, scale: float):
+    """The fused softmax's backward from its output: scale * y * (g - sum_k g * y), in float32
+    (float64 for float64)."""
+    compute = compute_dtype(xp, y.dtype)
+    y32, g32 = xp.cast(y, compute), xp.cast(grad, compute)
+    return xp.cast(scale * y32 * (g32 - (g32 * y32).sum(axis=-1, keepdims=True)), y.dtype)
