@@ -14,6 +14,7 @@ from trinix.kernels.attention import attention_bwd_calls, attention_fwd_call
 from trinix.kernels.call import KernelCall, Operand
 
 INPUTS = ("q", "k", "v", "slopes", "cu_seqlens_q", "cu_seqlens_k")
+ARGUMENTS = ("q", "k", "v", "alibi", "cu_seqlens_q", "cu_seqlens_k")  # the caller's names of INPUTS
 SEQ_AXIS = {"bshd": 1, "bhsd": 2}
 
 

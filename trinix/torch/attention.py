@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.library import triton_op
 
 from trinix import attention as planner
-from trinix.attention import INPUTS, Options
+from trinix.attention import ARGUMENTS, INPUTS, Options
 from trinix.kernels.attention import attention_bwd_calls, attention_fwd_call
 from trinix.torch.launcher import cached, compute_dtype, launch, operand, resolve_backend
 
@@ -162,11 +162,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, alibi=None, causal: bool = Fal
     Gradients flow to q, k and v; slopes are constants.
     """
     arrays = dict(zip(INPUTS, (q, k, v, planner.slopes_of(alibi), cu_seqlens_q, cu_seqlens_k)))
-    for name, array in arrays.items():
+    for name, array in zip(ARGUMENTS, arrays.values()):
         if array is not None and not isinstance(array, Tensor):
-            raise TypeError(f"{'alibi' if name == 'slopes' else name} must be a torch.Tensor"
-                            f"{' or a FastALiBiPositionEmbedding' if name == 'slopes' else ''}, got "
-                            f"{type(array).__name__}")
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(array).__name__}")
     if arrays["slopes"] is not None:
         arrays["slopes"] = arrays["slopes"].detach().to(q.device)
     options = planner.plan(_operands(arrays), causal=causal, scale=scale, q_offset=q_offset, layout=layout,
