@@ -60,9 +60,10 @@ def module_defaults(module, causal: bool | None, backend: str | None, fallback: 
 
 def plan(operands: dict[str, Operand | None], *, causal: bool = False, scale: float | None = None,
          q_offset: int | None = None, layout: str = "bshd", max_seqlen_q: int | None = None,
-         max_seqlen_k: int | None = None) -> Options:
+         max_seqlen_k: int | None = None, builder=attention_fwd_call) -> Options:
     """The checked Options of attention on `operands` (by `INPUTS` name): TypeError/ValueError
-    naming the argument, raised here, before any launch (the forward builder's checks, run once)."""
+    naming the argument, raised here, before any launch (the forward builder's checks, run once;
+    `builder` as in `forward_call`)."""
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     q, k = operands["q"], operands["k"]
@@ -70,7 +71,7 @@ def plan(operands: dict[str, Operand | None], *, causal: bool = False, scale: fl
         scale = q.shape[-1] ** -0.5
     options = Options(alibi_form(operands["slopes"] is not None, causal), causal, scale, q_offset, layout,
                       max_seqlen_q, max_seqlen_k)
-    forward_call(options, operands)
+    forward_call(options, operands, builder=builder)
     if layout in SEQ_AXIS:  # one offset serves every sequence: resolved here, the fallbacks need it
         q_offset = host.query_offset(q_offset, q.shape[SEQ_AXIS[layout]], k.shape[SEQ_AXIS[layout]])
     return options._replace(scale=float(scale), q_offset=q_offset)

@@ -168,7 +168,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, alibi=None, causal: bool = Fal
     if arrays["slopes"] is not None:
         arrays["slopes"] = arrays["slopes"].detach().to(q.device)
     options = planner.plan(_operands(arrays), causal=causal, scale=scale, q_offset=q_offset, layout=layout,
-                           max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k)
+                           max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
+                           builder=cached(attention_fwd_call))
     backend = resolve_backend(backend, True, q.device)
     if backend == "torch":
         return _attention_torch(*arrays.values(), options)
