@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tests.runners import HAS_CUDA
-from tests.test_attention_kernels import GRAD_TOLERANCES, TOLERANCES
+from tests.test_attention_kernels import GRAD_TOLERANCES, TOLERANCES, _rounded
 from trinix import reference as ref
 from trinix.attention import alibi_form
 from trinix.torch import FastALiBiPositionEmbedding
@@ -66,11 +66,6 @@ CASES = [
 ]
 
 
-def _rounded(shape, dtype: str, rng) -> np.ndarray:
-    """Standard normal float64 values that the dtype holds exactly."""
-    return torch.from_numpy(rng.standard_normal(shape)).to(DTYPES[dtype]).double().numpy()
-
-
 def _inputs(case: Case, seed: int = 0) -> dict:
     """float64 NumPy q, k, v, do in the case's layout, float32 slopes (or None) and int32
     cu_seqlens (or None)."""
@@ -116,18 +111,19 @@ def _reference(case: Case, arrays: dict):
     return tuple(map(swap, (o, *ref.attention_vjp(q, k, v, do, slopes, **form))))
 
 
-def _torch(x):
-    return None if x is None else torch.from_numpy(x)
+def _torch(x, device="cpu"):
+    return None if x is None else torch.from_numpy(x).to(device)
 
 
-def run_torch(case: Case, arrays: dict, backend: str):
-    """(o, dq, dk, dv) of trinix.torch.attention as float64 NumPy."""
-    q, k, v = (_torch(arrays[name]).to(DTYPES[case.dtype]).requires_grad_() for name in ("q", "k", "v"))
-    o = torch_attention.attention(q, k, v, alibi=_torch(arrays["slopes"]), cu_seqlens_q=_torch(arrays["cu_seqlens_q"]),
-                                  cu_seqlens_k=_torch(arrays["cu_seqlens_k"]), backend=backend, **_options(case))
+def run_torch(case: Case, arrays: dict, backend: str, device: str = "cpu", function=None):
+    """(o, dq, dk, dv) of trinix.torch.attention (or `function`, e.g. it compiled) as float64 NumPy."""
+    function = function or torch_attention.attention
+    q, k, v = (_torch(arrays[name], device).to(DTYPES[case.dtype]).requires_grad_() for name in ("q", "k", "v"))
+    slopes, cu_q, cu_k = (_torch(arrays[name], device) for name in ("slopes", "cu_seqlens_q", "cu_seqlens_k"))
+    o = function(q, k, v, alibi=slopes, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, backend=backend, **_options(case))
     assert o.dtype == q.dtype and o.shape == q.shape
-    o.backward(_torch(arrays["do"]).to(o.dtype))
-    return tuple(x.detach().double().numpy() for x in (o, q.grad, k.grad, v.grad))
+    o.backward(_torch(arrays["do"], device).to(o.dtype))
+    return tuple(x.detach().double().cpu().numpy() for x in (o, q.grad, k.grad, v.grad))
 
 
 def _jax(x, dtype=None):
@@ -226,15 +222,56 @@ def test_torch_module_attention_uses_its_slopes_and_causal_flag():
     assert_close(o.double().numpy(), _reference(case, arrays)[0], TOLERANCES["float32"], "o")
 
 
-def test_torch_compile_of_the_fallback_has_no_graph_break():
-    case = CASES[1]
+@pytest.mark.parametrize("case", [CASES[1], CASES[6]], ids=lambda case: case.name)
+def test_torch_compile_of_the_fallback_has_no_graph_break(case):
     arrays = _inputs(case)
-    q, k, v = (_torch(arrays[name]).float().requires_grad_() for name in ("q", "k", "v"))
-    compiled = torch.compile(torch_attention.attention, fullgraph=True, backend="aot_eager")
-    o = compiled(q, k, v, alibi=_torch(arrays["slopes"]), causal=True, backend="torch")
-    o.backward(_torch(arrays["do"]).float())
-    results = tuple(x.detach().double().numpy() for x in (o, q.grad, k.grad, v.grad))
-    _assert_matches_reference(case, results, _reference(case, arrays))
+    # Static shapes: the kernel plan is shape math on ints (dynamic shapes would trace it with SymInts).
+    compiled = torch.compile(torch_attention.attention, fullgraph=True, dynamic=False, backend="aot_eager")
+    _assert_matches_reference(case, run_torch(case, arrays, "torch", function=compiled), _reference(case, arrays))
+
+
+# --- GPU: the compiled kernels ------------------------------------------------------------------
+
+gpu = pytest.mark.skipif(not HAS_CUDA, reason="compiled Triton needs a CUDA GPU")
+MEDIUM = [Case(512, 512, heads=8, kv_heads=2, head_dim=64, dtype="float16", causal=True, batch=2),
+          Case(300, 700, heads=6, kv_heads=6, head_dim=128, dtype="bfloat16", q_offset=100, layout="bhsd"),
+          Case(200, 300, heads=4, kv_heads=1, head_dim=64, dtype="float16", causal=True, layout="thd",
+               cu_seqlens=((0, 100, 130, 330), (0, 150, 160, 460)))]
+
+
+@gpu
+@pytest.mark.parametrize("case", MEDIUM, ids=lambda case: case.name)
+def test_compiled_kernels_match_reference(case):
+    arrays = _inputs(case)
+    _assert_matches_reference(case, run_torch(case, arrays, "triton", "cuda"), _reference(case, arrays))
+
+
+@gpu
+def test_torch_compile_of_the_triton_path_with_backward():
+    case = MEDIUM[0]
+    arrays = _inputs(case)
+    compiled = torch.compile(torch_attention.attention, fullgraph=True, dynamic=False)
+    _assert_matches_reference(case, run_torch(case, arrays, "triton", "cuda", compiled), _reference(case, arrays))
+
+
+@gpu
+def test_agrees_with_flex_attention_and_an_alibi_score_mod():
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    case = MEDIUM[0]
+    arrays = _inputs(case)
+    q, k, v = (_torch(arrays[name], "cuda").half() for name in ("q", "k", "v"))
+    slopes = _torch(arrays["slopes"], "cuda")
+
+    def alibi(score, b, h, q_idx, kv_idx):  # seqlen_q = seqlen_k: query i at key position i
+        return score + slopes[h] * (kv_idx - q_idx)
+
+    mask = create_block_mask(lambda b, h, q_idx, kv_idx: q_idx >= kv_idx, None, None, case.seqlen_q,
+                             case.seqlen_k, device="cuda")
+    expected = torch.compile(flex_attention)(*(x.transpose(1, 2) for x in (q, k, v)), score_mod=alibi,
+                                             block_mask=mask, enable_gqa=True).transpose(1, 2)
+    o = torch_attention.attention(q, k, v, alibi=slopes, causal=True, backend="triton")
+    assert_close(o.double().cpu().numpy(), expected.double().cpu().numpy(), TOLERANCES["float16"], "o")
 
 
 # --- Refused inputs: named, raised before any launch ---------------------------------------------

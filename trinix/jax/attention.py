@@ -96,39 +96,6 @@ def _attention_bwd(options, backend, residuals, do):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def _positions(q, k, slopes, cu_seqlens_q, cu_seqlens_k, options: Options):
-    """(distance j - p_i (seqlen_q, seqlen_k), keys visible to each query (same shape, bool),
-    slopes broadcasting against (batch, heads, seqlen_q, seqlen_k) scores or None) of q, k as
-    (batch, seq, heads, head_dim); packed tokens are one batch row of sequences that see only
-    themselves."""
-    seqlen_q, seqlen_k = q.shape[1], k.shape[1]
-    m = None if slopes is None else slopes[..., None, None]
-    if not options.varlen:
-        distance = jnp.arange(seqlen_k)[None, :] - (jnp.arange(seqlen_q) + options.q_offset)[:, None]
-        visible = jnp.ones(distance.shape, bool)
-    else:
-        seq_q, pos_q = _packed(cu_seqlens_q, seqlen_q)
-        seq_k, pos_k = _packed(cu_seqlens_k, seqlen_k)
-        if options.q_offset is None:
-            pos_q = pos_q + (jnp.diff(cu_seqlens_k) - jnp.diff(cu_seqlens_q))[seq_q]
-        else:
-            pos_q = pos_q + options.q_offset
-        distance = pos_k[None, :] - pos_q[:, None]
-        visible = seq_q[:, None] == seq_k[None, :]
-        if slopes is not None and slopes.ndim == 2:  # sequence b's slopes, per query row
-            m = slopes[seq_q].T[:, :, None]
-    if options.causal:
-        visible = visible & (distance <= 0)
-    return distance, visible, m
-
-
-def _packed(cu_seqlens, tokens: int):
-    """(sequence, position in it) of each of `tokens` packed rows."""
-    rows = jnp.arange(tokens, dtype=cu_seqlens.dtype)
-    sequence = jnp.searchsorted(cu_seqlens, rows, side="right") - 1
-    return sequence, rows - cu_seqlens[sequence]
-
-
 def _bshd(x, layout: str):
     return x.swapaxes(1, 2) if layout == "bhsd" else x[None] if layout == "thd" else x
 
@@ -144,12 +111,14 @@ def _attention_xla(q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options: Options
     q4, k4, v4 = (_bshd(x, options.layout).astype(compute) for x in (q, k, v))
     heads = q4.shape[2]
     k4, v4 = (jnp.repeat(x, heads // x.shape[2], axis=2) for x in (k4, v4))
-    distance, visible, m = _positions(q4, k4, slopes, cu_seqlens_q, cu_seqlens_k, options)
+    rows_q, rows_k = (jnp.arange(x.shape[1]) for x in (q4, k4))
+    distance, visible, m = planner.fallback_positions(rows_q, rows_k, slopes, cu_seqlens_q, cu_seqlens_k, options)
     s = options.scale * jnp.einsum("bqhd,bkhd->bhqk", q4, k4)
     if m is not None:
         d = distance.astype(compute)
         s = s + m.astype(compute) * (d if options.causal else -jnp.abs(d))
-    s = jnp.where(visible, s, -jnp.inf)
+    if visible is not None:
+        s = jnp.where(visible, s, -jnp.inf)
     top = s.max(-1, keepdims=True)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
     e = jnp.exp(s - top)

@@ -82,41 +82,6 @@ class _Attention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None
 
 
-def _positions(q: Tensor, k: Tensor, slopes, cu_seqlens_q, cu_seqlens_k, options: Options):
-    """(distance j - p_i (seqlen_q, seqlen_k), keys visible to each query (same shape, bool),
-    slopes broadcasting against (batch, heads, seqlen_q, seqlen_k) scores or None) of q, k as
-    (batch, seq, heads, head_dim); packed tokens are one batch row of sequences that see only
-    themselves."""
-    seqlen_q, seqlen_k = q.shape[1], k.shape[1]
-    m = None if slopes is None else slopes[..., None, None]
-    if not options.varlen:
-        pos_q = torch.arange(seqlen_q, device=q.device) + options.q_offset
-        pos_k = torch.arange(seqlen_k, device=q.device)
-        distance = pos_k[None, :] - pos_q[:, None]
-        visible = torch.ones_like(distance, dtype=torch.bool)
-    else:
-        seq_q, pos_q = _packed(cu_seqlens_q, seqlen_q)
-        seq_k, pos_k = _packed(cu_seqlens_k, seqlen_k)
-        if options.q_offset is None:
-            pos_q = pos_q + (cu_seqlens_k.diff() - cu_seqlens_q.diff())[seq_q]
-        else:
-            pos_q = pos_q + options.q_offset
-        distance = pos_k[None, :] - pos_q[:, None]
-        visible = seq_q[:, None] == seq_k[None, :]
-        if slopes is not None and slopes.ndim == 2:  # sequence b's slopes, per query row
-            m = slopes[seq_q].T[:, :, None]
-    if options.causal:
-        visible = visible & (distance <= 0)
-    return distance, visible, m
-
-
-def _packed(cu_seqlens: Tensor, tokens: int):
-    """(sequence, position in it) of each of `tokens` packed rows."""
-    rows = torch.arange(tokens, dtype=cu_seqlens.dtype, device=cu_seqlens.device)
-    sequence = torch.searchsorted(cu_seqlens, rows, right=True) - 1
-    return sequence, rows - cu_seqlens[sequence]
-
-
 def _bshd(x: Tensor, layout: str) -> Tensor:
     return x.transpose(1, 2) if layout == "bhsd" else x[None] if layout == "thd" else x
 
@@ -132,12 +97,14 @@ def _attention_torch(q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options: Optio
     q4, k4, v4 = (_bshd(x, options.layout).to(compute) for x in (q, k, v))
     heads = q4.shape[2]
     k4, v4 = (x.repeat_interleave(heads // x.shape[2], dim=2) for x in (k4, v4))
-    distance, visible, m = _positions(q4, k4, slopes, cu_seqlens_q, cu_seqlens_k, options)
+    rows_q, rows_k = (torch.arange(x.shape[1], device=q.device) for x in (q4, k4))
+    distance, visible, m = planner.fallback_positions(rows_q, rows_k, slopes, cu_seqlens_q, cu_seqlens_k, options)
     s = options.scale * torch.einsum("bqhd,bkhd->bhqk", q4, k4)
     if m is not None:
         d = distance.to(compute)
         s = s + m.to(compute) * (d if options.causal else -d.abs())
-    s = s.masked_fill(~visible, float("-inf"))
+    if visible is not None:
+        s = s.masked_fill(~visible, float("-inf"))
     top = s.amax(-1, keepdim=True)
     top = top.masked_fill(~top.isfinite(), 0.0)
     e = torch.exp(s - top)
