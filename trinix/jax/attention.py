@@ -50,7 +50,6 @@ def _vmap_rule(run, varlen: bool, axis_size: int, in_batched, *arrays):
     """vmap of a launch: the mapped axis (leading) joins the batch of q, k, v, o, lse and do
     (their first axis) and slopes become (joint batch, heads), so one launch serves all; packed
     sequences have no batch axis to join, and are mapped one at a time."""
-    outputs_batched = lambda outputs: (outputs, tuple(True for _ in outputs))  # noqa: E731
     if varlen:
         mapped = [i for i, batched in enumerate(in_batched) if batched]
 
@@ -60,21 +59,22 @@ def _vmap_rule(run, varlen: bool, axis_size: int, in_batched, *arrays):
                 sliced[i] = array
             return run(*sliced)
 
-        return outputs_batched(jax.lax.map(one, [arrays[i] for i in mapped]))
+        outputs = jax.lax.map(one, [arrays[i] for i in mapped])
+        return outputs, tuple(True for _ in outputs)
+    batch = arrays[0].shape[1] if in_batched[0] else arrays[0].shape[0]
     folded = []
     for name, array, batched in zip(_BACKWARD_INPUTS, arrays, in_batched):
         if name == "slopes" and array is not None and (batched or array.ndim == 2):
             heads = array.shape[-1]
             array = array if batched else array[None]  # (axis_size or 1, [batch,] heads)
-            batch = arrays[0].shape[1] if in_batched[0] else arrays[0].shape[0]
             array = jnp.broadcast_to(array.reshape(array.shape[0], -1, heads), (axis_size, batch, heads))
             array = array.reshape(axis_size * batch, heads)
         elif name in ("q", "k", "v", "o", "lse", "do"):
             array = array if batched else jnp.broadcast_to(array, (axis_size, *array.shape))
             array = array.reshape(-1, *array.shape[2:])
         folded.append(array)
-    outputs = run(*folded)
-    return outputs_batched(tuple(out.reshape(axis_size, -1, *out.shape[1:]) for out in outputs))
+    outputs = tuple(out.reshape(axis_size, -1, *out.shape[1:]) for out in run(*folded))
+    return outputs, tuple(True for _ in outputs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
