@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from tests.runners import HAS_CUDA
+from tests import test_attention_kernels as kernel_tests
 from tests.test_attention_kernels import GRAD_TOLERANCES, TOLERANCES, _rounded
 from trinix import reference as ref
-from trinix.attention import alibi_form
 from trinix.jax import FastALiBiPositionEmbedding as JaxALiBi
 from trinix.torch import FastALiBiPositionEmbedding
 from trinix.torch.launcher import DTYPES
@@ -31,39 +31,25 @@ jax_attention = importlib.import_module("trinix.jax.attention")
 
 
 @dataclasses.dataclass(frozen=True)
-class Case:
-    seqlen_q: int
-    seqlen_k: int
-    heads: int = 2
-    kv_heads: int = 2
-    head_dim: int = 32
-    dtype: str = "float32"
-    alibi: bool = True          # slopes given
-    causal: bool = False
-    q_offset: int | None = None
-    layout: str = "bshd"
-    batch: int = 1
-    batch_slopes: bool = False  # slopes (batch, heads) rather than (heads,)
-    cu_seqlens: tuple | None = None  # packed ("thd"): (cu_seqlens_q, cu_seqlens_k)
+class Case(kernel_tests.Case):
+    """A case of the kernels' tests stated by the bias form the API is to choose (alibi
+    "symmetric" or "causal": slopes given, causal False or True; "none": no slopes), plus packed
+    sequences: (cu_seqlens_q, cu_seqlens_k) for layout "thd"."""
 
-    @property
-    def name(self) -> str:
-        fields = dataclasses.asdict(self)
-        return "-".join(f"{key}={value}" for key, value in fields.items()
-                        if value != Case.__dataclass_fields__[key].default or key in ("seqlen_q", "seqlen_k"))
+    cu_seqlens: tuple | None = None
 
 
 PACKED = ((0, 5, 37, 50), (0, 17, 30, 70))  # the middle sequence has more queries than keys
 CASES = [
-    Case(40, 40),                                                       # symmetric
-    Case(33, 50, kv_heads=1, causal=True),                              # causal ALiBi, MQA, Sq < Sk
-    Case(40, 40, dtype="float64", alibi=False, causal=True),            # plain causal attention
-    Case(24, 40, dtype="float16", q_offset=7),                          # q_offset
-    Case(50, 30, heads=4, dtype="bfloat16", causal=True, batch=2),      # GQA; 20 rows see no key
-    Case(20, 28, layout="bhsd", causal=True, batch=2, batch_slopes=True),
-    Case(50, 70, kv_heads=1, causal=True, layout="thd", batch_slopes=True, cu_seqlens=PACKED),
-    Case(50, 70, dtype="float64", q_offset=3, layout="thd", cu_seqlens=PACKED),
-    Case(40, 24, alibi=False),                                          # no bias, no mask
+    Case(40, 40, alibi="symmetric"),
+    Case(33, 50, kv_heads=1, alibi="causal"),                           # MQA, fewer queries than keys
+    Case(40, 40, dtype="float64", causal=True),                         # plain causal attention
+    Case(24, 40, dtype="float16", alibi="symmetric", q_offset=7),
+    Case(50, 30, heads=4, dtype="bfloat16", alibi="causal", batch=2),   # GQA; 20 rows see no key
+    Case(20, 28, layout="bhsd", alibi="causal", batch=2, batch_slopes=True),
+    Case(50, 70, kv_heads=1, alibi="causal", layout="thd", batch_slopes=True, cu_seqlens=PACKED),
+    Case(50, 70, dtype="float64", alibi="symmetric", q_offset=3, layout="thd", cu_seqlens=PACKED),
+    Case(40, 24),                                                       # no bias, no mask
 ]
 
 
@@ -85,14 +71,15 @@ def _inputs(case: Case, seed: int = 0) -> dict:
     n_seqs = len(case.cu_seqlens[0]) - 1 if case.cu_seqlens else case.batch
     if case.batch_slopes:
         slopes = np.stack([slopes * (1 + b) for b in range(n_seqs)])
-    arrays["slopes"] = slopes if case.alibi else None
+    arrays["slopes"] = None if case.alibi == "none" else slopes
     cu = case.cu_seqlens or (None, None)
     arrays["cu_seqlens_q"], arrays["cu_seqlens_k"] = (None if c is None else np.array(c, np.int32) for c in cu)
     return arrays
 
 
 def _options(case: Case) -> dict:
-    options = dict(causal=case.causal, q_offset=case.q_offset, layout=case.layout)
+    """The API's options of `case`: its form's causal flag."""
+    options = dict(causal=case.alibi == "causal" or bool(case.causal), q_offset=case.q_offset, layout=case.layout)
     if case.cu_seqlens:
         options.update(max_seqlen_q=case.seqlen_q, max_seqlen_k=case.seqlen_k)
     return options
@@ -100,7 +87,7 @@ def _options(case: Case) -> dict:
 
 def _reference(case: Case, arrays: dict):
     """(o, dq, dk, dv) of trinix.reference, float64, in the case's layout."""
-    form = dict(alibi=alibi_form(case.alibi, case.causal), causal=case.causal, q_offset=case.q_offset)
+    form = dict(alibi=case.alibi, causal=case.causal, q_offset=case.q_offset)
     q, k, v, do, slopes = (arrays[name] for name in ("q", "k", "v", "do", "slopes"))
     if case.cu_seqlens:
         packed = (*case.cu_seqlens, slopes)
@@ -215,7 +202,7 @@ def test_jax_vmap_and_grad_match_each_example(case):
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_module_attention_uses_its_slopes_and_causal_flag(framework):
-    case = Case(33, 50, kv_heads=1, causal=True)
+    case = Case(33, 50, kv_heads=1, alibi="causal")
     arrays = _inputs(case)
     module = (FastALiBiPositionEmbedding if framework == "torch" else JaxALiBi)(2, causal=True, max_bias=4.0)
     np.testing.assert_array_equal(np.asarray(module.slopes), arrays["slopes"])
@@ -237,9 +224,10 @@ def test_torch_compile_of_the_fallback_has_no_graph_break(case):
 # --- GPU: the compiled kernels ------------------------------------------------------------------
 
 gpu = pytest.mark.skipif(not HAS_CUDA, reason="compiled Triton needs a CUDA GPU")
-MEDIUM = [Case(512, 512, heads=8, kv_heads=2, head_dim=64, dtype="float16", causal=True, batch=2),
-          Case(300, 700, heads=6, kv_heads=6, head_dim=128, dtype="bfloat16", q_offset=100, layout="bhsd"),
-          Case(200, 300, heads=4, kv_heads=1, head_dim=64, dtype="float16", causal=True, layout="thd",
+MEDIUM = [Case(512, 512, heads=8, kv_heads=2, head_dim=64, dtype="float16", alibi="causal", batch=2),
+          Case(300, 700, heads=6, kv_heads=6, head_dim=128, dtype="bfloat16", alibi="symmetric", q_offset=100,
+               layout="bhsd"),
+          Case(200, 300, heads=4, kv_heads=1, head_dim=64, dtype="float16", alibi="causal", layout="thd",
                cu_seqlens=((0, 100, 130, 330), (0, 150, 160, 460)))]
 
 
