@@ -49,7 +49,7 @@ class Case:
     def name(self) -> str:
         fields = dataclasses.asdict(self)
         return "-".join(f"{key}={value}" for key, value in fields.items()
-                        if value != Case.__dataclass_fields__[key].default or key in ("seqlen_q", "seqlen_k"))
+                        if value != type(self).__dataclass_fields__[key].default or key in ("seqlen_q", "seqlen_k"))
 
 
 CASES = [

@@ -1,0 +1,137 @@
+"""Host-side plan of attention with ALiBi, shared by the PyTorch and JAX bindings: the options
+checked and resolved once, and the kernel calls (kernels/attention.py) built from them. Works
+on Operands (shapes, strides, dtype names) and numbers only; never touches an array.
+
+The caller's arrays are q, k, v (layout "bshd", "bhsd" or packed "thd"), slopes (float32
+(heads,) or (batch, heads), or None) and int32 cu_seqlens_q/cu_seqlens_k (packed only); the
+kernels name their inputs the same (`INPUTS`), so a binding maps them by name.
+"""
+
+from typing import NamedTuple
+
+from trinix import alibi as host
+from trinix.kernels.attention import attention_bwd_calls, attention_fwd_call
+from trinix.kernels.call import KernelCall, Operand
+
+INPUTS = ("q", "k", "v", "slopes", "cu_seqlens_q", "cu_seqlens_k")
+ARGUMENTS = ("q", "k", "v", "alibi", "cu_seqlens_q", "cu_seqlens_k")  # the caller's names of INPUTS
+SEQ_AXIS = {"bshd": 1, "bhsd": 2}
+
+
+class Options(NamedTuple):
+    """The static options of one attention, checked: what the kernel builders take besides
+    operands, with scale resolved and q_offset resolved unless packed (None there: per
+    sequence, seqlen_k - seqlen_q). Plain values, so that a torch.library op or a jax
+    nondiff argument carries them."""
+
+    alibi: str              # "none", "symmetric" or "causal"
+    causal: bool
+    scale: float
+    q_offset: int | None
+    layout: str
+    max_seqlen_q: int | None
+    max_seqlen_k: int | None
+
+    @property
+    def varlen(self) -> bool:
+        return self.layout == "thd"
+
+
+def slopes_of(alibi):
+    """The slopes array `alibi` names: a FastALiBiPositionEmbedding's, or `alibi` itself."""
+    return getattr(alibi, "slopes", alibi)
+
+
+def alibi_form(has_slopes: bool, causal: bool) -> str:
+    """Slopes under a causal mask take the causal form m (j - p_i), else the symmetric one;
+    no slopes, no bias."""
+    if not has_slopes:
+        return "none"
+    return "causal" if causal else "symmetric"
+
+
+def module_defaults(module, causal: bool | None, backend: str | None, fallback: str) -> tuple[bool, str]:
+    """(causal, backend) of a FastALiBiPositionEmbedding's attention: the module's unless given;
+    a module with use_triton=False runs the framework's `fallback` backend."""
+    if backend is None:
+        backend = module.backend if module.use_triton else fallback
+    return module.causal if causal is None else causal, backend
+
+
+def plan(operands: dict[str, Operand | None], *, causal: bool = False, scale: float | None = None,
+         q_offset: int | None = None, layout: str = "bshd", max_seqlen_q: int | None = None,
+         max_seqlen_k: int | None = None, builder=attention_fwd_call) -> Options:
+    """The checked Options of attention on `operands` (by `INPUTS` name): TypeError/ValueError
+    naming the argument, raised here, before any launch (the forward builder's checks, run once;
+    `builder` as in `forward_call`)."""
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    q, k = operands["q"], operands["k"]
+    if scale is None and q.shape:
+        scale = q.shape[-1] ** -0.5
+    options = Options(alibi_form(operands["slopes"] is not None, causal), causal, scale, q_offset, layout,
+                      max_seqlen_q, max_seqlen_k)
+    forward_call(options, operands, builder=builder)
+    if layout in SEQ_AXIS:  # one offset serves every sequence: resolved here, the fallbacks need it
+        q_offset = host.query_offset(q_offset, q.shape[SEQ_AXIS[layout]], k.shape[SEQ_AXIS[layout]])
+    return options._replace(scale=float(scale), q_offset=q_offset)
+
+
+def _builder_options(options: Options, operands: dict) -> dict:
+    return dict(options._asdict(), cu_seqlens_q=operands["cu_seqlens_q"], cu_seqlens_k=operands["cu_seqlens_k"])
+
+
+def forward_call(options: Options, operands: dict[str, Operand | None], *, builder=attention_fwd_call) -> KernelCall:
+    """The forward launch of `operands` (by `INPUTS` name): outputs o (like q) and lse
+    (float32). `builder`: attention_fwd_call or a binding's wrapper of it (torch's `cached`)."""
+    return builder(*(operands[name] for name in ("q", "k", "v", "slopes")), **_builder_options(options, operands))
+
+
+def backward_calls(options: Options, operands: dict[str, Operand | None], *,
+                   builder=attention_bwd_calls) -> tuple[KernelCall, KernelCall, KernelCall]:
+    """The backward launches of `operands` (`INPUTS` plus the forward's "o" and the gradient
+    "do"), in order: preprocess (-> delta), dk/dv, dq. Their inputs are `operands`' names and
+    "lse" (the forward's) and "delta" (the preprocess's)."""
+    return builder(*(operands[name] for name in ("q", "k", "v", "o", "do", "slopes")),
+                   **_builder_options(options, operands))
+
+
+def run_backward(calls: tuple[KernelCall, KernelCall, KernelCall], arrays: dict, run) -> tuple:
+    """(dq, dk, dv): `calls` (from `backward_calls`) run in order by `run(call, arrays)`, a
+    binding's launch, on `arrays` (the operands' and "lse"), the preprocess's delta passed on."""
+    preprocess, dkdv, dq = calls
+    (delta,) = run(preprocess, arrays)
+    arrays = dict(arrays, delta=delta)
+    dk, dv = run(dkdv, arrays)
+    return (*run(dq, arrays), dk, dv)
+
+
+def fallback_positions(rows_q, rows_k, slopes, cu_seqlens_q, cu_seqlens_k, options: Options):
+    """What the framework fallbacks need beside the scores (batch, heads, seqlen_q, seqlen_k):
+    the distance j - p_i (seqlen_q, seqlen_k), the keys each query sees (bool, same shape; None:
+    all) and the slopes broadcasting against the scores (None without ALiBi). rows_q, rows_k:
+    the query and key row indices, an arange of the framework's; packed tokens are one batch row
+    of sequences that see only themselves.
+
+    Operators and indexing only, so that torch tensors and jax arrays (traced too) serve alike.
+    """
+    m = None if slopes is None else slopes[..., None, None]
+    visible = None
+    if not options.varlen:
+        distance = rows_k[None, :] - (rows_q + options.q_offset)[:, None]
+    else:
+        seq_q = (rows_q[:, None] >= cu_seqlens_q[None, 1:]).sum(-1)
+        seq_k = (rows_k[:, None] >= cu_seqlens_k[None, 1:]).sum(-1)
+        pos_q = rows_q - cu_seqlens_q[seq_q]
+        if options.q_offset is None:  # per sequence: its seqlen_k - seqlen_q
+            lengths_q, lengths_k = (cu[1:] - cu[:-1] for cu in (cu_seqlens_q, cu_seqlens_k))
+            pos_q = pos_q + (lengths_k - lengths_q)[seq_q]
+        else:
+            pos_q = pos_q + options.q_offset
+        distance = (rows_k - cu_seqlens_k[seq_k])[None, :] - pos_q[:, None]
+        visible = seq_q[:, None] == seq_k[None, :]
+        if slopes is not None and slopes.ndim == 2:  # sequence b's slopes, per query row
+            m = slopes[seq_q].T[:, :, None]
+    if options.causal:
+        visible = distance <= 0 if visible is None else visible & (distance <= 0)
+    return distance, visible, m

@@ -1,0 +1,160 @@
+"""Attention with ALiBi for JAX: the FlashAttention-2 style Triton kernels
+(kernels/attention.py) under custom_vjp and custom_vmap, and a plain jax.numpy fallback.
+
+Shapes: q (batch, seqlen_q, heads, head_dim) and k, v (batch, seqlen_k, kv_heads, head_dim),
+kv_heads dividing heads, in layout "bshd"; (batch, heads, seq, head_dim) in "bhsd"; packed
+(tokens, heads, head_dim) in "thd" with int32 cu_seqlens. Query i sits at key position
+q_offset + i (default seqlen_k - seqlen_q, per sequence when packed). The options are checked
+and planned once, in trinix.attention.
+
+Backends: "triton" (jax-triton, GPU), "interpret" (the same kernels through Triton's
+interpreter on the CPU), "xla" (jax.numpy), "auto" ("triton" on a GPU, else "xla"). Under vmap
+the mapped axis joins the batch (one launch); packed sequences are mapped with lax.map.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from trinix import attention as planner
+from trinix.attention import ARGUMENTS, INPUTS, Options
+from trinix.jax.launcher import as_arrays, compute_dtype, launch, operand, platform_of, resolve_backend
+
+_BACKWARD_INPUTS = (*INPUTS, "o", "lse", "do")
+
+
+def _launch_fwd(*arrays, options: Options, backend: str):
+    """(o, lse) of arrays in `INPUTS` order."""
+    named = dict(zip(INPUTS, arrays))
+    call = planner.forward_call(options, {name: operand(array) for name, array in named.items()})
+    return launch(call, named, backend=backend)
+
+
+def _launch_bwd(*arrays, options: Options, backend: str):
+    """(dq, dk, dv) of arrays in `_BACKWARD_INPUTS` order."""
+    named = dict(zip(_BACKWARD_INPUTS, arrays))
+    calls = planner.backward_calls(options, {name: operand(array) for name, array in named.items()})
+    return planner.run_backward(calls, named, functools.partial(launch, backend=backend))
+
+
+@functools.cache
+def _batchable(launch_kernels, options: Options, backend: str):
+    """A launch with a vmap rule (jax-triton and pure_callback have none we want)."""
+    run = jax.custom_batching.custom_vmap(functools.partial(launch_kernels, options=options, backend=backend))
+    run.def_vmap(functools.partial(_vmap_rule, run, options.varlen))
+    return run
+
+
+def _vmap_rule(run, varlen: bool, axis_size: int, in_batched, *arrays):
+    """vmap of a launch: the mapped axis (leading) joins the batch of q, k, v, o, lse and do
+    (their first axis) and slopes become (joint batch, heads), so one launch serves all; packed
+    sequences have no batch axis to join, and are mapped one at a time."""
+    if varlen:
+        mapped = [i for i, batched in enumerate(in_batched) if batched]
+
+        def one(slices):
+            sliced = list(arrays)
+            for i, array in zip(mapped, slices):
+                sliced[i] = array
+            return run(*sliced)
+
+        outputs = jax.lax.map(one, [arrays[i] for i in mapped])
+        return outputs, tuple(True for _ in outputs)
+    batch = arrays[0].shape[1] if in_batched[0] else arrays[0].shape[0]
+    folded = []
+    for name, array, batched in zip(_BACKWARD_INPUTS, arrays, in_batched):
+        if name == "slopes" and array is not None and (batched or array.ndim == 2):
+            heads = array.shape[-1]
+            array = array if batched else array[None]  # (axis_size or 1, [batch,] heads)
+            array = jnp.broadcast_to(array.reshape(array.shape[0], -1, heads), (axis_size, batch, heads))
+            array = array.reshape(axis_size * batch, heads)
+        elif name in ("q", "k", "v", "o", "lse", "do"):
+            array = array if batched else jnp.broadcast_to(array, (axis_size, *array.shape))
+            array = array.reshape(-1, *array.shape[2:])
+        folded.append(array)
+    outputs = tuple(out.reshape(axis_size, -1, *out.shape[1:]) for out in run(*folded))
+    return outputs, tuple(True for _ in outputs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _attention(q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options: Options, backend: str):
+    return _batchable(_launch_fwd, options, backend)(q, k, v, slopes, cu_seqlens_q, cu_seqlens_k)[0]
+
+
+def _attention_fwd(q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options, backend):
+    arrays = (q, k, v, slopes, cu_seqlens_q, cu_seqlens_k)
+    o, lse = _batchable(_launch_fwd, options, backend)(*arrays)
+    return o, (*arrays, o, lse)
+
+
+def _attention_bwd(options, backend, residuals, do):
+    dq, dk, dv = _batchable(_launch_bwd, options, backend)(*residuals, do)
+    return dq, dk, dv, None, None, None
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def _bshd(x, layout: str):
+    return x.swapaxes(1, 2) if layout == "bhsd" else x[None] if layout == "thd" else x
+
+
+def _from_bshd(x, layout: str):
+    return x.swapaxes(1, 2) if layout == "bhsd" else x[0] if layout == "thd" else x
+
+
+def _attention_xla(q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options: Options):
+    """The xla backend: an explicit softmax over materialized scores and ALiBi bias in float32
+    (float64 for float64); a row with no visible key gives zeros, as the kernel does."""
+    compute = compute_dtype(q.dtype)
+    q4, k4, v4 = (_bshd(x, options.layout).astype(compute) for x in (q, k, v))
+    heads = q4.shape[2]
+    k4, v4 = (jnp.repeat(x, heads // x.shape[2], axis=2) for x in (k4, v4))
+    rows_q, rows_k = (jnp.arange(x.shape[1]) for x in (q4, k4))
+    distance, visible, m = planner.fallback_positions(rows_q, rows_k, slopes, cu_seqlens_q, cu_seqlens_k, options)
+    s = options.scale * jnp.einsum("bqhd,bkhd->bhqk", q4, k4)
+    if m is not None:
+        d = distance.astype(compute)
+        s = s + m.astype(compute) * (d if options.causal else -jnp.abs(d))
+    if visible is not None:
+        s = jnp.where(visible, s, -jnp.inf)
+    top = s.max(-1, keepdims=True)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    e = jnp.exp(s - top)
+    total = e.sum(-1, keepdims=True)
+    p = e / jnp.where(total == 0, 1.0, total)
+    o = jnp.einsum("bhqk,bkhd->bqhd", p, v4).astype(q.dtype)
+    return _from_bshd(o, options.layout)
+
+
+def attention(q, k, v, *, alibi=None, causal: bool = False, scale: float | None = None, layout: str = "bshd",
+              cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q: int | None = None,
+              max_seqlen_k: int | None = None, q_offset: int | None = None, backend: str = "auto"):
+    """softmax(scale * q k^T + ALiBi bias) v, like q, in one kernel with its backward.
+
+    `alibi`: a FastALiBiPositionEmbedding (its slopes) or float32 slopes (heads,) or (batch,
+    heads); None: no bias. With slopes, causal=False adds the symmetric bias -m |p_i - j|,
+    causal=True the causal one -m (p_i - j) and masks the keys after each query (also without
+    slopes). `scale` defaults to head_dim ** -0.5. Packed ("thd"): int32 cu_seqlens_q and
+    cu_seqlens_k (n_seqs + 1,) and the longest sequences max_seqlen_q, max_seqlen_k.
+    `backend`: "auto" (Triton on a GPU, else xla), "triton", "interpret" or "xla".
+    Differentiable in q, k and v (slopes are constants); works under jit, grad and vmap.
+    """
+    arrays = as_arrays(**dict(zip(ARGUMENTS, (q, k, v, planner.slopes_of(alibi), cu_seqlens_q, cu_seqlens_k))))
+    if arrays[3] is not None:
+        arrays[3] = jax.lax.stop_gradient(arrays[3])
+    options = planner.plan({name: operand(array) for name, array in zip(INPUTS, arrays)}, causal=causal,
+                           scale=scale, q_offset=q_offset, layout=layout, max_seqlen_q=max_seqlen_q,
+                           max_seqlen_k=max_seqlen_k)
+    backend = resolve_backend(backend, True, platform_of(arrays[0]))
+    if backend == "xla":
+        return _attention_xla(*arrays, options)
+    return _attention(*arrays, options, backend)
+
+
+def alibi_attention(module, q, k, v, *, causal: bool | None = None, backend: str | None = None, **options):
+    """`attention` with a FastALiBiPositionEmbedding's slopes, its causal flag and backend
+    unless given: the body of the module's `attention` method (NNX and Linen)."""
+    causal, backend = planner.module_defaults(module, causal, backend, "xla")
+    return attention(q, k, v, alibi=module, causal=causal, backend=backend, **options)

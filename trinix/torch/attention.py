@@ -1,0 +1,151 @@
+"""Attention with ALiBi for PyTorch: the FlashAttention-2 style Triton kernels
+(kernels/attention.py) under autograd and torch.library, and a plain torch fallback.
+
+Shapes: q (batch, seqlen_q, heads, head_dim) and k, v (batch, seqlen_k, kv_heads, head_dim),
+kv_heads dividing heads, in layout "bshd"; (batch, heads, seq, head_dim) in "bhsd"; packed
+(tokens, heads, head_dim) in "thd" with int32 cu_seqlens. Query i sits at key position
+q_offset + i (default seqlen_k - seqlen_q, per sequence when packed). The options are checked
+and planned once, in trinix.attention.
+"""
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.library import triton_op
+
+from trinix import attention as planner
+from trinix.attention import ARGUMENTS, INPUTS, Options
+from trinix.kernels.attention import attention_bwd_calls, attention_fwd_call
+from trinix.torch.launcher import cached, compute_dtype, launch, operand, resolve_backend
+
+
+def _operands(arrays: dict) -> dict:
+    return {name: operand(array) for name, array in arrays.items()}
+
+
+def _launch_fwd(arrays: dict, options: Options, interpret: bool, traceable: bool = False):
+    call = planner.forward_call(options, _operands(arrays), builder=cached(attention_fwd_call))
+    return launch(call, arrays, interpret=interpret, traceable=traceable)
+
+
+def _launch_bwd(arrays: dict, options: Options, interpret: bool, traceable: bool = False):
+    calls = planner.backward_calls(options, _operands(arrays), builder=cached(attention_bwd_calls))
+    return planner.run_backward(
+        calls, arrays, lambda call, named: launch(call, named, interpret=interpret, traceable=traceable))
+
+
+@triton_op("trinix::attention_fwd", mutates_args=())
+def _fwd_op(q: Tensor, k: Tensor, v: Tensor, slopes: Optional[Tensor], cu_seqlens_q: Optional[Tensor],
+            cu_seqlens_k: Optional[Tensor], alibi: str, causal: bool, scale: float, q_offset: Optional[int],
+            layout: str, max_seqlen_q: Optional[int], max_seqlen_k: Optional[int],
+            interpret: bool) -> tuple[Tensor, Tensor]:
+    arrays = dict(zip(INPUTS, (q, k, v, slopes, cu_seqlens_q, cu_seqlens_k)))
+    options = Options(alibi, causal, scale, q_offset, layout, max_seqlen_q, max_seqlen_k)
+    return _launch_fwd(arrays, options, interpret, traceable=True)
+
+
+@triton_op("trinix::attention_bwd", mutates_args=())
+def _bwd_op(q: Tensor, k: Tensor, v: Tensor, slopes: Optional[Tensor], cu_seqlens_q: Optional[Tensor],
+            cu_seqlens_k: Optional[Tensor], o: Tensor, lse: Tensor, do: Tensor, alibi: str, causal: bool,
+            scale: float, q_offset: Optional[int], layout: str, max_seqlen_q: Optional[int],
+            max_seqlen_k: Optional[int], interpret: bool) -> tuple[Tensor, Tensor, Tensor]:
+    arrays = dict(zip(INPUTS, (q, k, v, slopes, cu_seqlens_q, cu_seqlens_k)), o=o, lse=lse, do=do)
+    options = Options(alibi, causal, scale, q_offset, layout, max_seqlen_q, max_seqlen_k)
+    return _launch_bwd(arrays, options, interpret, traceable=True)
+
+
+class _Attention(torch.autograd.Function):
+    """o by the forward kernel; dq, dk, dv by the three backward kernels from (q, k, v, o, lse).
+    Eager launches go straight to the kernels; under torch.compile through the torch.library
+    ops, which the compiler traces (their dispatch costs tens of microseconds per eager call)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options, interpret):
+        arrays = (q, k, v, slopes, cu_seqlens_q, cu_seqlens_k)
+        if torch.compiler.is_compiling():
+            o, lse = _fwd_op(*arrays, *options, interpret)
+        else:
+            o, lse = _launch_fwd(dict(zip(INPUTS, arrays)), options, interpret)
+        ctx.save_for_backward(*arrays, o, lse)
+        ctx.options, ctx.interpret = options, interpret
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        *arrays, o, lse = ctx.saved_tensors
+        if torch.compiler.is_compiling():
+            dq, dk, dv = _bwd_op(*arrays, o, lse, do, *ctx.options, ctx.interpret)
+        else:
+            named = dict(zip(INPUTS, arrays), o=o, lse=lse, do=do)
+            dq, dk, dv = _launch_bwd(named, ctx.options, ctx.interpret)
+        return dq, dk, dv, None, None, None, None, None
+
+
+def _bshd(x: Tensor, layout: str) -> Tensor:
+    return x.transpose(1, 2) if layout == "bhsd" else x[None] if layout == "thd" else x
+
+
+def _from_bshd(x: Tensor, layout: str) -> Tensor:
+    return x.transpose(1, 2) if layout == "bhsd" else x[0] if layout == "thd" else x
+
+
+def _attention_torch(q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options: Options) -> Tensor:
+    """The torch backend: an explicit softmax over materialized scores and ALiBi bias in float32
+    (float64 for float64); a row with no visible key gives zeros, as the kernel does."""
+    compute = compute_dtype(q.dtype)
+    q4, k4, v4 = (_bshd(x, options.layout).to(compute) for x in (q, k, v))
+    heads = q4.shape[2]
+    k4, v4 = (x.repeat_interleave(heads // x.shape[2], dim=2) for x in (k4, v4))
+    rows_q, rows_k = (torch.arange(x.shape[1], device=q.device) for x in (q4, k4))
+    distance, visible, m = planner.fallback_positions(rows_q, rows_k, slopes, cu_seqlens_q, cu_seqlens_k, options)
+    s = options.scale * torch.einsum("bqhd,bkhd->bhqk", q4, k4)
+    if m is not None:
+        d = distance.to(compute)
+        s = s + m.to(compute) * (d if options.causal else -d.abs())
+    if visible is not None:
+        s = s.masked_fill(~visible, float("-inf"))
+    top = s.amax(-1, keepdim=True)
+    top = top.masked_fill(~top.isfinite(), 0.0)
+    e = torch.exp(s - top)
+    total = e.sum(-1, keepdim=True)
+    p = e / total.masked_fill(total == 0, 1.0)
+    o = torch.einsum("bhqk,bkhd->bqhd", p, v4).to(q.dtype)
+    return _from_bshd(o, options.layout)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, *, alibi=None, causal: bool = False, scale: float | None = None,
+              layout: str = "bshd", cu_seqlens_q: Tensor | None = None, cu_seqlens_k: Tensor | None = None,
+              max_seqlen_q: int | None = None, max_seqlen_k: int | None = None, q_offset: int | None = None,
+              backend: str = "auto") -> Tensor:
+    """softmax(scale * q k^T + ALiBi bias) v, like q, in one kernel with its backward.
+
+    `alibi`: a FastALiBiPositionEmbedding (its slopes) or float32 slopes (heads,) or (batch,
+    heads); None: no bias. With slopes, causal=False adds the symmetric bias -m |p_i - j|,
+    causal=True the causal one -m (p_i - j) and masks the keys after each query (also without
+    slopes). `scale` defaults to head_dim ** -0.5. Packed ("thd"): int32 cu_seqlens_q and
+    cu_seqlens_k (n_seqs + 1,) and the longest sequences max_seqlen_q, max_seqlen_k.
+    `backend`: "auto" (Triton on CUDA, else torch), "triton", "interpret" or "torch".
+    Gradients flow to q, k and v; slopes are constants.
+    """
+    arrays = dict(zip(INPUTS, (q, k, v, planner.slopes_of(alibi), cu_seqlens_q, cu_seqlens_k)))
+    for name, array in zip(ARGUMENTS, arrays.values()):
+        if array is not None and not isinstance(array, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(array).__name__}")
+    if arrays["slopes"] is not None:
+        arrays["slopes"] = arrays["slopes"].detach().to(q.device)
+    options = planner.plan(_operands(arrays), causal=causal, scale=scale, q_offset=q_offset, layout=layout,
+                           max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
+                           builder=cached(attention_fwd_call))
+    backend = resolve_backend(backend, True, q.device)
+    if backend == "torch":
+        return _attention_torch(*arrays.values(), options)
+    return _Attention.apply(*arrays.values(), options, backend == "interpret")
+
+
+def alibi_attention(module, q: Tensor, k: Tensor, v: Tensor, *, causal: bool | None = None,
+                    backend: str | None = None, **options) -> Tensor:
+    """`attention` with a FastALiBiPositionEmbedding's slopes, its causal flag and backend
+    unless given: the body of the module's `attention` method."""
+    causal, backend = planner.module_defaults(module, causal, backend, "torch")
+    return attention(q, k, v, alibi=module, causal=causal, backend=backend, **options)
