@@ -104,34 +104,3 @@ def run_backward(calls: tuple[KernelCall, KernelCall, KernelCall], arrays: dict,
     arrays = dict(arrays, delta=delta)
     dk, dv = run(dkdv, arrays)
     return (*run(dq, arrays), dk, dv)
-
-
-def fallback_positions(rows_q, rows_k, slopes, cu_seqlens_q, cu_seqlens_k, options: Options):
-    """What the framework fallbacks need beside the scores (batch, heads, seqlen_q, seqlen_k):
-    the distance j - p_i (seqlen_q, seqlen_k), the keys each query sees (bool, same shape; None:
-    all) and the slopes broadcasting against the scores (None without ALiBi). rows_q, rows_k:
-    the query and key row indices, an arange of the framework's; packed tokens are one batch row
-    of sequences that see only themselves.
-
-    Operators and indexing only, so that torch tensors and jax arrays (traced too) serve alike.
-    """
-    m = None if slopes is None else slopes[..., None, None]
-    visible = None
-    if not options.varlen:
-        distance = rows_k[None, :] - (rows_q + options.q_offset)[:, None]
-    else:
-        seq_q = (rows_q[:, None] >= cu_seqlens_q[None, 1:]).sum(-1)
-        seq_k = (rows_k[:, None] >= cu_seqlens_k[None, 1:]).sum(-1)
-        pos_q = rows_q - cu_seqlens_q[seq_q]
-        if options.q_offset is None:  # per sequence: its seqlen_k - seqlen_q
-            lengths_q, lengths_k = (cu[1:] - cu[:-1] for cu in (cu_seqlens_q, cu_seqlens_k))
-            pos_q = pos_q + (lengths_k - lengths_q)[seq_q]
-        else:
-            pos_q = pos_q + options.q_offset
-        distance = (rows_k - cu_seqlens_k[seq_k])[None, :] - pos_q[:, None]
-        visible = seq_q[:, None] == seq_k[None, :]
-        if slopes is not None and slopes.ndim == 2:  # sequence b's slopes, per query row
-            m = slopes[seq_q].T[:, :, None]
-    if options.causal:
-        visible = distance <= 0 if visible is None else visible & (distance <= 0)
-    return distance, visible, m

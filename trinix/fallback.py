@@ -2,10 +2,10 @@
 
 Each function takes `xp`, the binding's array namespace (trinix.torch.launcher.TorchOps,
 trinix.jax.launcher.JaxOps): NumPy's names where torch and jax.numpy share them (where,
-floor, cos, sin, abs, clip, maximum, stack, concatenate, broadcast_to, searchsorted), and
-arange(start, stop, like), cast(x, dtype), expand_dims(x, axis), repeat(x, n, axis),
-softmax(x, axis), the dtypes float32 and float64, and angle_dtype() (float64 in torch; jax's
-float64 only with x64).
+floor, cos, sin, abs, clip, maximum, stack, concatenate, broadcast_to, searchsorted, einsum,
+swapaxes), and arange(start, stop, like), cast(x, dtype), expand_dims(x, axis), repeat(x, n,
+axis), softmax(x, axis), the dtypes float32 and float64, and angle_dtype() (float64 in torch;
+jax's float64 only with x64).
 """
 
 import math
@@ -185,3 +185,68 @@ def softmax_backward(xp, y, grad, scale: float):
     compute = compute_dtype(xp, y.dtype)
     y32, g32 = xp.cast(y, compute), xp.cast(grad, compute)
     return xp.cast(scale * y32 * (g32 - (g32 * y32).sum(axis=-1, keepdims=True)), y.dtype)
+
+
+# Attention: q (batch, seqlen_q, heads, head_dim), k and v (batch, seqlen_k, kv_heads, head_dim)
+# in `layout`; options: trinix.attention.Options.
+
+
+def _as_bshd(xp, x, layout: str):
+    return xp.swapaxes(x, 1, 2) if layout == "bhsd" else x[None] if layout == "thd" else x
+
+
+def _from_bshd(xp, x, layout: str):
+    return xp.swapaxes(x, 1, 2) if layout == "bhsd" else x[0] if layout == "thd" else x
+
+
+def _attention_positions(rows_q, rows_k, slopes, cu_seqlens_q, cu_seqlens_k, options):
+    """What attention's fallback needs beside the scores (batch, heads, seqlen_q, seqlen_k):
+    the distance j - p_i (seqlen_q, seqlen_k), the keys each query sees (bool, same shape; None:
+    all) and the slopes broadcasting against the scores (None without ALiBi). rows_q, rows_k:
+    the query and key row indices, an arange of the framework's; packed tokens are one batch row
+    of sequences that see only themselves.
+
+    Operators and indexing only, so that torch tensors and jax arrays (traced too) serve alike.
+    """
+    m = None if slopes is None else slopes[..., None, None]
+    visible = None
+    if not options.varlen:
+        distance = rows_k[None, :] - (rows_q + options.q_offset)[:, None]
+    else:
+        seq_q = (rows_q[:, None] >= cu_seqlens_q[None, 1:]).sum(-1)
+        seq_k = (rows_k[:, None] >= cu_seqlens_k[None, 1:]).sum(-1)
+        pos_q = rows_q - cu_seqlens_q[seq_q]
+        if options.q_offset is None:  # per sequence: its seqlen_k - seqlen_q
+            lengths_q, lengths_k = (cu[1:] - cu[:-1] for cu in (cu_seqlens_q, cu_seqlens_k))
+            pos_q = pos_q + (lengths_k - lengths_q)[seq_q]
+        else:
+            pos_q = pos_q + options.q_offset
+        distance = (rows_k - cu_seqlens_k[seq_k])[None, :] - pos_q[:, None]
+        visible = seq_q[:, None] == seq_k[None, :]
+        if slopes is not None and slopes.ndim == 2:  # sequence b's slopes, per query row
+            m = slopes[seq_q].T[:, :, None]
+    if options.causal:
+        visible = distance <= 0 if visible is None else visible & (distance <= 0)
+    return distance, visible, m
+
+
+def attention(xp, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options):
+    """softmax(scale q k^T + bias) v like q, by scores and bias materialized in float32 (float64
+    for float64); a row with no visible key gives zeros, as the kernel does."""
+    compute = compute_dtype(xp, q.dtype)
+    q4, k4, v4 = (xp.cast(_as_bshd(xp, x, options.layout), compute) for x in (q, k, v))
+    heads = q4.shape[2]
+    k4, v4 = (xp.repeat(x, heads // x.shape[2], 2) for x in (k4, v4))
+    rows_q, rows_k = (xp.arange(0, x.shape[1], like=q) for x in (q4, k4))
+    d, visible, m = _attention_positions(rows_q, rows_k, slopes, cu_seqlens_q, cu_seqlens_k, options)
+    s = options.scale * xp.einsum("bqhd,bkhd->bhqk", q4, k4)
+    if m is not None:
+        s = s + xp.cast(m, compute) * (xp.cast(d, compute) if options.causal else -xp.abs(xp.cast(d, compute)))
+    if visible is not None:
+        # Filling a row with no visible key with 0 before softmax keeps its gradient finite.
+        s = xp.where(visible, s, -math.inf)
+        s = xp.where(visible.any(axis=-1, keepdims=True), s, 0.0)
+    p = xp.softmax(s, axis=-1)
+    if visible is not None:
+        p = xp.where(visible, p, 0.0)
+    return _from_bshd(xp, xp.cast(xp.einsum("bhqk,bkhd->bqhd", p, v4), q.dtype), options.layout)

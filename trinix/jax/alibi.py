@@ -198,6 +198,13 @@ class ALiBiMethods:
         return _run_scores(scores, self.slopes, q_offset=q_offset, causal=causal, backend=backend or self.backend,
                            use_triton=self.use_triton, scale=scale, num_heads=self.spec.num_heads)
 
+    def attention(self, q, k, v, *, causal: bool | None = None, **options):
+        """Attention with this module's ALiBi inside the kernel, forward and backward (see
+        `trinix.jax.attention`); causal defaults to the module's."""
+        from trinix.jax.attention import alibi_attention
+
+        return alibi_attention(self, q, k, v, causal=causal, **options)
+
 
 class FastALiBiPositionEmbedding(ALiBiMethods, nnx.Module):
     """ALiBi (attention with linear biases, Press et al.) for Flax NNX.

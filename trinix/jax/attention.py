@@ -19,7 +19,8 @@ import jax.numpy as jnp
 
 from trinix import attention as planner
 from trinix.attention import ARGUMENTS, INPUTS, Options
-from trinix.jax.launcher import as_arrays, compute_dtype, launch, operand, platform_of, resolve_backend
+from trinix import fallback
+from trinix.jax.launcher import JaxOps, as_arrays, launch, operand, platform_of, resolve_backend
 
 _BACKWARD_INPUTS = (*INPUTS, "o", "lse", "do")
 
@@ -96,38 +97,6 @@ def _attention_bwd(options, backend, residuals, do):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def _bshd(x, layout: str):
-    return x.swapaxes(1, 2) if layout == "bhsd" else x[None] if layout == "thd" else x
-
-
-def _from_bshd(x, layout: str):
-    return x.swapaxes(1, 2) if layout == "bhsd" else x[0] if layout == "thd" else x
-
-
-def _attention_xla(q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options: Options):
-    """The xla backend: an explicit softmax over materialized scores and ALiBi bias in float32
-    (float64 for float64); a row with no visible key gives zeros, as the kernel does."""
-    compute = compute_dtype(q.dtype)
-    q4, k4, v4 = (_bshd(x, options.layout).astype(compute) for x in (q, k, v))
-    heads = q4.shape[2]
-    k4, v4 = (jnp.repeat(x, heads // x.shape[2], axis=2) for x in (k4, v4))
-    rows_q, rows_k = (jnp.arange(x.shape[1]) for x in (q4, k4))
-    distance, visible, m = planner.fallback_positions(rows_q, rows_k, slopes, cu_seqlens_q, cu_seqlens_k, options)
-    s = options.scale * jnp.einsum("bqhd,bkhd->bhqk", q4, k4)
-    if m is not None:
-        d = distance.astype(compute)
-        s = s + m.astype(compute) * (d if options.causal else -jnp.abs(d))
-    if visible is not None:
-        s = jnp.where(visible, s, -jnp.inf)
-    top = s.max(-1, keepdims=True)
-    top = jnp.where(jnp.isfinite(top), top, 0.0)
-    e = jnp.exp(s - top)
-    total = e.sum(-1, keepdims=True)
-    p = e / jnp.where(total == 0, 1.0, total)
-    o = jnp.einsum("bhqk,bkhd->bqhd", p, v4).astype(q.dtype)
-    return _from_bshd(o, options.layout)
-
-
 def attention(q, k, v, *, alibi=None, causal: bool = False, scale: float | None = None, layout: str = "bshd",
               cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q: int | None = None,
               max_seqlen_k: int | None = None, q_offset: int | None = None, backend: str = "auto"):
@@ -149,7 +118,7 @@ def attention(q, k, v, *, alibi=None, causal: bool = False, scale: float | None 
                            max_seqlen_k=max_seqlen_k)
     backend = resolve_backend(backend, True, platform_of(arrays[0]))
     if backend == "xla":
-        return _attention_xla(*arrays, options)
+        return fallback.attention(JaxOps, *arrays, options)
     return _attention(*arrays, options, backend)
 
 

@@ -306,3 +306,10 @@ class FastALiBiPositionEmbedding(torch.nn.Module):
         return alibi_softmax(scores, self.slopes, scale=scale,
                              causal=self.causal if causal is None else causal, q_offset=q_offset,
                              backend=backend or self.backend, use_triton=self.use_triton)
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool | None = None, **options) -> Tensor:
+        """Attention with this module's ALiBi inside the kernel, forward and backward (see
+        `trinix.torch.attention`); causal defaults to the module's."""
+        from trinix.torch.attention import alibi_attention
+
+        return alibi_attention(self, q, k, v, causal=causal, **options)

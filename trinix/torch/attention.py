@@ -17,7 +17,8 @@ from torch.library import triton_op
 from trinix import attention as planner
 from trinix.attention import ARGUMENTS, INPUTS, Options
 from trinix.kernels.attention import attention_bwd_calls, attention_fwd_call
-from trinix.torch.launcher import cached, compute_dtype, launch, operand, resolve_backend
+from trinix import fallback
+from trinix.torch.launcher import TorchOps, cached, launch, operand, resolve_backend
 
 
 def _operands(arrays: dict) -> dict:
@@ -82,38 +83,6 @@ class _Attention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None
 
 
-def _bshd(x: Tensor, layout: str) -> Tensor:
-    return x.transpose(1, 2) if layout == "bhsd" else x[None] if layout == "thd" else x
-
-
-def _from_bshd(x: Tensor, layout: str) -> Tensor:
-    return x.transpose(1, 2) if layout == "bhsd" else x[0] if layout == "thd" else x
-
-
-def _attention_torch(q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options: Options) -> Tensor:
-    """The torch backend: an explicit softmax over materialized scores and ALiBi bias in float32
-    (float64 for float64); a row with no visible key gives zeros, as the kernel does."""
-    compute = compute_dtype(q.dtype)
-    q4, k4, v4 = (_bshd(x, options.layout).to(compute) for x in (q, k, v))
-    heads = q4.shape[2]
-    k4, v4 = (x.repeat_interleave(heads // x.shape[2], dim=2) for x in (k4, v4))
-    rows_q, rows_k = (torch.arange(x.shape[1], device=q.device) for x in (q4, k4))
-    distance, visible, m = planner.fallback_positions(rows_q, rows_k, slopes, cu_seqlens_q, cu_seqlens_k, options)
-    s = options.scale * torch.einsum("bqhd,bkhd->bhqk", q4, k4)
-    if m is not None:
-        d = distance.to(compute)
-        s = s + m.to(compute) * (d if options.causal else -d.abs())
-    if visible is not None:
-        s = s.masked_fill(~visible, float("-inf"))
-    top = s.amax(-1, keepdim=True)
-    top = top.masked_fill(~top.isfinite(), 0.0)
-    e = torch.exp(s - top)
-    total = e.sum(-1, keepdim=True)
-    p = e / total.masked_fill(total == 0, 1.0)
-    o = torch.einsum("bhqk,bkhd->bqhd", p, v4).to(q.dtype)
-    return _from_bshd(o, options.layout)
-
-
 def attention(q: Tensor, k: Tensor, v: Tensor, *, alibi=None, causal: bool = False, scale: float | None = None,
               layout: str = "bshd", cu_seqlens_q: Tensor | None = None, cu_seqlens_k: Tensor | None = None,
               max_seqlen_q: int | None = None, max_seqlen_k: int | None = None, q_offset: int | None = None,
@@ -139,7 +108,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, alibi=None, causal: bool = Fal
                            builder=cached(attention_fwd_call))
     backend = resolve_backend(backend, True, q.device)
     if backend == "torch":
-        return _attention_torch(*arrays.values(), options)
+        return fallback.attention(TorchOps, *arrays.values(), options)
     return _Attention.apply(*arrays.values(), options, backend == "interpret")
 
 
