@@ -6,7 +6,8 @@ the public API. A Triton that lacks a piece makes trinix slower, never wrong.
   which compile to the same code but run element by element in the interpreter.
 - `dot`: tl.dot, which Triton's interpreter runs on bfloat16 operands as their uint16 bit
   patterns: `interpreted` kernels get a stand-in that multiplies them in float32.
-- `interpreted`: a kernel for Triton's interpreter without TRITON_INTERPRET set before import.
+- `interpreted`: a kernel for Triton's interpreter without TRITON_INTERPRET set before import,
+  its loops' runtime bounds read as NumPy 2.5 allows.
 - `launch_compiled`: a launch of an already compiled kernel straight through its launcher,
   skipping the JITFunction's argument binding; the fallback is `kernel[grid](...)`.
 
@@ -87,13 +88,25 @@ def _interpreted_namespace(module_globals: dict, namespaces: dict) -> dict:
     functions stay as they are: the interpreter knows them (tl.standard's combine functions)."""
     key = id(module_globals)
     if key not in namespaces:
-        namespace = namespaces[key] = dict(module_globals)
+        namespace = namespaces[key] = {**module_globals, "range": _interpreter_range}
         for name, value in module_globals.items():
             value = _interpreter_stand_in(value)
             if isinstance(value, JITFunction) and not value.__module__.startswith("triton."):
                 inner = _interpreted_namespace(value.fn.__globals__, namespaces)
                 namespace[name] = InterpretedFunction(_rebind(value.fn, inner))
     return namespaces[key]
+
+
+def _scalar(value):
+    """An interpreter scalar (a tl.tensor holding a 1-element array) as a Python number."""
+    handle = getattr(value, "handle", None)
+    return value if handle is None else handle.data.reshape(-1)[0].item()
+
+
+def _interpreter_range(*bounds):
+    """range() over the interpreter's scalars: Triton 3.6 turns them into ints by a conversion
+    of 1-element arrays that NumPy 2.5 refuses."""
+    return range(*map(_scalar, bounds))
 
 
 def _interpreter_stand_in(value):
