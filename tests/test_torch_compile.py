@@ -31,6 +31,7 @@ COMPILE = """
         probs = alibi.softmax(alibi.add_to_scores(scores), scale=0.2, causal=True)
         return q2.sum() + k2.sum() + probs.sum()
 
+    torch.manual_seed(0)
     q = torch.randn(2, 8, 4, 32, device=device, requires_grad=True)
     k = torch.randn(2, 8, 2, 32, device=device, requires_grad=True)
     scores = torch.randn(2, 4, 8, 8, device=device, requires_grad=True)
@@ -39,7 +40,8 @@ COMPILE = """
         warnings.simplefilter("always")
         loss = torch.compile(step, fullgraph=True)(q, k, scores)
         loss.backward()
-    torch.testing.assert_close(loss, eager)
+    # A compiled graph sums in another order: a few float32 roundings of a sum of ~2000 terms.
+    torch.testing.assert_close(loss, eager, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(step(q, k, scores), eager)
     for warning in caught:
         print(warning.filename, warning.message)

@@ -77,7 +77,9 @@ def table_rows(xp, table, positions, sequence):
     table = table if table.ndim == 3 else table[None]
     inside = (positions >= 0) & (positions < table.shape[1])
     rows = table[sequence if table.shape[0] > 1 else 0, xp.where(inside, positions, 0)]
-    return xp.where(inside[..., None], rows, math.nan)
+    # A factor of 1 or NaN rather than where(inside, rows, NaN): Inductor in torch 2.11 fails to
+    # compile that select of a row against a scalar on the CPU.
+    return rows * xp.cast(xp.where(inside, 1.0, math.nan), rows.dtype)[..., None]
 
 
 def cos_sin(xp, frequencies, positions, dtype, interleaved: bool):
