@@ -59,10 +59,11 @@ def _aligned(stride_b, stride_s, stride_h):
 @triton.jit
 def _sequence(CU_SEQLENS, b, seqlen, VARLEN: tl.constexpr):
     """(first row, length) of sequence b: packed sequences start at CU_SEQLENS[b]."""
-    if VARLEN:
-        start = tl.load(CU_SEQLENS + b)
-        return start.to(tl.int64), tl.load(CU_SEQLENS + b + 1) - start
-    return 0, seqlen
+    start = 0
+    if VARLEN:  # one return: Triton 3.6 types a function by all its returns, even past a constexpr
+        first = tl.load(CU_SEQLENS + b)
+        start, seqlen = first.to(tl.int64), tl.load(CU_SEQLENS + b + 1) - first
+    return start, seqlen
 
 
 @triton.jit

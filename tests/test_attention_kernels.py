@@ -278,3 +278,15 @@ def test_kernels_compile_for_sm90_with_tensor_cores_within_shared_memory(head_di
         assert kernel.metadata.shared <= SM90_SHARED_BYTES
         assert "wgmma" in kernel.asm["ptx"] or "mma" in kernel.asm["ttgir"]
     assert compiled(preprocess, dtypes, "triton").metadata.shared <= SM90_SHARED_BYTES
+
+
+def test_packed_kernels_compile_for_sm90():
+    """Packed sequences (int32 cu_seqlens): every kernel compiles, as on the GPU machine's
+    Triton, where a helper returning other types past a constexpr branch once failed."""
+    q, kv = _op((330, 4, 64), "float16"), _op((460, 1, 64), "float16")
+    cu_seqlens, slopes = _op((4,), "int32"), _op((4,), "float32")
+    packed = dict(alibi="causal", layout="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
+                  max_seqlen_q=200, max_seqlen_k=300)
+    dtypes = {name: value or "float16" for name, value in COMPILE_DTYPES.items()}
+    for call in (attention_fwd_call(q, kv, kv, slopes, **packed), *attention_bwd_calls(q, kv, kv, q, q, slopes, **packed)):
+        assert compiled(call, dtypes, "triton").metadata.shared <= SM90_SHARED_BYTES

@@ -1,6 +1,8 @@
 """trinix.torch.bloom: a tiny random-weight BLOOM whose attention runs on trinix gives
 transformers' logits, whole and decoded token by token with a cache."""
 
+import inspect
+
 import pytest
 import torch
 from transformers import BloomConfig, BloomForCausalLM
@@ -25,8 +27,10 @@ def test_logits_match_transformers(backend):
         # Decoding with a cache: a prefix, then one token at a time after it.
         prefix = model(input_ids[:, :20], use_cache=True)
         cache, steps = prefix.past_key_values, [prefix.logits]
+        # transformers 5.25 names the argument `cache`, earlier 5.x `past_key_values`.
+        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         for i in range(20, 24):
-            step = model(input_ids[:, i:i + 1], cache=cache, use_cache=True)
+            step = model(input_ids[:, i:i + 1], use_cache=True, **{name: cache})
             cache = step.past_key_values
             steps.append(step.logits)
     torch.testing.assert_close(actual, expected, atol=2e-5, rtol=2e-5)

@@ -91,7 +91,9 @@ class JaxOps:
     clip, maximum, stack, concatenate = jnp.clip, jnp.maximum, jnp.stack, jnp.concatenate
     broadcast_to, searchsorted, repeat, expand_dims = jnp.broadcast_to, jnp.searchsorted, jnp.repeat, jnp.expand_dims
     softmax = staticmethod(jax.nn.softmax)
-    einsum, swapaxes = jnp.einsum, jnp.swapaxes
+    swapaxes = jnp.swapaxes
+    # float32 products in full precision: on a GPU XLA's default multiplies in TF32.
+    einsum = staticmethod(functools.partial(jnp.einsum, precision=jax.lax.Precision.HIGHEST))
     float32, float64 = jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)
 
     @staticmethod
