@@ -106,27 +106,46 @@ def _store_rows(base, value, offs, n_rows, offs_d, stride_s, stride_d, HEAD_DIM:
 
 
 @triton.jit
+def _biased(s, slope, distance, key_pos, query_pos, seqlen_k, ALIBI: tl.constexpr, CAUSAL: tl.constexpr,
+            MASKED: tl.constexpr):
+    """Scores s (base 2) plus the ALiBi bias of `distance` (j - p_i, float; `slope` already
+    times log2(e)), -inf where masked (MASKED: keys at key_pos past seqlen_k, or after the
+    query at query_pos when CAUSAL). distance, key_pos and query_pos broadcast against s."""
+    if ALIBI == "symmetric":
+        s -= slope * tl.abs(distance)
+    elif ALIBI == "causal":
+        s += slope * distance
+    if MASKED:
+        visible = key_pos < seqlen_k
+        if CAUSAL:
+            visible = visible & (key_pos <= query_pos)
+        s = tl.where(visible, s, float("-inf"))
+    return s
+
+
+@triton.jit
 def _scores(q, k, slope, n0, query_pos, seqlen_k, SCALE: tl.constexpr, ALIBI: tl.constexpr,
             CAUSAL: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
             COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
-    """Scores of queries at query_pos (BLOCK_M,) and keys n0 .. n0 + BLOCK_N, in base 2
-    (`slope` already times log2(e)); -inf for keys masked (MASKED: past seqlen_k, or after the
-    query when CAUSAL)."""
+    """(BLOCK_M, BLOCK_N) scores, base 2, of queries at query_pos (BLOCK_M,) and keys n0 ..
+    n0 + BLOCK_N."""
     s = dot(q, tl.trans(k), PRECISION, COMPUTE) * (SCALE * LOG2_E)
-    if ALIBI != "none":
-        # j - p_i: the tile's base distance per row plus a column ramp, exact in float32 below 2**24.
-        distance = (n0 - query_pos).to(COMPUTE)[:, None] + tl.arange(0, BLOCK_N).to(COMPUTE)[None, :]
-        if ALIBI == "symmetric":
-            s -= slope * tl.abs(distance)
-        else:
-            s += slope * distance
-    if MASKED:
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        visible = (offs_n < seqlen_k)[None, :]
-        if CAUSAL:
-            visible = visible & (offs_n[None, :] <= query_pos[:, None])
-        s = tl.where(visible, s, float("-inf"))
-    return s
+    # j - p_i: the tile's base distance per row plus a column ramp, exact in float32 below 2**24.
+    ramp = tl.arange(0, BLOCK_N)
+    distance = (n0 - query_pos).to(COMPUTE)[:, None] + ramp.to(COMPUTE)[None, :]
+    return _biased(s, slope, distance, (n0 + ramp)[None, :], query_pos[:, None], seqlen_k, ALIBI, CAUSAL, MASKED)
+
+
+@triton.jit
+def _scores_transposed(k, q_t, slope, n0, query_pos, seqlen_k, SCALE: tl.constexpr, ALIBI: tl.constexpr,
+                       CAUSAL: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
+                       COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
+    """The scores of `_scores` as (BLOCK_N, BLOCK_M), from q_t (BLOCK_D, BLOCK_M): the dk/dv
+    kernel then feeds them to its products without transposing registers."""
+    s = dot(k, q_t, PRECISION, COMPUTE) * (SCALE * LOG2_E)
+    ramp = tl.arange(0, BLOCK_N)
+    distance = ramp.to(COMPUTE)[:, None] + (n0 - query_pos).to(COMPUTE)[None, :]
+    return _biased(s, slope, distance, (n0 + ramp)[:, None], query_pos[None, :], seqlen_k, ALIBI, CAUSAL, MASKED)
 
 
 @triton.jit
@@ -267,19 +286,6 @@ def _attention_bwd_preprocess_kernel(
 
 
 @triton.jit
-def _bwd_tile(q, k, v, do, lse, delta, slope, n0, query_pos, seqlen_k,
-              SCALE: tl.constexpr, ALIBI: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
-              BLOCK_N: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
-    """(P, dS / scale) of one (query tile, key tile): P recomputed from the LSE (base 2, rows of
-    no visible key +inf, so that their P is 0), dS = P (dO v^T - delta)."""
-    s = _scores(q, k, slope, n0, query_pos, seqlen_k, SCALE, ALIBI, CAUSAL, MASKED, BLOCK_N, COMPUTE,
-                PRECISION)
-    p = tl.exp2(s - lse[:, None])
-    dp = dot(do, tl.trans(v), PRECISION, COMPUTE)
-    return p, p * (dp - delta[:, None])
-
-
-@triton.jit
 def _load_row_stats(LSE, DELTA, row_base, offs_m, seqlen_q, COMPUTE: tl.constexpr):
     """LSE in base 2 (a row of no visible key, or past seqlen_q: +inf) and delta of rows offs_m."""
     in_rows = offs_m < seqlen_q
@@ -295,15 +301,19 @@ def _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE, DELTA, row_base, slope, m0, n
                SCALE: tl.constexpr, ALIBI: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
-    """dk (without the scale) and dv of one key tile, plus the query tile m0 .. m0 + BLOCK_M."""
+    """dk (without the scale) and dv of one key tile, plus the query tile m0 .. m0 + BLOCK_M.
+    Transposed throughout (keys as rows): P^T = exp2(S^T - LSE), dS^T = P^T (V dO^T - delta),
+    dv += P^T dO, dk += dS^T Q, with q loaded as q^T."""
     offs_m = m0 + tl.arange(0, BLOCK_M)
-    q = _load_rows(q_base, offs_m, seqlen_q, offs_d, stride_qs, stride_qd, HEAD_DIM, BLOCK_D, MASKED)
+    q_t = tl.trans(_load_rows(q_base, offs_m, seqlen_q, offs_d, stride_qs, stride_qd, HEAD_DIM, BLOCK_D, MASKED))
     do = _load_rows(do_base, offs_m, seqlen_q, offs_d, stride_dos, stride_dod, HEAD_DIM, BLOCK_D, MASKED)
     lse, delta = _load_row_stats(LSE, DELTA, row_base, offs_m, seqlen_q, COMPUTE)
-    p, ds = _bwd_tile(q, k, v, do, lse, delta, slope, n0, q_offset + offs_m, seqlen_k, SCALE, ALIBI, CAUSAL,
-                      MASKED, BLOCK_N, COMPUTE, PRECISION)
-    dv += dot(tl.trans(p).to(do.dtype), do, PRECISION, COMPUTE)
-    dk += dot(tl.trans(ds).to(q.dtype), q, PRECISION, COMPUTE)
+    s_t = _scores_transposed(k, q_t, slope, n0, q_offset + offs_m, seqlen_k, SCALE, ALIBI, CAUSAL, MASKED,
+                             BLOCK_N, COMPUTE, PRECISION)
+    p_t = tl.exp2(s_t - lse[None, :])
+    dv += dot(p_t.to(do.dtype), do, PRECISION, COMPUTE)
+    ds_t = p_t * (dot(v, tl.trans(do), PRECISION, COMPUTE) - delta[None, :])
+    dk += dot(ds_t.to(q_t.dtype), tl.trans(q_t), PRECISION, COMPUTE)
     return dk, dv
 
 
@@ -409,8 +419,11 @@ def _dq_tile(dq, q, do, lse, delta, k_base, v_base, slope, n0, query_pos, seqlen
     offs_n = n0 + tl.arange(0, BLOCK_N)
     k = _load_rows(k_base, offs_n, seqlen_k, offs_d, stride_ks, stride_kd, HEAD_DIM, BLOCK_D, MASKED)
     v = _load_rows(v_base, offs_n, seqlen_k, offs_d, stride_vs, stride_vd, HEAD_DIM, BLOCK_D, MASKED)
-    _, ds = _bwd_tile(q, k, v, do, lse, delta, slope, n0, query_pos, seqlen_k, SCALE, ALIBI, CAUSAL, MASKED,
-                      BLOCK_N, COMPUTE, PRECISION)
+    s = _scores(q, k, slope, n0, query_pos, seqlen_k, SCALE, ALIBI, CAUSAL, MASKED, BLOCK_N, COMPUTE,
+                PRECISION)
+    # P recomputed from the LSE (rows of no visible key have LSE +inf here, so P = 0);
+    # dS = P (dO v^T - delta).
+    ds = tl.exp2(s - lse[:, None]) * (dot(do, tl.trans(v), PRECISION, COMPUTE) - delta[:, None])
     return dq + dot(ds.to(k.dtype), k, PRECISION, COMPUTE)
 
 
@@ -614,11 +627,9 @@ def _output(like: Operand, layout: str) -> tuple[Output, tuple[int, int, int, in
     return Output(tuple(like.shape), like.dtype), _bshd(strides, layout, 0)
 
 
-def _tiles(geometry: _Geometry, stage: str, block_sizes: tuple[int, int] | None):
-    block_m, block_n, num_warps, num_stages = TILES[dict(geometry.constexprs)["BLOCK_D"]][stage]
-    if block_sizes is not None:
-        block_m, block_n = block_sizes
-    return block_m, block_n, num_warps, num_stages
+def _tiles(geometry: _Geometry, stage: str, tiles: tuple[int, int, int, int] | None):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of one kernel: `tiles`, else the table's."""
+    return tiles or TILES[dict(geometry.constexprs)["BLOCK_D"]][stage]
 
 
 def _aligned_strides(*strides: tuple[int, ...]) -> bool:
@@ -632,7 +643,7 @@ def attention_fwd_call(q: Operand, k: Operand, v: Operand, slopes: Operand | Non
                        q_offset: int | None = None, layout: str = "bshd",
                        cu_seqlens_q: Operand | None = None, cu_seqlens_k: Operand | None = None,
                        max_seqlen_q: int | None = None, max_seqlen_k: int | None = None,
-                       block_sizes: tuple[int, int] | None = None) -> KernelCall:
+                       tiles: tuple[int, int, int, int] | None = None) -> KernelCall:
     """Attention of q (batch, seqlen_q, heads, head_dim) over k and v (batch, seqlen_k,
     kv_heads, head_dim), kv_heads dividing heads, in `layout`.
 
@@ -644,12 +655,12 @@ def attention_fwd_call(q: Operand, k: Operand, v: Operand, slopes: Operand | Non
     `scale` (default head_dim ** -0.5, compiled in); `q_offset` the key position of query 0
     (default seqlen_k - seqlen_q, per sequence when packed); `layout` "bshd", "bhsd" or "thd"
     (packed tokens, with int32 `cu_seqlens_q`/`cu_seqlens_k` (n_seqs + 1,) and the longest
-    sequences `max_seqlen_q`/`max_seqlen_k`); `block_sizes` (BLOCK_M, BLOCK_N) instead of the
-    tile table's, for every kernel (tests use small tiles).
+    sequences `max_seqlen_q`/`max_seqlen_k`); `tiles` (BLOCK_M, BLOCK_N, num_warps, num_stages)
+    instead of the tile table's, for every kernel (tests use small tiles, the sweep others).
     """
     geometry = _geometry(q, k, v, slopes, alibi, causal, scale, q_offset, layout, cu_seqlens_q, cu_seqlens_k,
                          max_seqlen_q, max_seqlen_k)
-    block_m, block_n, num_warps, num_stages = _tiles(geometry, "fwd", block_sizes)
+    block_m, block_n, num_warps, num_stages = _tiles(geometry, "fwd", tiles)
     o, o_strides = _output(q, layout)
     strides = [_logical_strides(array, layout) for array in (q, k, v)]
     return KernelCall(
@@ -674,7 +685,7 @@ def attention_bwd_calls(q: Operand, k: Operand, v: Operand, o: Operand, do: Oper
                         scale: float | None = None, q_offset: int | None = None, layout: str = "bshd",
                         cu_seqlens_q: Operand | None = None, cu_seqlens_k: Operand | None = None,
                         max_seqlen_q: int | None = None, max_seqlen_k: int | None = None,
-                        block_sizes: tuple[int, int] | None = None) -> tuple[KernelCall, KernelCall, KernelCall]:
+                        tiles: tuple[int, int, int, int] | None = None) -> tuple[KernelCall, KernelCall, KernelCall]:
     """The backward of `attention_fwd_call` (same arguments and options), given its output o
     and the gradient do (both shaped like q, any strides): three launches, in this order.
 
@@ -698,7 +709,7 @@ def attention_bwd_calls(q: Operand, k: Operand, v: Operand, o: Operand, do: Oper
                     geometry.q_offset, *q_s, *k_s, *v_s, *do_s, *geometry.slope_strides)
     gradient_inputs = ("q", "k", "v", "do", "lse", "delta", "slopes", "cu_seqlens_q", "cu_seqlens_k")
 
-    block_m, block_n, num_warps, num_stages = _tiles(geometry, "dq", block_sizes)
+    block_m, block_n, num_warps, num_stages = _tiles(geometry, "dq", tiles)
     preprocess = KernelCall(
         kernel=_attention_bwd_preprocess_kernel,
         grid=(cdiv(geometry.seqlen_q, block_m), geometry.batch * geometry.n_heads),
@@ -720,7 +731,7 @@ def attention_bwd_calls(q: Operand, k: Operand, v: Operand, o: Operand, do: Oper
         num_warps=num_warps,
         num_stages=num_stages,
     )
-    block_m, block_n, num_warps, num_stages = _tiles(geometry, "dkdv", block_sizes)
+    block_m, block_n, num_warps, num_stages = _tiles(geometry, "dkdv", tiles)
     dkdv_call = KernelCall(
         kernel=_attention_bwd_dkdv_kernel,
         grid=(cdiv(geometry.seqlen_k, block_n), geometry.batch * n_kv_heads),

@@ -3,7 +3,7 @@ interpreter on CPU tensors and compared with trinix.reference in float64; the bu
 refusals; and the kernels compiled offline for sm_90.
 
 Cases are sized by their grid (the interpreter costs a few ms per program): 16 x 16 tiles
-(the builders' block_sizes) over sequences of a few dozen tokens.
+(the builders' `tiles`) over sequences of a few dozen tokens.
 """
 
 import dataclasses
@@ -18,7 +18,7 @@ from trinix.kernels.attention import attention_bwd_calls, attention_fwd_call
 from trinix.kernels.call import Operand, row_major_strides
 from trinix.torch.launcher import DTYPES, launch, operand
 
-TEST_BLOCKS = (16, 16)
+TEST_TILES = (16, 16, 4, 1)
 # |out - ref| <= ATOL * max(1, max|ref|) + RTOL * |ref|. Low precision: the probabilities are
 # rounded to the input dtype before their product with v (as FlashAttention-2 does). float64:
 # the LSE is float32, and the backward's probabilities are recomputed from it.
@@ -43,7 +43,7 @@ class Case:
     batch: int = 1
     batch_slopes: bool = False  # slopes (batch, heads) rather than (heads,)
     strided: bool = False       # q, k, v views of the other layout's memory (no copy)
-    block_sizes: tuple[int, int] | None = TEST_BLOCKS
+    tiles: tuple[int, int, int, int] | None = TEST_TILES
 
     @property
     def name(self) -> str:
@@ -63,7 +63,7 @@ CASES = [
     Case(30, 45, head_dim=64, dtype="float16", alibi="causal", q_offset=20, layout="bhsd", strided=True),
     Case(20, 28, alibi="causal", layout="bhsd", batch=2, batch_slopes=True),
     Case(20, 20, heads=1, kv_heads=1, head_dim=72, alibi="symmetric"),  # head_dim padded to 128
-    Case(64, 64, head_dim=64, dtype="float16", alibi="symmetric", block_sizes=None),  # the tile table
+    Case(64, 64, head_dim=64, dtype="float16", alibi="symmetric", tiles=None),  # the tile table
 ]
 
 
@@ -136,7 +136,7 @@ def run_case(case: Case):
     arrays = {name: _tensor(value, case.dtype, case.layout, case.strided)
               for name, value in dict(q=q_np, k=k_np, v=v_np, do=do_np).items()}
     arrays["slopes"] = None if slopes_np is None else torch.from_numpy(slopes_np)
-    options = dict(_options(case), layout=case.layout, block_sizes=case.block_sizes)
+    options = dict(_options(case), layout=case.layout, tiles=case.tiles)
     o, lse, dq, dk, dv = launch_forward_backward(arrays, options)
 
     expected_o, expected_lse = ref.attention(q_np, k_np, v_np, slopes_np, **_options(case))
@@ -190,7 +190,7 @@ def test_packed_sequences_match_per_sequence_reference(alibi, q_offset, dtype, b
     max_q, max_k = (max(np.diff(cu)) for cu in (PACKED_CU_SEQLENS_Q, PACKED_CU_SEQLENS_K))
     options = dict(alibi=alibi, q_offset=q_offset, layout="thd", cu_seqlens_q=operand(cu_q),
                    cu_seqlens_k=operand(cu_k), max_seqlen_q=int(max_q), max_seqlen_k=int(max_k),
-                   block_sizes=TEST_BLOCKS)
+                   tiles=TEST_TILES)
     o, lse, dq, dk, dv = launch_forward_backward(arrays, options)
 
     packed = (PACKED_CU_SEQLENS_Q, PACKED_CU_SEQLENS_K, slopes_np)
