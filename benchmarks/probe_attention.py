@@ -15,15 +15,17 @@ import torch.nn.functional as F
 from triton.testing import do_bench
 
 from trinix.alibi import alibi_slopes
-from trinix.kernels.attention import attention_bwd_calls, attention_fwd_call
+from trinix.attention import run_forward
+from trinix.kernels.attention import attention_bwd_calls, attention_fwd_calls
 from trinix.torch.launcher import launch, operand
 
 CONFIGS = {"medium": (2, 64, 2048), "large": (1, 128, 8192), "xl": (1, 128, 32768)}
 
 
 def trinix_fwd(q, k, v, slopes, alibi):
-    call = attention_fwd_call(operand(q), operand(k), operand(v), operand(slopes), alibi=alibi)
-    return launch(call, dict(q=q, k=k, v=v, slopes=slopes), interpret=False)
+    calls = attention_fwd_calls(operand(q), operand(k), operand(v), operand(slopes), alibi=alibi)
+    return run_forward(calls, dict(q=q, k=k, v=v, slopes=slopes),
+                       lambda call, named: launch(call, named, interpret=False))
 
 
 def trinix_fwd_bwd(q, k, v, slopes, alibi, do):

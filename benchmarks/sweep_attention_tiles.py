@@ -15,7 +15,7 @@ import torch
 from triton.testing import do_bench
 
 from trinix.alibi import alibi_slopes
-from trinix.kernels.attention import attention_bwd_calls, attention_fwd_call
+from trinix.kernels.attention import attention_bwd_calls, attention_fwd_calls
 from trinix.torch.launcher import launch, operand
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages): the forward and dq own BLOCK_M queries and loop
@@ -34,7 +34,7 @@ def time_kernel(stage, tiles, arrays, slopes_op, alibi):
     """ms of one launch of `stage`'s kernel with `tiles`, or None if it does not compile."""
     ops = {name: operand(arrays[name]) for name in ("q", "k", "v", "o", "do")}
     if stage == "fwd":
-        call = attention_fwd_call(ops["q"], ops["k"], ops["v"], slopes_op, alibi=alibi, tiles=tiles)
+        (call,) = attention_fwd_calls(ops["q"], ops["k"], ops["v"], slopes_op, alibi=alibi, tiles=tiles)
     else:
         _, dkdv, dq = attention_bwd_calls(ops["q"], ops["k"], ops["v"], ops["o"], ops["do"], slopes_op,
                                           alibi=alibi, tiles=tiles)
@@ -66,8 +66,8 @@ def main():
         for stage in args.stages:
             totals = {tiles: 0.0 for tiles in CANDIDATES[stage]}
             for alibi in args.forms:
-                o, lse = launch(attention_fwd_call(operand(q), operand(k), operand(v), operand(slopes), alibi=alibi),
-                                dict(q=q, k=k, v=v, slopes=slopes), interpret=False)
+                (forward,) = attention_fwd_calls(operand(q), operand(k), operand(v), operand(slopes), alibi=alibi)
+                o, lse = launch(forward, dict(q=q, k=k, v=v, slopes=slopes), interpret=False)
                 delta = (o.float() * do.float()).sum(-1).permute(0, 2, 1).contiguous()
                 arrays = dict(q=q, k=k, v=v, o=o, do=do, lse=lse, delta=delta, slopes=slopes)
                 for tiles in CANDIDATES[stage]:

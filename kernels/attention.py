@@ -39,14 +39,20 @@ MAX_HEAD_DIM = 128
 LN_2 = tl.constexpr(0.6931471805599453)
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per padded head_dim and kernel: the forward and dq
-# own BLOCK_M queries and loop over key tiles, dk/dv own BLOCK_N keys and loop over query tiles.
+# own BLOCK_M queries and loop over key tiles, dk/dv own BLOCK_N keys and loop over query tiles;
+# "decode" is the forward of at most DECODE_QUERIES queries (tensor-core tiles are 16 rows).
 # FlashAttention-2-like starting points for sm_90, until a GPU sweep fills this table.
 TILES = {
-    16: dict(fwd=(64, 64, 4, 3), dkdv=(64, 64, 4, 2), dq=(64, 64, 4, 2)),
-    32: dict(fwd=(128, 64, 4, 3), dkdv=(64, 64, 4, 2), dq=(64, 64, 4, 2)),
-    64: dict(fwd=(128, 64, 4, 3), dkdv=(64, 64, 8, 2), dq=(128, 64, 8, 2)),
-    128: dict(fwd=(128, 64, 8, 3), dkdv=(64, 64, 8, 2), dq=(128, 64, 8, 2)),
+    16: dict(fwd=(64, 64, 4, 3), dkdv=(64, 64, 4, 2), dq=(64, 64, 4, 2), decode=(16, 64, 4, 3)),
+    32: dict(fwd=(128, 64, 4, 3), dkdv=(64, 64, 4, 2), dq=(64, 64, 4, 2), decode=(16, 64, 4, 3)),
+    64: dict(fwd=(128, 64, 4, 3), dkdv=(64, 64, 8, 2), dq=(128, 64, 8, 2), decode=(16, 128, 4, 3)),
+    128: dict(fwd=(128, 64, 8, 3), dkdv=(64, 64, 8, 2), dq=(128, 64, 8, 2), decode=(16, 128, 4, 3)),
 }
+DECODE_QUERIES = 16
+# A forward of fewer programs than this splits its keys over more (flash-decoding): two per
+# streaming multiprocessor of an H100 or H200 (132). Each split keeps MIN_SPLIT_TILES key tiles.
+FILL_PROGRAMS = 264
+MIN_SPLIT_TILES = 4
 
 
 @triton.jit
@@ -187,22 +193,25 @@ def _query_tile_key_range(first_pos, seqlen_k, CAUSAL: tl.constexpr, BLOCK_M: tl
 @kernel
 def _attention_fwd_kernel(
     Q, K, V, SLOPES, CU_SEQLENS_Q, CU_SEQLENS_K,
-    n_heads, n_heads_per_kv, seqlen_q, seqlen_k, q_offset,
+    n_heads, n_heads_per_kv, seqlen_q, seqlen_k, q_offset, keys_per_split,
     stride_qb, stride_qs, stride_qh, stride_qd,
     stride_kb, stride_ks, stride_kh, stride_kd,
     stride_vb, stride_vs, stride_vh, stride_vd,
     stride_mb, stride_mh,
-    stride_ob, stride_os, stride_oh, stride_od,
-    stride_lb, stride_lh,
+    stride_ob, stride_os, stride_oh, stride_od, stride_o_split,
+    stride_lb, stride_lh, stride_l_split,
     O, LSE,
     SCALE: tl.constexpr, ALIBI: tl.constexpr, CAUSAL: tl.constexpr, VARLEN: tl.constexpr,
     BOTTOM_RIGHT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     """O (like q) and LSE (float32, (batch, heads, seqlen_q) or packed (heads, tokens)) of
-    BLOCK_M queries of one (sequence, head), looping over the key tiles they see.
+    BLOCK_M queries of one (sequence, head), looping over the key tiles they see among keys
+    split * keys_per_split .. (split + 1) * keys_per_split (a multiple of BLOCK_N); split i
+    writes at O + i * stride_o_split and LSE + i * stride_l_split, for the combine kernel.
 
-    Grid: (cdiv(seqlen_q, BLOCK_M), batch * n_heads); packed, seqlen_q is the longest sequence's.
+    Grid: (cdiv(seqlen_q, BLOCK_M), batch * n_heads, splits); packed, seqlen_q is the longest
+    sequence's.
     """
     if ALIGNED:
         stride_qb, stride_qs, stride_qh = _aligned(stride_qb, stride_qs, stride_qh)
@@ -232,23 +241,68 @@ def _attention_fwd_kernel(
     row_max = tl.full((BLOCK_M,), float("-inf"), COMPUTE)
     row_sum = tl.full((BLOCK_M,), 0.0, COMPUTE)
     full_end, end = _query_tile_key_range(q_offset + m0, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
-    for n0 in range(0, full_end, BLOCK_N):
+    keys_start = tl.program_id(2) * keys_per_split
+    keys_stop = keys_start + keys_per_split
+    for n0 in range(keys_start, tl.minimum(full_end, keys_stop), BLOCK_N):
         acc, row_max, row_sum = _fwd_tile(acc, row_max, row_sum, q, k_base, v_base, slope, n0, query_pos,
                                           seqlen_k, offs_d, stride_ks, stride_kd, stride_vs, stride_vd,
                                           SCALE, ALIBI, CAUSAL, False, HEAD_DIM, BLOCK_N, BLOCK_D,
                                           COMPUTE, PRECISION)
-    for n0 in range(full_end, end, BLOCK_N):
+    for n0 in range(tl.maximum(full_end, keys_start), tl.minimum(end, keys_stop), BLOCK_N):
         acc, row_max, row_sum = _fwd_tile(acc, row_max, row_sum, q, k_base, v_base, slope, n0, query_pos,
                                           seqlen_k, offs_d, stride_ks, stride_kd, stride_vs, stride_vd,
                                           SCALE, ALIBI, CAUSAL, True, HEAD_DIM, BLOCK_N, BLOCK_D,
                                           COMPUTE, PRECISION)
 
-    o_base = O + b * stride_ob + h * stride_oh + q_start * stride_os
+    split = tl.program_id(2).to(tl.int64)
+    o_base = O + split * stride_o_split + b * stride_ob + h * stride_oh + q_start * stride_os
     _store_rows(o_base, acc * _inverse_sum(row_sum)[:, None], offs_m, seqlen_q, offs_d, stride_os, stride_od,
                 HEAD_DIM)
     # log(sum) in natural units; a row that saw no key has sum 0 and LSE -inf.
     lse = tl.where(row_sum == 0, float("-inf"), (row_max + tl.log2(tl.where(row_sum == 0, 1.0, row_sum))) * LN_2)
-    tl.store(LSE + b * stride_lb + h * stride_lh + q_start + offs_m, lse.to(tl.float32), mask=offs_m < seqlen_q)
+    tl.store(LSE + split * stride_l_split + b * stride_lb + h * stride_lh + q_start + offs_m, lse.to(tl.float32),
+             mask=offs_m < seqlen_q)
+
+
+@kernel
+def _attention_combine_kernel(
+    O_SPLITS, LSE_SPLITS,
+    n_heads, seqlen_q, n_splits,
+    stride_pb, stride_ps, stride_ph, stride_p_split,
+    stride_ob, stride_os, stride_oh, stride_od,
+    stride_lb, stride_lh, stride_l_split,
+    O, LSE,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """O and LSE of BLOCK_M queries of one (batch, head) from the forward's key splits: O_SPLITS
+    (splits, like q, float32, row-major) and LSE_SPLITS (splits, batch, heads, seqlen_q)
+    merged by their LSE. Grid: (cdiv(seqlen_q, BLOCK_M), batch * n_heads)."""
+    m0 = tl.program_id(0) * BLOCK_M
+    b = (tl.program_id(1) // n_heads).to(tl.int64)
+    h = (tl.program_id(1) % n_heads).to(tl.int64)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    in_rows = offs_m < seqlen_q
+    lse_rows = LSE_SPLITS + b * stride_lb + h * stride_lh + offs_m
+    o_base = O_SPLITS + b * stride_pb + h * stride_ph
+    acc = tl.full((BLOCK_M, BLOCK_D), 0.0, tl.float32)
+    lse_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    weight_sum = tl.full((BLOCK_M,), 0.0, tl.float32)
+    for split in range(n_splits):
+        lse = tl.load(lse_rows + split * stride_l_split, mask=in_rows, other=float("-inf"))
+        o = _load_rows(o_base + split * stride_p_split, offs_m, seqlen_q, offs_d, stride_ps, 1, HEAD_DIM, BLOCK_D,
+                       True)
+        new_max = tl.maximum(lse_max, lse)
+        shift = _finite(new_max)  # splits that saw no key weigh exp(-inf) = 0
+        rescale = tl.exp(lse_max - shift)
+        weight = tl.exp(lse - shift)
+        acc = acc * rescale[:, None] + o * weight[:, None]
+        weight_sum = weight_sum * rescale + weight
+        lse_max = new_max
+    _store_rows(O + b * stride_ob + h * stride_oh, acc * _inverse_sum(weight_sum)[:, None], offs_m, seqlen_q, offs_d,
+                stride_os, stride_od, HEAD_DIM)
+    lse = tl.where(weight_sum == 0, float("-inf"), lse_max + tl.log(tl.where(weight_sum == 0, 1.0, weight_sum)))
+    tl.store(LSE + b * stride_lb + h * stride_lh + offs_m, lse, mask=in_rows)
 
 
 @kernel
@@ -637,18 +691,30 @@ def _aligned_strides(*strides: tuple[int, ...]) -> bool:
     return strides_aligned(*(value for each in strides for value in each[:3]))
 
 
+def _key_splits(geometry: _Geometry, block_m: int, block_n: int) -> int:
+    """How many programs share each query tile's keys: more than one when the grid would not
+    fill the GPU (decode), with at least MIN_SPLIT_TILES key tiles each; packed never."""
+    programs = cdiv(geometry.seqlen_q, block_m) * geometry.batch * geometry.n_heads
+    if dict(geometry.constexprs)["VARLEN"] or programs >= FILL_PROGRAMS:
+        return 1
+    return max(1, min(cdiv(FILL_PROGRAMS, programs), cdiv(geometry.seqlen_k, block_n) // MIN_SPLIT_TILES))
+
+
 @functools.lru_cache(maxsize=1024)
-def attention_fwd_call(q: Operand, k: Operand, v: Operand, slopes: Operand | None = None, *,
-                       alibi: str = "none", causal: bool | None = None, scale: float | None = None,
-                       q_offset: int | None = None, layout: str = "bshd",
-                       cu_seqlens_q: Operand | None = None, cu_seqlens_k: Operand | None = None,
-                       max_seqlen_q: int | None = None, max_seqlen_k: int | None = None,
-                       tiles: tuple[int, int, int, int] | None = None) -> KernelCall:
+def attention_fwd_calls(q: Operand, k: Operand, v: Operand, slopes: Operand | None = None, *,
+                        alibi: str = "none", causal: bool | None = None, scale: float | None = None,
+                        q_offset: int | None = None, layout: str = "bshd",
+                        cu_seqlens_q: Operand | None = None, cu_seqlens_k: Operand | None = None,
+                        max_seqlen_q: int | None = None, max_seqlen_k: int | None = None,
+                        tiles: tuple[int, int, int, int] | None = None,
+                        key_splits: int | None = None) -> tuple[KernelCall, ...]:
     """Attention of q (batch, seqlen_q, heads, head_dim) over k and v (batch, seqlen_k,
-    kv_heads, head_dim), kv_heads dividing heads, in `layout`.
+    kv_heads, head_dim), kv_heads dividing heads, in `layout`: one launch, or two when the keys
+    are split (flash-decoding), run in order.
 
     Inputs, by name: "q", "k", "v", "slopes", "cu_seqlens_q", "cu_seqlens_k". Outputs: o (like
     q, row-major) and lse (float32 (batch, heads, seqlen_q), or (heads, tokens) when packed).
+    Split: the first launch's outputs, "o_splits" and "lse_splits", are the second's inputs.
 
     Options: `alibi` "none", "symmetric" or "causal" (slopes float32 (heads,) or (batch, heads)
     then needed); `causal` masks the keys after each query (default: alibi == "causal");
@@ -656,27 +722,52 @@ def attention_fwd_call(q: Operand, k: Operand, v: Operand, slopes: Operand | Non
     (default seqlen_k - seqlen_q, per sequence when packed); `layout` "bshd", "bhsd" or "thd"
     (packed tokens, with int32 `cu_seqlens_q`/`cu_seqlens_k` (n_seqs + 1,) and the longest
     sequences `max_seqlen_q`/`max_seqlen_k`); `tiles` (BLOCK_M, BLOCK_N, num_warps, num_stages)
-    instead of the tile table's, for every kernel (tests use small tiles, the sweep others).
+    instead of the tile table's, for every kernel (tests use small tiles, the sweep others);
+    `key_splits` instead of the rule's (`_key_splits`; not packed).
     """
     geometry = _geometry(q, k, v, slopes, alibi, causal, scale, q_offset, layout, cu_seqlens_q, cu_seqlens_k,
                          max_seqlen_q, max_seqlen_k)
-    block_m, block_n, num_warps, num_stages = _tiles(geometry, "fwd", tiles)
+    stage = "decode" if geometry.seqlen_q <= DECODE_QUERIES else "fwd"
+    block_m, block_n, num_warps, num_stages = _tiles(geometry, stage, tiles)
+    if key_splits is not None and (isinstance(key_splits, bool) or not isinstance(key_splits, int)
+                                   or key_splits < 1 or (key_splits > 1 and layout == "thd")):
+        raise ValueError(f'key_splits must be an int >= 1 (1 for layout "thd"), got {key_splits!r}')
+    splits = key_splits or _key_splits(geometry, block_m, block_n)
+    keys_per_split = cdiv(cdiv(geometry.seqlen_k, block_n), splits) * block_n
+    splits = cdiv(geometry.seqlen_k, keys_per_split) if geometry.seqlen_k else 1
     o, o_strides = _output(q, layout)
+    lse = Output(geometry.lse_shape, "float32")
     strides = [_logical_strides(array, layout) for array in (q, k, v)]
-    return KernelCall(
+    split_strides = (math.prod(q.shape), math.prod(geometry.lse_shape)) if splits > 1 else (0, 0)
+    forward = KernelCall(
         kernel=_attention_fwd_kernel,
-        grid=(cdiv(geometry.seqlen_q, block_m), geometry.batch * geometry.n_heads),
+        grid=(cdiv(geometry.seqlen_q, block_m), geometry.batch * geometry.n_heads, splits),
         inputs=("q", "k", "v", "slopes", "cu_seqlens_q", "cu_seqlens_k"),
         scalars=(geometry.n_heads, geometry.n_heads_per_kv, geometry.seqlen_q, geometry.seqlen_k, geometry.q_offset,
-                 *(value for each in strides for value in each), *geometry.slope_strides, *o_strides,
-                 *geometry.lse_strides),
-        outputs=(o, Output(geometry.lse_shape, "float32")),
+                 keys_per_split, *(value for each in strides for value in each), *geometry.slope_strides,
+                 *o_strides, split_strides[0], *geometry.lse_strides, split_strides[1]),
+        outputs=(Output((splits, *o.shape), "float32"), Output((splits, *lse.shape), "float32")) if splits > 1
+        else (o, lse),
         constexprs=dict(geometry.constexprs, BLOCK_M=block_m, BLOCK_N=block_n,
                         ALIGNED=_aligned_strides(*strides, o_strides)),
         num_warps=num_warps,
         num_stages=num_stages,
     )
-
+    if splits == 1:
+        return (forward,)
+    constexprs = dict(geometry.constexprs)
+    combine_block_m = min(64, max(16, next_power_of_2(geometry.seqlen_q)))
+    combine = KernelCall(
+        kernel=_attention_combine_kernel,
+        grid=(cdiv(geometry.seqlen_q, combine_block_m), geometry.batch * geometry.n_heads),
+        inputs=("o_splits", "lse_splits"),
+        scalars=(geometry.n_heads, geometry.seqlen_q, splits, *o_strides[:3], split_strides[0], *o_strides,
+                 *geometry.lse_strides, split_strides[1]),
+        outputs=(o, lse),
+        constexprs=dict(HEAD_DIM=constexprs["HEAD_DIM"], BLOCK_M=combine_block_m, BLOCK_D=constexprs["BLOCK_D"]),
+        num_warps=4,
+    )
+    return forward, combine
 
 
 @functools.lru_cache(maxsize=1024)
@@ -686,7 +777,7 @@ def attention_bwd_calls(q: Operand, k: Operand, v: Operand, o: Operand, do: Oper
                         cu_seqlens_q: Operand | None = None, cu_seqlens_k: Operand | None = None,
                         max_seqlen_q: int | None = None, max_seqlen_k: int | None = None,
                         tiles: tuple[int, int, int, int] | None = None) -> tuple[KernelCall, KernelCall, KernelCall]:
-    """The backward of `attention_fwd_call` (same arguments and options), given its output o
+    """The backward of `attention_fwd_calls` (same arguments and options), given its output o
     and the gradient do (both shaped like q, any strides): three launches, in this order.
 
     1. preprocess: inputs "o", "do", "cu_seqlens_q"; output delta (laid out like lse).

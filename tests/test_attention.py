@@ -50,6 +50,7 @@ CASES = [
     Case(50, 70, kv_heads=1, alibi="causal", layout="thd", batch_slopes=True, cu_seqlens=PACKED),
     Case(50, 70, dtype="float64", alibi="symmetric", q_offset=3, layout="thd", cu_seqlens=PACKED),
     Case(40, 24),                                                       # no bias, no mask
+    Case(1, 520, heads=4, kv_heads=2, alibi="causal"),                  # decode: 9 key tiles split in 2
 ]
 
 

@@ -14,7 +14,8 @@ import torch
 
 from tests.test_compiled_code import SM90_SHARED_BYTES, compiled
 from trinix import reference as ref
-from trinix.kernels.attention import attention_bwd_calls, attention_fwd_call
+from trinix.attention import run_forward
+from trinix.kernels.attention import attention_bwd_calls, attention_fwd_calls
 from trinix.kernels.call import Operand, row_major_strides
 from trinix.torch.launcher import DTYPES, launch, operand
 
@@ -44,6 +45,7 @@ class Case:
     batch_slopes: bool = False  # slopes (batch, heads) rather than (heads,)
     strided: bool = False       # q, k, v views of the other layout's memory (no copy)
     tiles: tuple[int, int, int, int] | None = TEST_TILES
+    key_splits: int | None = None  # forced (flash-decoding); None: the builder's rule
 
     @property
     def name(self) -> str:
@@ -64,6 +66,11 @@ CASES = [
     Case(20, 28, alibi="causal", layout="bhsd", batch=2, batch_slopes=True),
     Case(20, 20, heads=1, kv_heads=1, head_dim=72, alibi="symmetric"),  # head_dim padded to 128
     Case(64, 64, head_dim=64, dtype="float16", alibi="symmetric", tiles=None),  # the tile table
+    # Keys split over programs, 32 each, merged by the combine kernel: decode and a few queries.
+    Case(1, 80, heads=4, kv_heads=2, dtype="float16", alibi="causal", batch=2, key_splits=3),
+    Case(3, 80, alibi="symmetric", key_splits=3, layout="bhsd", strided=True),
+    Case(20, 80, alibi="causal", q_offset=10, key_splits=3),  # splits 2 and 3 hidden from every row
+    Case(1, 130, dtype="float64", causal=True, key_splits=None),  # the rule splits 9 key tiles in 2
 ]
 
 
@@ -116,7 +123,9 @@ def launch_forward_backward(arrays: dict, options: dict):
     """(o, lse, dq, dk, dv) of the kernels launched on `arrays` ("q", "k", "v", "do",
     "slopes" and any cu_seqlens) with the builders' `options`."""
     q, k, v, do, slopes = (operand(arrays[name]) for name in ("q", "k", "v", "do", "slopes"))
-    o, lse = launch(attention_fwd_call(q, k, v, slopes, **options), arrays, interpret=True)
+    key_splits = options.pop("key_splits", None)
+    o, lse = run_forward(attention_fwd_calls(q, k, v, slopes, **options, key_splits=key_splits), arrays,
+                         lambda call, named: launch(call, named, interpret=True))
     arrays = dict(arrays, o=o, lse=lse)
     preprocess, dkdv, dq_call = attention_bwd_calls(q, k, v, operand(o), do, slopes, **options)
     (arrays["delta"],) = launch(preprocess, arrays, interpret=True)
@@ -136,7 +145,7 @@ def run_case(case: Case):
     arrays = {name: _tensor(value, case.dtype, case.layout, case.strided)
               for name, value in dict(q=q_np, k=k_np, v=v_np, do=do_np).items()}
     arrays["slopes"] = None if slopes_np is None else torch.from_numpy(slopes_np)
-    options = dict(_options(case), layout=case.layout, tiles=case.tiles)
+    options = dict(_options(case), layout=case.layout, tiles=case.tiles, key_splits=case.key_splits)
     o, lse, dq, dk, dv = launch_forward_backward(arrays, options)
 
     expected_o, expected_lse = ref.attention(q_np, k_np, v_np, slopes_np, **_options(case))
@@ -246,9 +255,28 @@ CU = _op((3,), "int32")
 ], ids=lambda value: value if isinstance(value, str) else None)
 def test_builders_refuse_bad_inputs_naming_the_argument(arguments, options, error, names):
     with pytest.raises(error, match=names):
-        attention_fwd_call(*arguments, **options)
+        attention_fwd_calls(*arguments, **options)
     with pytest.raises(error, match=names):
         attention_bwd_calls(*arguments[:3], arguments[0], arguments[0], *arguments[3:], **options)
+
+
+@pytest.mark.parametrize("key_splits", [0, 2.0, True])
+def test_forward_refuses_bad_key_splits(key_splits):
+    with pytest.raises(ValueError, match="key_splits"):
+        attention_fwd_calls(Q, KV, KV, key_splits=key_splits)
+
+
+def test_keys_are_split_only_when_the_grid_would_not_fill_the_gpu():
+    """Decode (one query per sequence) splits its keys; a long prefill, packed sequences never."""
+    def launches(seqlen_q, seqlen_k, batch=1, heads=8, **options):
+        return len(attention_fwd_calls(_op((batch, seqlen_q, heads, 128)), _op((batch, seqlen_k, heads, 128)),
+                                       _op((batch, seqlen_k, heads, 128)), **options))
+    assert launches(1, 8192) == 2 and launches(4, 8192, batch=4) == 2
+    assert launches(8192, 8192) == 1 and launches(1, 8192, batch=64, heads=32) == 1
+    assert launches(1, 64) == 1  # too few key tiles to share
+    cu = _op((3,), "int32")
+    assert len(attention_fwd_calls(_op((2, 8, 128)), _op((8192, 8, 128)), _op((8192, 8, 128)), layout="thd",
+                                   cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=1, max_seqlen_k=8192)) == 1
 
 
 def test_backward_refuses_a_gradient_unlike_q():
@@ -267,17 +295,31 @@ COMPILE_DTYPES = {"q": None, "k": None, "v": None, "o": None, "do": None, "lse":
 def test_kernels_compile_for_sm90_with_tensor_cores_within_shared_memory(head_dim, dtype):
     """Causal ALiBi with GQA, the table's tiles: every kernel fits an H100's shared memory, and
     its products run on tensor cores (wgmma, or mma)."""
-    q = _op((2, 1024, 8, head_dim), dtype)
-    kv = _op((2, 1024, 2, head_dim), dtype)
+    q = _op((2, 4096, 8, head_dim), dtype)  # enough query tiles to fill the GPU: one forward launch
+    kv = _op((2, 4096, 2, head_dim), dtype)
     slopes = _op((8,), "float32")
     dtypes = {name: value or dtype for name, value in COMPILE_DTYPES.items()}
     preprocess, dkdv, dq = attention_bwd_calls(q, kv, kv, q, q, slopes, alibi="causal")
-    for call in (attention_fwd_call(q, kv, kv, slopes, alibi="causal"), dkdv, dq):
+    (forward,) = attention_fwd_calls(q, kv, kv, slopes, alibi="causal")
+    for call in (forward, dkdv, dq):
         assert call.constexprs["ALIGNED"]
         kernel = compiled(call, dtypes, "triton")
         assert kernel.metadata.shared <= SM90_SHARED_BYTES
         assert "wgmma" in kernel.asm["ptx"] or "mma" in kernel.asm["ttgir"]
     assert compiled(preprocess, dtypes, "triton").metadata.shared <= SM90_SHARED_BYTES
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_split_decode_kernels_compile_for_sm90(head_dim):
+    """The decode tiles and the combine kernel, causal ALiBi: within shared memory, products on
+    tensor cores."""
+    q, kv = _op((4, 1, 16, head_dim), "float16"), _op((4, 8192, 16, head_dim), "float16")
+    dtypes = {name: value or "float16" for name, value in COMPILE_DTYPES.items()}
+    forward, combine = attention_fwd_calls(q, kv, kv, _op((16,), "float32"), alibi="causal")
+    kernel = compiled(forward, dtypes, "triton")
+    assert kernel.metadata.shared <= SM90_SHARED_BYTES and "mma" in kernel.asm["ttgir"]
+    assert compiled(combine, {"o_splits": "float32", "lse_splits": "float32"}, "triton").metadata.shared \
+        <= SM90_SHARED_BYTES
 
 
 def test_packed_kernels_compile_for_sm90():
@@ -288,5 +330,5 @@ def test_packed_kernels_compile_for_sm90():
     packed = dict(alibi="causal", layout="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
                   max_seqlen_q=200, max_seqlen_k=300)
     dtypes = {name: value or "float16" for name, value in COMPILE_DTYPES.items()}
-    for call in (attention_fwd_call(q, kv, kv, slopes, **packed), *attention_bwd_calls(q, kv, kv, q, q, slopes, **packed)):
+    for call in (*attention_fwd_calls(q, kv, kv, slopes, **packed), *attention_bwd_calls(q, kv, kv, q, q, slopes, **packed)):
         assert compiled(call, dtypes, "triton").metadata.shared <= SM90_SHARED_BYTES

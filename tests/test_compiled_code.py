@@ -14,7 +14,7 @@ from triton.backends.nvidia.compiler import CUDABackend
 from triton.compiler import ASTSource
 
 from trinix.kernels.alibi import alibi_add_call, alibi_bias_call, alibi_slopes_call, alibi_softmax_call
-from trinix.kernels.attention import attention_bwd_calls, attention_fwd_call
+from trinix.kernels.attention import attention_bwd_calls, attention_fwd_calls
 from trinix.kernels.call import KernelCall, Operand, row_major_strides
 from trinix.kernels.rope import rope_apply_call, rope_table_call
 
@@ -165,6 +165,7 @@ def test_constexprs_are_the_kernels_trailing_parameters(name):
 
 
 _ATTENTION_SLOPES = Operand((128,), (1,), "float32")
+DECODE_Q = Operand((1, 1, 128, 128), row_major_strides((1, 1, 128, 128)), "float16")
 BUILDERS = {
     "rope_apply_call": lambda: rope_apply_call(XL_Q, XL_Q, cos=TABLE, sin=TABLE),
     "rope_table_call": lambda: rope_table_call(4096, 128, "float16"),
@@ -172,7 +173,11 @@ BUILDERS = {
     "alibi_bias_call": lambda: alibi_bias_call(SLOPES, 1024, 1024, q_offset=0, causal=False),
     "alibi_add_call": lambda: alibi_add_call(SCORES, SLOPES, q_offset=0, causal=False),
     "alibi_softmax_call": lambda: alibi_softmax_call(SCORES, SLOPES, scale=1.0, q_offset=0, causal=False),
-    "attention_fwd_call": lambda: attention_fwd_call(XL_Q, XL_K_GQA, XL_K_GQA, _ATTENTION_SLOPES, alibi="causal"),
+    "attention_fwd_calls[0]": lambda: attention_fwd_calls(XL_Q, XL_K_GQA, XL_K_GQA, _ATTENTION_SLOPES,
+                                                          alibi="causal")[0],
+    **{f"attention_fwd_calls[{index}] (decode)": functools.partial(
+        lambda index: attention_fwd_calls(DECODE_Q, XL_K_GQA, XL_K_GQA, _ATTENTION_SLOPES, alibi="causal")[index],
+        index) for index in range(2)},
     **{f"attention_bwd_calls[{index}]": functools.partial(
         lambda index: attention_bwd_calls(XL_Q, XL_K_GQA, XL_K_GQA, XL_Q, XL_Q, _ATTENTION_SLOPES,
                                           alibi="causal")[index], index) for index in range(3)},

@@ -10,7 +10,7 @@ kernels name their inputs the same (`INPUTS`), so a binding maps them by name.
 from typing import NamedTuple
 
 from trinix import alibi as host
-from trinix.kernels.attention import attention_bwd_calls, attention_fwd_call
+from trinix.kernels.attention import attention_bwd_calls, attention_fwd_calls
 from trinix.kernels.call import KernelCall, Operand
 
 INPUTS = ("q", "k", "v", "slopes", "cu_seqlens_q", "cu_seqlens_k")
@@ -60,10 +60,10 @@ def module_defaults(module, causal: bool | None, backend: str | None, fallback: 
 
 def plan(operands: dict[str, Operand | None], *, causal: bool = False, scale: float | None = None,
          q_offset: int | None = None, layout: str = "bshd", max_seqlen_q: int | None = None,
-         max_seqlen_k: int | None = None, builder=attention_fwd_call) -> Options:
+         max_seqlen_k: int | None = None, builder=attention_fwd_calls) -> Options:
     """The checked Options of attention on `operands` (by `INPUTS` name): TypeError/ValueError
     naming the argument, raised here, before any launch (the forward builder's checks, run once;
-    `builder` as in `forward_call`)."""
+    `builder` as in `forward_calls`)."""
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     q, k = operands["q"], operands["k"]
@@ -71,7 +71,7 @@ def plan(operands: dict[str, Operand | None], *, causal: bool = False, scale: fl
         scale = q.shape[-1] ** -0.5
     options = Options(alibi_form(operands["slopes"] is not None, causal), causal, scale, q_offset, layout,
                       max_seqlen_q, max_seqlen_k)
-    forward_call(options, operands, builder=builder)
+    forward_calls(options, operands, builder=builder)
     if layout in SEQ_AXIS:  # one offset serves every sequence: resolved here, the fallbacks need it
         q_offset = host.query_offset(q_offset, q.shape[SEQ_AXIS[layout]], k.shape[SEQ_AXIS[layout]])
     return options._replace(scale=float(scale), q_offset=q_offset)
@@ -81,10 +81,21 @@ def _builder_options(options: Options, operands: dict) -> dict:
     return dict(options._asdict(), cu_seqlens_q=operands["cu_seqlens_q"], cu_seqlens_k=operands["cu_seqlens_k"])
 
 
-def forward_call(options: Options, operands: dict[str, Operand | None], *, builder=attention_fwd_call) -> KernelCall:
-    """The forward launch of `operands` (by `INPUTS` name): outputs o (like q) and lse
-    (float32). `builder`: attention_fwd_call or a binding's wrapper of it (torch's `cached`)."""
+def forward_calls(options: Options, operands: dict[str, Operand | None], *,
+                  builder=attention_fwd_calls) -> tuple[KernelCall, ...]:
+    """The forward launches of `operands` (by `INPUTS` name), for `run_forward`. `builder`:
+    attention_fwd_calls or a binding's wrapper of it (torch's `cached`)."""
     return builder(*(operands[name] for name in ("q", "k", "v", "slopes")), **_builder_options(options, operands))
+
+
+def run_forward(calls: tuple[KernelCall, ...], arrays: dict, run) -> tuple:
+    """(o, lse): `calls` (from `forward_calls`) run in order by `run(call, arrays)`, a binding's
+    launch, on `arrays` (the operands); split keys' partial results passed on to the combine."""
+    outputs = run(calls[0], arrays)
+    if len(calls) == 2:
+        o_splits, lse_splits = outputs
+        outputs = run(calls[1], dict(o_splits=o_splits, lse_splits=lse_splits))
+    return tuple(outputs)
 
 
 def backward_calls(options: Options, operands: dict[str, Operand | None], *,

@@ -28,8 +28,8 @@ _BACKWARD_INPUTS = (*INPUTS, "o", "lse", "do")
 def _launch_fwd(*arrays, options: Options, backend: str):
     """(o, lse) of arrays in `INPUTS` order."""
     named = dict(zip(INPUTS, arrays))
-    call = planner.forward_call(options, {name: operand(array) for name, array in named.items()})
-    return launch(call, named, backend=backend)
+    calls = planner.forward_calls(options, {name: operand(array) for name, array in named.items()})
+    return planner.run_forward(calls, named, functools.partial(launch, backend=backend))
 
 
 def _launch_bwd(*arrays, options: Options, backend: str):

@@ -16,7 +16,7 @@ from torch.library import triton_op
 
 from trinix import attention as planner
 from trinix.attention import ARGUMENTS, INPUTS, Options
-from trinix.kernels.attention import attention_bwd_calls, attention_fwd_call
+from trinix.kernels.attention import attention_bwd_calls, attention_fwd_calls
 from trinix import fallback
 from trinix.torch.launcher import TorchOps, cached, launch, operand, resolve_backend
 
@@ -26,8 +26,9 @@ def _operands(arrays: dict) -> dict:
 
 
 def _launch_fwd(arrays: dict, options: Options, interpret: bool, traceable: bool = False):
-    call = planner.forward_call(options, _operands(arrays), builder=cached(attention_fwd_call))
-    return launch(call, arrays, interpret=interpret, traceable=traceable)
+    calls = planner.forward_calls(options, _operands(arrays), builder=cached(attention_fwd_calls))
+    return planner.run_forward(
+        calls, arrays, lambda call, named: launch(call, named, interpret=interpret, traceable=traceable))
 
 
 def _launch_bwd(arrays: dict, options: Options, interpret: bool, traceable: bool = False):
@@ -105,7 +106,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, alibi=None, causal: bool = Fal
         arrays["slopes"] = arrays["slopes"].detach().to(q.device)
     options = planner.plan(_operands(arrays), causal=causal, scale=scale, q_offset=q_offset, layout=layout,
                            max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
-                           builder=cached(attention_fwd_call))
+                           builder=cached(attention_fwd_calls))
     backend = resolve_backend(backend, True, q.device)
     if backend == "torch":
         return fallback.attention(TorchOps, *arrays.values(), options)
