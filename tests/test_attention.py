@@ -228,7 +228,8 @@ MEDIUM = [Case(512, 512, heads=8, kv_heads=2, head_dim=64, dtype="float16", alib
           Case(300, 700, heads=6, kv_heads=6, head_dim=128, dtype="bfloat16", alibi="symmetric", q_offset=100,
                layout="bhsd"),
           Case(200, 300, heads=4, kv_heads=1, head_dim=64, dtype="float16", alibi="causal", layout="thd",
-               cu_seqlens=((0, 100, 130, 330), (0, 150, 160, 460)))]
+               cu_seqlens=((0, 100, 130, 330), (0, 150, 160, 460))),
+          Case(1, 8192, heads=8, kv_heads=2, head_dim=128, dtype="float16", alibi="causal", batch=2)]  # decode, split
 
 
 @gpu
@@ -244,6 +245,41 @@ def test_torch_compile_of_the_triton_path_with_backward():
     arrays = _inputs(case)
     compiled = torch.compile(torch_attention.attention, fullgraph=True, dynamic=False)
     _assert_matches_reference(case, run_torch(case, arrays, "triton", "cuda", compiled), _reference(case, arrays))
+
+
+@gpu
+@pytest.mark.parametrize("case", [MEDIUM[0], MEDIUM[3]], ids=["prefill", "decode"])
+def test_forward_is_deterministic_and_the_same_from_jax(case):
+    """Two launches give the same bits (no atomics, splits merged in a fixed order), and jax-triton
+    launches of the same kernels give them too."""
+    arrays = _inputs(case)
+    q, k, v = (_torch(arrays[name], "cuda").half() for name in ("q", "k", "v"))
+    slopes = _torch(arrays["slopes"], "cuda")
+    first, second = (torch_attention.attention(q, k, v, alibi=slopes, causal=True, backend="triton") for _ in "ab")
+    assert torch.equal(first, second)
+    from_jax = jax_attention.attention(*(jnp.asarray(x.cpu().numpy()) for x in (q, k, v)),
+                                       alibi=jnp.asarray(arrays["slopes"]), causal=True, backend="triton")
+    np.testing.assert_array_equal(np.asarray(from_jax), first.cpu().numpy())
+
+
+@gpu
+def test_a_decode_step_is_captured_in_a_cuda_graph():
+    """Launches with no host synchronization: a CUDA graph replays the split decode with new q."""
+    case = MEDIUM[3]
+    arrays = _inputs(case)
+    q, k, v = (_torch(arrays[name], "cuda").half() for name in ("q", "k", "v"))
+    slopes = _torch(arrays["slopes"], "cuda")
+
+    def step():
+        return torch_attention.attention(q, k, v, alibi=slopes, causal=True, backend="triton")
+
+    step()  # compiles the kernels outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        o = step()
+    q.copy_(torch.randn_like(q))
+    graph.replay()
+    torch.testing.assert_close(o, step(), rtol=0, atol=0)
 
 
 @gpu
