@@ -41,12 +41,13 @@ LN_2 = tl.constexpr(0.6931471805599453)
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per padded head_dim and kernel: the forward and dq
 # own BLOCK_M queries and loop over key tiles, dk/dv own BLOCK_N keys and loop over query tiles;
 # "decode" is the forward of at most DECODE_QUERIES queries (tensor-core tiles are 16 rows).
-# FlashAttention-2-like starting points for sm_90, until a GPU sweep fills this table.
+# For sm_90 (H100, H200): head_dim 64 and 128 from benchmarks/sweep_attention_tiles.py on an
+# H100 (benchmarks/NOTES.md); 16 and 32 and the decode tiles are starting points, not swept.
 TILES = {
     16: dict(fwd=(64, 64, 4, 3), dkdv=(64, 64, 4, 2), dq=(64, 64, 4, 2), decode=(16, 64, 4, 3)),
-    32: dict(fwd=(128, 64, 4, 3), dkdv=(64, 64, 4, 2), dq=(64, 64, 4, 2), decode=(16, 64, 4, 3)),
-    64: dict(fwd=(128, 64, 4, 3), dkdv=(64, 64, 8, 2), dq=(128, 64, 8, 2), decode=(16, 128, 4, 3)),
-    128: dict(fwd=(128, 64, 8, 3), dkdv=(64, 64, 8, 2), dq=(128, 64, 8, 2), decode=(16, 128, 4, 3)),
+    32: dict(fwd=(64, 64, 4, 3), dkdv=(32, 128, 4, 3), dq=(64, 64, 4, 2), decode=(16, 64, 4, 3)),
+    64: dict(fwd=(64, 64, 4, 3), dkdv=(32, 128, 4, 3), dq=(64, 64, 4, 2), decode=(16, 128, 4, 3)),
+    128: dict(fwd=(128, 128, 8, 3), dkdv=(64, 128, 8, 2), dq=(128, 64, 8, 3), decode=(16, 128, 4, 3)),
 }
 DECODE_QUERIES = 16
 # A forward of fewer programs than this splits its keys over more (flash-decoding): two per
@@ -112,15 +113,17 @@ def _store_rows(base, value, offs, n_rows, offs_d, stride_s, stride_d, HEAD_DIM:
 
 
 @triton.jit
-def _biased(s, slope, distance, key_pos, query_pos, seqlen_k, ALIBI: tl.constexpr, CAUSAL: tl.constexpr,
-            MASKED: tl.constexpr):
-    """Scores s (base 2) plus the ALiBi bias of `distance` (j - p_i, float; `slope` already
-    times log2(e)), -inf where masked (MASKED: keys at key_pos past seqlen_k, or after the
-    query at query_pos when CAUSAL). distance, key_pos and query_pos broadcast against s."""
-    if ALIBI == "symmetric":
-        s -= slope * tl.abs(distance)
+def _biased(product, bias, key_pos, query_pos, seqlen_k, SCALE: tl.constexpr, ALIBI: tl.constexpr,
+            CAUSAL: tl.constexpr, MASKED: tl.constexpr):
+    """Scores in base 2 from q.k products: scale * product plus the ALiBi bias, given as
+    `bias` = m (j - p_i) (m already times log2(e): symmetric subtracts its magnitude), -inf
+    where masked (MASKED: keys at key_pos past seqlen_k, or after the query at query_pos when
+    CAUSAL). bias, key_pos and query_pos broadcast against product."""
+    s = product * (SCALE * LOG2_E)
+    if ALIBI == "symmetric":  # slopes are positive: m |j - p_i| = |m (j - p_i)|
+        s -= tl.abs(bias)
     elif ALIBI == "causal":
-        s += slope * distance
+        s += bias
     if MASKED:
         visible = key_pos < seqlen_k
         if CAUSAL:
@@ -135,11 +138,11 @@ def _scores(q, k, slope, n0, query_pos, seqlen_k, SCALE: tl.constexpr, ALIBI: tl
             COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
     """(BLOCK_M, BLOCK_N) scores, base 2, of queries at query_pos (BLOCK_M,) and keys n0 ..
     n0 + BLOCK_N."""
-    s = dot(q, tl.trans(k), PRECISION, COMPUTE) * (SCALE * LOG2_E)
-    # j - p_i: the tile's base distance per row plus a column ramp, exact in float32 below 2**24.
     ramp = tl.arange(0, BLOCK_N)
-    distance = (n0 - query_pos).to(COMPUTE)[:, None] + ramp.to(COMPUTE)[None, :]
-    return _biased(s, slope, distance, (n0 + ramp)[None, :], query_pos[:, None], seqlen_k, ALIBI, CAUSAL, MASKED)
+    # m (j - p_i) as a per-row term plus a per-column ramp: one add per score.
+    bias = (slope * (n0 - query_pos).to(COMPUTE))[:, None] + (slope * ramp.to(COMPUTE))[None, :]
+    return _biased(dot(q, tl.trans(k), PRECISION, COMPUTE), bias, (n0 + ramp)[None, :], query_pos[:, None],
+                   seqlen_k, SCALE, ALIBI, CAUSAL, MASKED)
 
 
 @triton.jit
@@ -148,10 +151,10 @@ def _scores_transposed(k, q_t, slope, n0, query_pos, seqlen_k, SCALE: tl.constex
                        COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
     """The scores of `_scores` as (BLOCK_N, BLOCK_M), from q_t (BLOCK_D, BLOCK_M): the dk/dv
     kernel then feeds them to its products without transposing registers."""
-    s = dot(k, q_t, PRECISION, COMPUTE) * (SCALE * LOG2_E)
     ramp = tl.arange(0, BLOCK_N)
-    distance = ramp.to(COMPUTE)[:, None] + (n0 - query_pos).to(COMPUTE)[None, :]
-    return _biased(s, slope, distance, (n0 + ramp)[:, None], query_pos[None, :], seqlen_k, ALIBI, CAUSAL, MASKED)
+    bias = (slope * ramp.to(COMPUTE))[:, None] + (slope * (n0 - query_pos).to(COMPUTE))[None, :]
+    return _biased(dot(k, q_t, PRECISION, COMPUTE), bias, (n0 + ramp)[:, None], query_pos[None, :], seqlen_k,
+                   SCALE, ALIBI, CAUSAL, MASKED)
 
 
 @triton.jit
