@@ -1,8 +1,11 @@
-"""Probe of trinix's attention kernels on a CUDA GPU, launched as KernelCalls (no bindings yet):
-correctness against SDPA with the ALiBi bias materialized (medium), then forward and forward +
-backward times beside FlexAttention with an ALiBi score_mod and SDPA without a bias.
+"""Probe of trinix's attention kernels on a CUDA GPU, launched as KernelCalls: correctness
+against SDPA with the ALiBi bias materialized (medium), then forward and forward + backward
+times beside FlexAttention with an ALiBi score_mod and SDPA without a bias, and trinix without
+ALiBi (the same kernels, alibi "none"). Config "decode": one query per sequence over 8192 keys,
+causal, beside the time to read K and V at the copy bandwidth measured here.
 
-    python benchmarks/probe_attention.py [--configs medium large] [--skip-flex]
+    python benchmarks/probe_attention.py [--configs medium large decode] [--skip-flex]
+    ncu ... python benchmarks/probe_attention.py --once large   # one forward + backward per form
 
 fp16, head_dim 128, BSHD. TFLOP/s counts 4·B·H·Sq·Sk·D forward (half when causal) and 3.5x
 that forward + backward.
@@ -20,18 +23,19 @@ from trinix.kernels.attention import attention_bwd_calls, attention_fwd_calls
 from trinix.torch.launcher import launch, operand
 
 CONFIGS = {"medium": (2, 64, 2048), "large": (1, 128, 8192), "xl": (1, 128, 32768)}
+DECODE = (16, 64, 8192)  # batch, heads, keys; one query
 
 
-def trinix_fwd(q, k, v, slopes, alibi):
-    calls = attention_fwd_calls(operand(q), operand(k), operand(v), operand(slopes), alibi=alibi)
+def trinix_fwd(q, k, v, slopes, alibi, causal=None):
+    calls = attention_fwd_calls(operand(q), operand(k), operand(v), operand(slopes), alibi=alibi, causal=causal)
     return run_forward(calls, dict(q=q, k=k, v=v, slopes=slopes),
                        lambda call, named: launch(call, named, interpret=False))
 
 
-def trinix_fwd_bwd(q, k, v, slopes, alibi, do):
-    o, lse = trinix_fwd(q, k, v, slopes, alibi)
+def trinix_fwd_bwd(q, k, v, slopes, alibi, do, causal=None):
+    o, lse = trinix_fwd(q, k, v, slopes, alibi, causal)
     preprocess, dkdv, dq = attention_bwd_calls(operand(q), operand(k), operand(v), operand(o), operand(do),
-                                               operand(slopes), alibi=alibi)
+                                               operand(slopes), alibi=alibi, causal=causal)
     (delta,) = launch(preprocess, dict(o=o, do=do), interpret=False)
     arrays = dict(q=q, k=k, v=v, do=do, lse=lse, delta=delta, slopes=slopes)
     return (*launch(dq, arrays, interpret=False), *launch(dkdv, arrays, interpret=False))
@@ -46,14 +50,38 @@ def dense_bias(slopes, seq, alibi):
     return (-slopes[:, None, None] * distance).masked_fill(distance < 0, float("-inf"))
 
 
+def decode():
+    batch, heads, keys = DECODE
+    q = torch.randn(batch, 1, heads, 128, device="cuda", dtype=torch.float16)
+    k, v = (torch.randn(batch, keys, heads, 128, device="cuda", dtype=torch.float16) for _ in range(2))
+    slopes = torch.from_numpy(alibi_slopes(heads)).float().cuda()
+    copy = torch.empty(2**28, device="cuda", dtype=torch.float32)
+    copy_gbps = 2 * copy.numel() * 4 / do_bench(lambda: copy.clone(), warmup=10, rep=50) / 1e6
+    roofline = 2 * k.numel() * 2 / copy_gbps / 1e6
+    rows = {"trinix fwd": lambda: trinix_fwd(q, k, v, slopes, "causal"),
+            "sdpa no bias fwd": lambda: F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)))}
+    for row, fn in rows.items():
+        ms = do_bench(fn, warmup=25, rep=100)
+        print(f"decode {DECODE} {row:18s} {ms:9.4f} ms, {ms / roofline:.2f}x K+V at {copy_gbps:.0f} GB/s "
+              f"({roofline:.4f} ms)")
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--configs", nargs="+", default=["medium", "large"])
+    parser.add_argument("--configs", nargs="+", default=["medium", "large", "decode"])
     parser.add_argument("--skip-flex", action="store_true")
+    parser.add_argument("--once", choices=list(CONFIGS), help="one forward + backward per form, for ncu")
     args = parser.parse_args()
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
     torch.manual_seed(0)
-
+    if args.once:
+        b, h, s = CONFIGS[args.once]
+        q, k, v, do = (torch.randn(b, s, h, 128, device="cuda", dtype=torch.float16) for _ in range(4))
+        slopes = torch.from_numpy(alibi_slopes(h)).float().cuda()
+        for alibi in ("symmetric", "causal"):
+            trinix_fwd_bwd(q, k, v, slopes, alibi, do)
+        torch.cuda.synchronize()
+        return
     b, h, s = CONFIGS["medium"]
     q, k, v = (torch.randn(b, 512, 8, 128, device="cuda", dtype=torch.float16) for _ in range(3))
     slopes = torch.from_numpy(alibi_slopes(8)).float().cuda()
@@ -68,6 +96,9 @@ def main():
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
         flex = torch.compile(flex_attention)
     for name in args.configs:
+        if name == "decode":
+            decode()
+            continue
         b, h, s = CONFIGS[name]
         q, k, v, do = (torch.randn(b, s, h, 128, device="cuda", dtype=torch.float16) for _ in range(4))
         slopes = torch.from_numpy(alibi_slopes(h)).float().cuda()
@@ -79,6 +110,7 @@ def main():
             rows = {
                 "trinix fwd": lambda: trinix_fwd(q, k, v, slopes, alibi),
                 "trinix fwd+bwd": lambda: trinix_fwd_bwd(q, k, v, slopes, alibi, do),
+                "trinix no bias fwd": lambda: trinix_fwd(q, k, v, None, "none", causal),
                 "sdpa no bias fwd": lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal),
             }
             if not args.skip_flex:
