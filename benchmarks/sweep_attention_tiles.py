@@ -4,9 +4,10 @@ The fastest candidate of each kernel, summed over the forms, is printed as rows 
 table in kernels/attention.py (committed there per head_dim; swept on the GPU it names).
 
     python benchmarks/sweep_attention_tiles.py [--head-dims 64 128] [--forms symmetric causal]
-        [--shape 1 64 8192] [--stages fwd dq dkdv]
+        [--shape 1 64 8192] [--stages fwd dq dkdv decode]
 
-fp16, BSHD, q, k and v of shape (batch, seq, heads, head_dim).
+fp16, BSHD, q, k and v of shape (batch, seq, heads, head_dim); "decode" times the forward of one
+query per sequence over DECODE_SHAPE's keys, causal alone, its keys not split.
 """
 
 import argparse
@@ -27,14 +28,18 @@ CANDIDATES = {
            (128, 128, 8, 2)],
     "dkdv": [(64, 64, 8, 2), (64, 64, 4, 2), (32, 128, 8, 2), (32, 128, 4, 3), (64, 128, 8, 2), (32, 64, 4, 3),
              (64, 64, 8, 3)],
+    "decode": [(16, 128, 4, 3), (16, 128, 4, 2), (16, 64, 4, 3), (16, 64, 4, 4), (16, 64, 2, 3), (16, 32, 4, 4),
+               (16, 256, 4, 2)],
 }
+DECODE_SHAPE = (16, 64, 8192)  # batch, heads, keys
 
 
 def time_kernel(stage, tiles, arrays, slopes_op, alibi):
     """ms of one launch of `stage`'s kernel with `tiles`, or None if it does not compile."""
     ops = {name: operand(arrays[name]) for name in ("q", "k", "v", "o", "do")}
-    if stage == "fwd":
-        (call,) = attention_fwd_calls(ops["q"], ops["k"], ops["v"], slopes_op, alibi=alibi, tiles=tiles)
+    if stage in ("fwd", "decode"):
+        (call,) = attention_fwd_calls(ops["q"], ops["k"], ops["v"], slopes_op, alibi=alibi, tiles=tiles,
+                                      key_splits=1)
     else:
         _, dkdv, dq = attention_bwd_calls(ops["q"], ops["k"], ops["v"], ops["o"], ops["do"], slopes_op,
                                           alibi=alibi, tiles=tiles)
@@ -58,15 +63,17 @@ def main():
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
     batch, heads, seq = args.shape
     torch.manual_seed(0)
-    slopes = torch.from_numpy(alibi_slopes(heads)).float().cuda()
     best_rows = []
     for head_dim in args.head_dims:
-        q, k, v, do = (torch.randn(batch, seq, heads, head_dim, device="cuda", dtype=torch.float16)
-                       for _ in range(4))
         for stage in args.stages:
+            b, s, h, queries = (batch, seq, heads, seq) if stage != "decode" else (*DECODE_SHAPE, 1)
+            q, do = (torch.randn(b, queries, h, head_dim, device="cuda", dtype=torch.float16) for _ in range(2))
+            k, v = (torch.randn(b, s, h, head_dim, device="cuda", dtype=torch.float16) for _ in range(2))
+            slopes = torch.from_numpy(alibi_slopes(h)).float().cuda()
             totals = {tiles: 0.0 for tiles in CANDIDATES[stage]}
-            for alibi in args.forms:
-                (forward,) = attention_fwd_calls(operand(q), operand(k), operand(v), operand(slopes), alibi=alibi)
+            for alibi in args.forms if stage != "decode" else ["causal"]:
+                (forward,) = attention_fwd_calls(operand(q), operand(k), operand(v), operand(slopes), alibi=alibi,
+                                                 key_splits=1)
                 o, lse = launch(forward, dict(q=q, k=k, v=v, slopes=slopes), interpret=False)
                 delta = (o.float() * do.float()).sum(-1).permute(0, 2, 1).contiguous()
                 arrays = dict(q=q, k=k, v=v, o=o, do=do, lse=lse, delta=delta, slopes=slopes)
@@ -77,7 +84,8 @@ def main():
                     totals[tiles] = None if ms is None or totals[tiles] is None else totals[tiles] + ms
             timed = {tiles: total for tiles, total in totals.items() if total is not None}
             best = min(timed, key=timed.get)
-            best_rows.append(f"{head_dim} {stage}={best}  # {timed[best]:.3f} ms over {'+'.join(args.forms)}")
+            forms = "causal" if stage == "decode" else "+".join(args.forms)
+            best_rows.append(f"{head_dim} {stage}={best}  # {timed[best]:.3f} ms over {forms}")
     print("\nfastest per head_dim and kernel:")
     print("\n".join(best_rows))
 
