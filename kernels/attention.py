@@ -64,6 +64,15 @@ def _aligned(stride_b, stride_s, stride_h):
 
 
 @triton.jit
+def _query_tile_start(CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The first query of this program's tile. Causal tiles run last query tile first: the
+    longest loops start first and the grid's last wave holds short ones."""
+    if CAUSAL:
+        return (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
+    return tl.program_id(0) * BLOCK_M
+
+
+@triton.jit
 def _sequence(CU_SEQLENS, b, seqlen, VARLEN: tl.constexpr):
     """(first row, length) of sequence b: packed sequences start at CU_SEQLENS[b]."""
     start = 0
@@ -221,7 +230,7 @@ def _attention_fwd_kernel(
         stride_kb, stride_ks, stride_kh = _aligned(stride_kb, stride_ks, stride_kh)
         stride_vb, stride_vs, stride_vh = _aligned(stride_vb, stride_vs, stride_vh)
         stride_ob, stride_os, stride_oh = _aligned(stride_ob, stride_os, stride_oh)
-    m0 = tl.program_id(0) * BLOCK_M
+    m0 = _query_tile_start(CAUSAL, BLOCK_M)
     b = tl.program_id(1) // n_heads
     h = tl.program_id(1) % n_heads
     q_start, k_start, seqlen_q, seqlen_k, q_offset = _sequence_pair(
@@ -508,7 +517,7 @@ def _attention_bwd_dq_kernel(
         stride_vb, stride_vs, stride_vh = _aligned(stride_vb, stride_vs, stride_vh)
         stride_dob, stride_dos, stride_doh = _aligned(stride_dob, stride_dos, stride_doh)
         stride_dqb, stride_dqs, stride_dqh = _aligned(stride_dqb, stride_dqs, stride_dqh)
-    m0 = tl.program_id(0) * BLOCK_M
+    m0 = _query_tile_start(CAUSAL, BLOCK_M)
     b = tl.program_id(1) // n_heads
     h = tl.program_id(1) % n_heads
     q_start, k_start, seqlen_q, seqlen_k, q_offset = _sequence_pair(
