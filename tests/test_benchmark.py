@@ -235,25 +235,43 @@ def _tiny_block_rows(method, framework, providers, backend="interpret"):
                              providers=providers)
 
 
-@pytest.mark.parametrize("method, framework, providers", [
-    ("llama_block", "torch", ["eager", "eager_trinix"]),
-    ("llama_block", "jax", ["jax", "jax_trinix"]),
-    ("bloom_block", "torch", ["eager", "sdpa_bias", "trinix"]),
-    ("bloom_block", "jax", ["jax_cudnn_bias", "jax_trinix"]),
+@pytest.mark.parametrize("method, framework, providers, backend", [
+    ("llama_block", "torch", ["eager", "eager_trinix"], "interpret"),
+    ("llama_block", "jax", ["jax", "jax_trinix"], "xla"),
+    ("bloom_block", "torch", ["eager", "sdpa_bias", "trinix"], "interpret"),
+    ("bloom_block", "jax", ["jax_cudnn_bias", "jax_trinix"], "xla"),
 ])
-def test_block_variants_agree_then_are_timed(method, framework, providers):
+def test_block_variants_agree_then_are_timed(method, framework, providers, backend):
     """Each variant matches its framework's plain block in float32 (the output, and the gradients of
-    x and every weight), trinix through Triton's interpreter; then it is timed."""
-    rows = _tiny_block_rows(method, framework, providers)
+    x and every weight), trinix's torch blocks through Triton's interpreter, its JAX ones through
+    its XLA ops (the interpreter in JAX is slower, and tested with the bindings); then it is timed."""
+    rows = _tiny_block_rows(method, framework, providers, backend)
     names = blocks.framework_providers(method, framework)
     assert [(r["op"], r["provider"]) for r in rows] == [(op, p) for p in names for op in schema.BLOCK_OPS]
     for row in rows:
         schema.validate_results({"meta": fake_results()["meta"], "rows": [row]})
         if row["provider"] in providers:
             assert row["ms"] > 0, row
-            assert row["note"] == ("trinix backend 'interpret'" if "trinix" in row["provider"] else None), row
+            assert row["note"] == (f"trinix backend {backend!r}" if "trinix" in row["provider"] else None), row
         else:
             assert row["ms"] is None and row["note"] == "not selected"
+
+
+def test_compiled_blocks_trace_whole_with_auto(monkeypatch):
+    """torch.compile, fullgraph, of both Llama blocks, trinix's with backend="auto" (Dynamo alone
+    here: Inductor's compilation is the GPU run's); FlexAttention's forward (its backward needs a
+    GPU)."""
+    monkeypatch.setattr(torch_blocks, "_compiled",
+                        lambda fn: torch.compile(fn, dynamic=False, fullgraph=True, backend="eager"))
+    rows = _tiny_block_rows("llama_block", "torch", ["compile", "compile_trinix"], backend="auto")
+    for row in (r for r in rows if r["provider"].startswith("compile")):
+        assert row["ms"] > 0, row
+        assert row["note"] == ("trinix backend 'auto': torch (compile)" if row["provider"] == "compile_trinix"
+                               else None), row
+    rows = {r["op"]: r for r in _tiny_block_rows("bloom_block", "torch", ["flex"]) if r["provider"] == "flex"}
+    assert rows["fwd"]["ms"] > 0
+    if not torch.cuda.is_available():
+        assert "FlexAttention does not support backward on CPU" in rows["fwd_bwd"]["note"]
 
 
 def test_a_wrong_block_is_not_timed_but_the_baseline_is(monkeypatch, capsys):
