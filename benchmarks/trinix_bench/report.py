@@ -47,7 +47,7 @@ def write_outputs(results: dict, configs: dict, run_info: dict, output: Path | N
 
 def console_table(results: dict) -> str:
     """The rows as text: a line per (method, config, op), the roofline and each provider's
-    median time in ms, and what "—" and a CPU run mean."""
+    median time in ms, and what "—" and a CPU run mean; then a line per block row."""
     rows = Rows(results)
     keys = dict.fromkeys((r["method"], r["config"], r["op"]) for r in results["rows"] if r["method"] not in BLOCKS)
     header = ["method", "config", "op", "roofline ms", *(f"{p} ms" for p in PROVIDERS)]
@@ -60,13 +60,14 @@ def console_table(results: dict) -> str:
 
     framework = [p for p in PROVIDERS if p not in KERNEL_PROVIDERS]
     out = [f"Device: {rows.meta['gpu']}. Median ms per call; roofline ms: the op's bytes at this run's "
-           f"copy bandwidth, {rows.meta['copy_gbps']:,.1f} GB/s",
-           text(header), *map(text, lines),
-           "—: not run here (no GPU, provider not installed or not selected, does not fit, or failed; "
-           "each row's note in latest.json says which)"]
-    if not on_gpu(rows.meta):
-        out.append(f"CPU run: only the framework paths ({', '.join(framework)}) are timed; kernel numbers "
-                   f"({', '.join(KERNEL_PROVIDERS)}) come from a GPU run (benchmarks/EMBEDDINGS.md).")
+           f"copy bandwidth, {rows.meta['copy_gbps']:,.1f} GB/s"]
+    if lines:
+        out += [text(header), *map(text, lines),
+                "—: not run here (no GPU, provider not installed or not selected, does not fit, or failed; "
+                "each row's note in latest.json says which)"]
+        if not on_gpu(rows.meta):
+            out.append(f"CPU run: only the framework paths ({', '.join(framework)}) are timed; kernel numbers "
+                       f"({', '.join(KERNEL_PROVIDERS)}) come from a GPU run (benchmarks/EMBEDDINGS.md).")
     blocks = [r for r in results["rows"] if r["method"] in BLOCKS]
     if blocks:
         out.append("Blocks: ms and peak MB per call, or why not timed")
