@@ -320,7 +320,7 @@ def test_blocks_need_a_gpu_in_a_run(tmp_path):
     assert {(r["provider"], r["note"]) for r in results["rows"]} == {
         (p, providers.NEEDS_GPU if owner == "torch" else "not selected (--frameworks)") for p, (owner, _) in owners.items()}
     console = report.console_table(results)
-    assert "roofline ms" not in console and f"llama_block  s8192b1  fwd  eager  {providers.NEEDS_GPU}" in console
+    assert "pytorch ms" not in console and f"llama_block  s8192b1  fwd  eager  {providers.NEEDS_GPU}" in console
     report.write_outputs(results, {"llama_block": schema.BLOCK_CONFIGS["llama_block"]}, RUN_INFO, tmp_path)
     text = (tmp_path / "EMBEDDINGS.md").read_text()
     assert "## What a model gains" in text and providers.NEEDS_GPU in text
