@@ -120,8 +120,9 @@ BLOCKS = {
 
 
 def operation_configs(configs: dict[str, list[Config]]) -> dict[str, list[Config]]:
-    """The configurations of the operations (METHODS) among `configs`, without the blocks'."""
-    return {method: cs for method, cs in configs.items() if method in METHODS}
+    """The configurations of the operations (METHODS) among `configs`, without the blocks' (nor a
+    method without any)."""
+    return {method: cs for method, cs in configs.items() if method in METHODS and cs}
 
 
 def ops_of(method: str) -> list[str]:
