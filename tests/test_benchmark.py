@@ -327,6 +327,15 @@ def test_blocks_need_a_gpu_in_a_run(tmp_path):
     assert "## Summary" not in text and "Plots:" not in text and not list(tmp_path.glob("*.png"))
 
 
+def test_a_run_with_a_wrong_row_fails_after_writing_its_report(tmp_path, monkeypatch, capsys):
+    results = {"meta": fake_results()["meta"], "rows": fake_block_rows()}
+    results["rows"][1].update(ms=None, note="wrong: relative error 0.3 against the float32 reference (tolerance 0.05)")
+    monkeypatch.setattr(cli, "run_benchmark", lambda args, configs: results)
+    assert cli.main(["--methods", "llama_block", "bloom_block", "--output", str(tmp_path)]) == 1
+    assert "wrong: relative error 0.3" in (tmp_path / "EMBEDDINGS.md").read_text()
+    assert "llama_block s8192b1 fwd eager_trinix: wrong: relative error 0.3" in capsys.readouterr().err
+
+
 def fake_block_rows() -> list[dict]:
     """Rows of every block, configuration, op and provider: each provider 1 ms slower than the one
     before it; SDPA's bias too big at seq 8192."""

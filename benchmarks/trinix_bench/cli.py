@@ -84,4 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     print(console_table(results))
     for path in write_outputs(results, configs, run_info, args.output):
         print(f"wrote {path}")
-    return 0
+    # A provider whose result failed its check is written down, and the run fails with it.
+    wrong = [r for r in results["rows"] if (r["note"] or "").startswith("wrong:")]
+    for r in wrong:
+        print(f"{r['method']} {r['config']} {r['op']} {r['provider']}: {r['note']}", file=sys.stderr)
+    return 1 if wrong else 0
