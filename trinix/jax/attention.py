@@ -8,7 +8,8 @@ q_offset + i (default seqlen_k - seqlen_q, per sequence when packed). The option
 and planned once, in trinix.attention.
 
 Backends: "triton" (jax-triton, GPU), "interpret" (the same kernels through Triton's
-interpreter on the CPU), "xla" (jax.numpy), "auto" ("triton" on a GPU, else "xla"). Under vmap
+interpreter on the CPU), "xla" (jax.numpy), "auto" (on a GPU by
+trinix.backend.AUTO: "triton", eager or under jit; else "xla"). Under vmap
 the mapped axis joins the batch (one launch); packed sequences are mapped with lax.map.
 """
 
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 from trinix import attention as planner
 from trinix.attention import ARGUMENTS, INPUTS, Options
 from trinix import fallback
-from trinix.jax.launcher import JaxOps, as_arrays, launch, operand, platform_of, resolve_backend
+from trinix.jax.launcher import JaxOps, as_arrays, launch, operand, resolve_backend
 
 _BACKWARD_INPUTS = (*INPUTS, "o", "lse", "do")
 
@@ -107,7 +108,7 @@ def attention(q, k, v, *, alibi=None, causal: bool = False, scale: float | None 
     causal=True the causal one -m (p_i - j) and masks the keys after each query (also without
     slopes). `scale` defaults to head_dim ** -0.5. Packed ("thd"): int32 cu_seqlens_q and
     cu_seqlens_k (n_seqs + 1,) and the longest sequences max_seqlen_q, max_seqlen_k.
-    `backend`: "auto" (Triton on a GPU, else xla), "triton", "interpret" or "xla".
+    `backend`: "auto" (on a GPU trinix.backend.AUTO's choice, Triton; else xla), "triton", "interpret" or "xla".
     Differentiable in q, k and v (slopes are constants); works under jit, grad and vmap.
     """
     arrays = as_arrays(**dict(zip(ARGUMENTS, (q, k, v, planner.slopes_of(alibi), cu_seqlens_q, cu_seqlens_k))))
@@ -116,7 +117,7 @@ def attention(q, k, v, *, alibi=None, causal: bool = False, scale: float | None 
     options = planner.plan({name: operand(array) for name, array in zip(INPUTS, arrays)}, causal=causal,
                            scale=scale, q_offset=q_offset, layout=layout, max_seqlen_q=max_seqlen_q,
                            max_seqlen_k=max_seqlen_k)
-    backend = resolve_backend(backend, True, platform_of(arrays[0]))
+    backend = resolve_backend(backend, True, "attention", arrays[0])
     if backend == "xla":
         return fallback.attention(JaxOps, *arrays, options)
     return _attention(*arrays, options, backend)

@@ -68,9 +68,14 @@ def platform_of(x: jax.Array | None) -> str:
     return jax.default_backend()
 
 
-def resolve_backend(backend: str, use_triton: bool, platform: str) -> str:
-    """The backend a call on arrays on `platform` runs on: "triton", "interpret" or "xla"."""
-    backend = backend_rule.resolve_backend(backend, use_triton, fallback="xla",
+def resolve_backend(backend: str, use_triton: bool, op: str, x: jax.Array | None = None, *,
+                    platform: str | None = None) -> str:
+    """The backend a call of `op` ("rope", "alibi", "attention") on `x` runs on: "triton",
+    "interpret" or "xla"; "auto" by trinix.backend.AUTO, in the context "jit" when x is traced,
+    else "eager". platform: where the call runs, default x's (see platform_of)."""
+    platform = platform or platform_of(x)
+    context = "jit" if isinstance(x, jax.core.Tracer) else "eager"
+    backend = backend_rule.resolve_backend(backend, use_triton, framework="jax", context=context, op=op,
                                            on_gpu=platform in _GPU_PLATFORMS, where=platform)
     if backend == "interpret" and importlib.util.find_spec("torch") is None:
         raise ImportError("backend='interpret' runs Triton's interpreter, which needs torch "

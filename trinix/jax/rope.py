@@ -5,7 +5,8 @@ backend: trinix.fallback.
 Shapes and pair orders: trinix.rope.
 
 Backends: "triton" (the kernel through jax-triton, GPU), "interpret" (the same kernel through
-Triton's interpreter on the CPU), "xla" (plain jax.numpy), "auto" ("triton" on a GPU, else
+Triton's interpreter on the CPU), "xla" (plain jax.numpy), "auto" (on a GPU by
+trinix.backend.AUTO: "triton" eager, "xla" under jit, where XLA fuses its own rotation; else
 "xla"). Differentiation is reverse mode only: the kernel's backward is the same kernel with the
 rotation conjugated. cos and sin are constants to differentiation on every backend (their
 cotangent is zero), as in the PyTorch binding.
@@ -24,7 +25,7 @@ from flax import nnx
 
 from trinix import fallback
 from trinix import rope as host
-from trinix.jax.launcher import (JaxOps, as_arrays, dtype_name, float_dtype_name, launch, operand, platform_of, read,
+from trinix.jax.launcher import (JaxOps, as_arrays, dtype_name, float_dtype_name, launch, operand, read,
                                  resolve_backend)
 from trinix.kernels.rope import rope_table_call
 from trinix.rope import Rotation, RopeSpec
@@ -128,7 +129,7 @@ def _rotate(q, k, *, cos=None, sin=None, frequencies=None, position_ids=None, of
     arrays = (q, k, cos, sin, frequencies, position_ids, offsets, cu_seqlens)
     rotation = host.plan_rotation(arrays, tuple(map(operand, arrays)), offset=offset, layout=layout,
                                   interleaved=interleaved, max_seqlen=max_seqlen, read=read)
-    backend = resolve_backend(backend, use_triton, platform_of(q))
+    backend = resolve_backend(backend, use_triton, "rope", q)
     if backend == "xla":
         return fallback.rope_rotate(JaxOps, q, k, cos=cos, sin=sin, frequencies=frequencies,
                                     position_ids=position_ids, offsets=offsets, cu_seqlens=cu_seqlens,
@@ -185,7 +186,7 @@ def rope_cos_sin(inv_freq, seq_len: int, *, offset: int = 0, dtype=jnp.float32,
     host.check_offset(offset)
     frequencies = _frequencies(inv_freq, attention_factor)
     dtype = jnp.dtype(float_dtype_name(dtype))
-    backend = resolve_backend(backend, use_triton, platform_of(None))
+    backend = resolve_backend(backend, use_triton, "rope")
     if backend == "xla":
         return fallback.rope_table(JaxOps, frequencies, seq_len, offset, dtype, interleaved)
     call = rope_table_call(seq_len, 2 * frequencies.shape[1], dtype_name(dtype), position_offset=offset,
@@ -281,7 +282,7 @@ class FastRoPEPositionEmbedding(RoPEMethods, nnx.Module):
                  use_triton: bool = True, *, backend: str = "auto", layout: str = "bshd",
                  interleaved: bool = False, rope_config: RopeConfig | None = None):
         self.spec = RopeSpec.of(dim, max_position_embeddings, base, rope_config, layout, interleaved)
-        resolve_backend(backend, use_triton, "gpu")
+        resolve_backend(backend, use_triton, "rope", platform="gpu")
         self.dim, self.max_position_embeddings, self.base = dim, max_position_embeddings, base
         self.use_triton, self.backend = use_triton, backend
         self.layout, self.interleaved, self.rope_config = layout, interleaved, rope_config
