@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from trinix import backend as backend_rule
+from trinix.jax import host_call
 from trinix.kernels.call import KernelCall, Operand, row_major_strides
 from trinix.rope import FLOAT_DTYPES
 
@@ -170,6 +171,10 @@ def _launch_triton(call: KernelCall, inputs: list[jax.Array]) -> tuple[jax.Array
 
 
 def _launch_interpreted(call: KernelCall, inputs: list[jax.Array]) -> tuple[jax.Array, ...]:
+    """On the CPU an FFI target (trinix.jax.host_call), which also runs inside a sharded
+    computation's per-shard module; beside a GPU a host callback, which copies to the host."""
+    if platform_of(None) == "cpu":
+        return host_call.interpret(call, inputs)
     out_types = [jax.ShapeDtypeStruct(out.shape, out.dtype) for out in call.outputs]
 
     def run_on_host(*buffers: np.ndarray) -> tuple[np.ndarray, ...]:
