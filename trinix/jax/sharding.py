@@ -1,0 +1,98 @@
+"""Sharding of trinix's kernel launches under jax.jit: one rule for every op.
+
+A kernel launch (jax-triton's custom call, the interpreter's FFI call) is opaque to XLA's
+partitioner, which would gather its inputs onto every device. `shard_local` wraps a launch in
+`jax.experimental.custom_partitioning` with a sharding rule that names each dim of each operand
+and result by a factor (einsum-like, e.g. q "b s h d" -> "b s h d"): the factors in `shardable`
+(batch and heads) may be sharded, every other one is kept whole on each device. Each device then
+runs the launch on its shard, planned again from the shard's shapes, and nothing is gathered.
+
+The factor `sequence` (RoPE's sequence dim) may be sharded too: a shard's tokens then sit at
+positions that start at `start`, the shard's index times its length, which the launch is given.
+Head-sharded ALiBi needs nothing more: slopes (heads,) are split like the heads, so each shard
+holds its heads' global slopes.
+"""
+
+import math
+import re
+from typing import Callable, Sequence
+
+import jax
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+BATCH, HEADS = "b", "h"
+
+
+def _words(dims: str) -> list[str]:
+    """One operand's rule split by dim: "b s (h g) d" -> ["b", "s", "(h g)", "d"]."""
+    return re.findall(r"\([^)]*\)|\S+", dims)
+
+
+def _factors(word: str) -> list[str]:
+    """The factors of one dim: "(h g)" -> ["h", "g"]."""
+    return word.strip("()").split()
+
+
+def shard_local(fn: Callable, arrays: Sequence[jax.Array | None], dims: Sequence[str | None],
+                out_dims: Sequence[str], *, shardable: tuple[str, ...] = (BATCH, HEADS),
+                sequence: str | None = None, **factor_sizes: int) -> tuple[jax.Array, ...]:
+    """fn(*arrays), a tuple of arrays, run on each device's shard of `arrays` under jit.
+
+    dims: each array's factors, one word per dim ("b s h d", "(h g)" for a dim that is two
+    factors, major first), None for an absent array; out_dims: each result's. Factors outside
+    `shardable` and `sequence` are replicated. With `sequence` sharded, fn also gets `start=`,
+    the first position of the shard's tokens (an int32 scalar). factor_sizes: sizes of factors
+    that appear only inside a compound dim.
+    """
+    present = [d for d, array in zip(dims, arrays) if array is not None]
+    # In order of first appearance, as Shardy wants its special factors.
+    factors = dict.fromkeys(f for d in (*present, *out_dims) for word in _words(d) for f in _factors(word))
+    kept_whole = tuple(factor for factor in factors if factor not in (*shardable, sequence))
+    # custom_partitioning binds its function's signature: a partial's keywords would not bind.
+    partitioned = custom_partitioning(lambda *arrays: fn(*arrays))
+
+    def partition(mesh, arg_shapes, result_shape):
+        sizes = dict(factor_sizes)
+        for d, arg in zip(dims, arg_shapes):
+            for word, size in zip(_words(d or ""), () if arg is None else arg.shape):
+                sizes.setdefault(word, size)
+        axes = _factor_axes(dims, arg_shapes, sizes, (*shardable, sequence), mesh)
+
+        def sharding(d: str) -> NamedSharding:
+            return NamedSharding(mesh, P(*(sum((axes.get(f, ()) for f in _factors(w)), ()) or None
+                                           for w in _words(d))))
+
+        def lower(*shards):
+            if not axes.get(sequence):
+                return fn(*shards)
+            shard_length = sizes[sequence] // math.prod(mesh.shape[a] for a in axes[sequence])
+            return fn(*shards, start=jax.lax.axis_index(axes[sequence]) * shard_length)
+
+        return (mesh, lower, tuple(sharding(d) for d in out_dims),
+                tuple(None if arg is None else sharding(d) for d, arg in zip(dims, arg_shapes)))
+
+    partitioned.def_partition(partition, sharding_rule=f"{', '.join(present)} -> {', '.join(out_dims)}",
+                              need_replication_factors=kept_whole, **factor_sizes)
+    return partitioned(*arrays)
+
+
+def _factor_axes(dims, arg_shapes, sizes: dict, shardable, mesh) -> dict[str, tuple[str, ...]]:
+    """The mesh axes each shardable factor is split over: those of the first operand dim that
+    carries it sharded, so that every operand is split alike (XLA slices the others locally). A
+    compound dim's axes go to its first factor they divide, whole; axes that divide neither
+    leave the dim whole."""
+    axes = {}
+    for d, arg in zip(dims, arg_shapes):
+        if arg is None:
+            continue
+        for word, entry in zip(_words(d), arg.sharding.spec):
+            entry = (entry,) if isinstance(entry, str) else tuple(entry or ())
+            if not entry or any(f in axes for f in _factors(word)):
+                continue
+            count = math.prod(mesh.shape[a] for a in entry)
+            for factor in _factors(word):
+                if factor in shardable and sizes[factor] % count == 0:
+                    axes[factor] = entry
+                    break
+    return axes
