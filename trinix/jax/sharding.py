@@ -34,20 +34,26 @@ def _factors(word: str) -> list[str]:
     return word.strip("()").split()
 
 
+def _all_factors(dims: str) -> list[str]:
+    return [factor for word in _words(dims) for factor in _factors(word)]
+
+
 def shard_local(fn: Callable, arrays: Sequence[jax.Array | None], dims: Sequence[str | None],
                 out_dims: Sequence[str], *, shardable: tuple[str, ...] = (BATCH, HEADS),
-                sequence: str | None = None, **factor_sizes: int) -> tuple[jax.Array, ...]:
+                sequence: str | None = None, summed: tuple[str, ...] = (),
+                **factor_sizes: int) -> tuple[jax.Array, ...]:
     """fn(*arrays), a tuple of arrays, run on each device's shard of `arrays` under jit.
 
     dims: each array's factors, one word per dim ("b s h d", "(h g)" for a dim that is two
     factors, major first), None for an absent array; out_dims: each result's. Factors outside
     `shardable` and `sequence` are replicated. With `sequence` sharded, fn also gets `start=`,
-    the first position of the shard's tokens (an int32 scalar). factor_sizes: sizes of factors
-    that appear only inside a compound dim.
+    the first position of the shard's tokens (an int32 scalar). summed: factors the op sums
+    over; a result without one, where it is split, is summed over its shards (an all-reduce).
+    factor_sizes: sizes of factors that appear only inside a compound dim.
     """
     present = [d for d, array in zip(dims, arrays) if array is not None]
     # In order of first appearance, as Shardy wants its special factors.
-    factors = dict.fromkeys(f for d in (*present, *out_dims) for word in _words(d) for f in _factors(word))
+    factors = dict.fromkeys(f for d in (*present, *out_dims) for f in _all_factors(d))
     kept_whole = tuple(factor for factor in factors if factor not in (*shardable, sequence))
     # custom_partitioning binds its function's signature: a partial's keywords would not bind.
     partitioned = custom_partitioning(lambda *arrays: fn(*arrays))
@@ -64,10 +70,13 @@ def shard_local(fn: Callable, arrays: Sequence[jax.Array | None], dims: Sequence
                                            for w in _words(d))))
 
         def lower(*shards):
-            if not axes.get(sequence):
-                return fn(*shards)
-            shard_length = sizes[sequence] // math.prod(mesh.shape[a] for a in axes[sequence])
-            return fn(*shards, start=jax.lax.axis_index(axes[sequence]) * shard_length)
+            if axes.get(sequence):
+                shard_length = sizes[sequence] // math.prod(mesh.shape[a] for a in axes[sequence])
+                results = fn(*shards, start=jax.lax.axis_index(axes[sequence]) * shard_length)
+            else:
+                results = fn(*shards)
+            sums = [sum((axes.get(f, ()) for f in summed if f not in _all_factors(d)), ()) for d in out_dims]
+            return tuple(jax.lax.psum(r, over) if over else r for r, over in zip(results, sums))
 
         return (mesh, lower, tuple(sharding(d) for d in out_dims),
                 tuple(None if arg is None else sharding(d) for d, arg in zip(dims, arg_shapes)))
@@ -79,20 +88,14 @@ def shard_local(fn: Callable, arrays: Sequence[jax.Array | None], dims: Sequence
 
 def _factor_axes(dims, arg_shapes, sizes: dict, shardable, mesh) -> dict[str, tuple[str, ...]]:
     """The mesh axes each shardable factor is split over: those of the first operand dim that
-    carries it sharded, so that every operand is split alike (XLA slices the others locally). A
-    compound dim's axes go to its first factor they divide, whole; axes that divide neither
-    leave the dim whole."""
+    carries it sharded, so that every operand is split alike (XLA slices the others locally).
+    A split compound dim "(h g)" is split along its major factor h, if they divide it."""
     axes = {}
     for d, arg in zip(dims, arg_shapes):
-        if arg is None:
-            continue
-        for word, entry in zip(_words(d), arg.sharding.spec):
+        for word, entry in zip(_words(d or ""), () if arg is None else arg.sharding.spec):
+            factor = _factors(word)[0]
             entry = (entry,) if isinstance(entry, str) else tuple(entry or ())
-            if not entry or any(f in axes for f in _factors(word)):
-                continue
-            count = math.prod(mesh.shape[a] for a in entry)
-            for factor in _factors(word):
-                if factor in shardable and sizes[factor] % count == 0:
-                    axes[factor] = entry
-                    break
+            if entry and factor in shardable and factor not in axes \
+                    and sizes[factor] % math.prod(mesh.shape[a] for a in entry) == 0:
+                axes[factor] = entry
     return axes
