@@ -91,7 +91,7 @@ class JaxOps:
     where, floor, cos, sin, abs = jnp.where, jnp.floor, jnp.cos, jnp.sin, jnp.abs
     clip, maximum, stack, concatenate = jnp.clip, jnp.maximum, jnp.stack, jnp.concatenate
     broadcast_to, searchsorted, repeat, expand_dims = jnp.broadcast_to, jnp.searchsorted, jnp.repeat, jnp.expand_dims
-    softmax = staticmethod(jax.nn.softmax)
+    softmax, logsumexp = staticmethod(jax.nn.softmax), staticmethod(jax.nn.logsumexp)
     swapaxes = jnp.swapaxes
     # float32 products in full precision: on a GPU XLA's default multiplies in TF32.
     einsum = staticmethod(functools.partial(jnp.einsum, precision=jax.lax.Precision.HIGHEST))

@@ -83,7 +83,17 @@ def shard_local(fn: Callable, arrays: Sequence[jax.Array | None], dims: Sequence
 
     partitioned.def_partition(partition, sharding_rule=f"{', '.join(present)} -> {', '.join(out_dims)}",
                               need_replication_factors=kept_whole, **factor_sizes)
-    return partitioned(*arrays)
+    # Inside shard_map the results vary over the manual axes the inputs vary over, which
+    # custom_partitioning's results do not say, and shard_map's type check needs.
+    varying = frozenset().union(*(_varying(array) for array in arrays if array is not None))
+    return tuple(jax.lax.pcast(result, tuple(varying - _varying(result)), to="varying")
+                 if varying - _varying(result) else result for result in partitioned(*arrays))
+
+
+def _varying(x) -> frozenset:
+    """The manual mesh axes x varies over inside shard_map (jax 0.8 names them aval.vma)."""
+    aval = jax.typeof(x)
+    return aval.vma if hasattr(aval, "vma") else aval.mat.varying
 
 
 def _factor_axes(dims, arg_shapes, sizes: dict, shardable, mesh) -> dict[str, tuple[str, ...]]:
