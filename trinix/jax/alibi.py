@@ -51,7 +51,7 @@ def _launch_scores(scores, slopes, *, plan: ScoresPlan, backend: str):
 
 @functools.cache
 def _batchable_scores(plan: ScoresPlan, backend: str):
-    """A scores launch with a vmap rule (jax-triton and pure_callback have none we want)."""
+    """A scores launch with a vmap rule (jax-triton and the interpreter's FFI call have none we want)."""
     run = jax.custom_batching.custom_vmap(functools.partial(_launch_scores, plan=plan, backend=backend))
     run.def_vmap(functools.partial(_scores_vmap_rule, run))
     return run

@@ -81,7 +81,7 @@ def _launch_bwd(*arrays, options: Options, backend: str):
 
 @functools.cache
 def _batchable(launch_kernels, options: Options, backend: str):
-    """A launch with a vmap rule (jax-triton and pure_callback have none we want)."""
+    """A launch with a vmap rule (jax-triton and the interpreter's FFI call have none we want)."""
     run = jax.custom_batching.custom_vmap(functools.partial(launch_kernels, options=options, backend=backend))
     run.def_vmap(functools.partial(_vmap_rule, run, options.varlen))
     return run

@@ -79,7 +79,7 @@ def _launch_rotation(*arrays, launch_: _Launch):
 
 @functools.cache
 def _batchable_rotation(launch_: _Launch):
-    """The kernel launch with a vmap rule (jax-triton and pure_callback have none we want)."""
+    """The kernel launch with a vmap rule (jax-triton and the interpreter's FFI call have none we want)."""
     rotate = jax.custom_batching.custom_vmap(functools.partial(_launch_rotation, launch_=launch_))
     rotate.def_vmap(functools.partial(_rotation_vmap_rule, rotate, launch_.rotation.layout))
     return rotate
