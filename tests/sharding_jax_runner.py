@@ -45,11 +45,17 @@ def _close(actual, expected, tolerance: float, what: str) -> None:
     assert error <= tolerance, f"{what}: max error {error:.3g} > {tolerance:.3g}"
 
 
-def _same_as_unsharded(function, arrays, specs, mesh, tolerance: float, **options) -> list:
-    """The sharded outputs (leaves), checked against function(*arrays) on one device."""
+def _same_as_unsharded(function, arrays, specs, mesh, tolerance: float, *, split_like=None, **options) -> list:
+    """The sharded outputs (leaves), checked against function(*arrays) on one device, the first
+    split by PartitionSpec `split_like` if given."""
     import jax
+    from jax.sharding import NamedSharding
 
     sharded = jax.tree.leaves(_sharded_run(function, arrays, specs, mesh, **options))
+    if split_like is not None:
+        expected = NamedSharding(mesh, split_like)
+        assert sharded[0].sharding.is_equivalent_to(expected, sharded[0].ndim), \
+            f"output split as {sharded[0].sharding}, not as {expected}"
     for i, (a, b) in enumerate(zip(sharded, jax.tree.leaves(jax.jit(function)(*arrays)))):
         _close(a, b, tolerance, f"output {i} against the unsharded call")
     return sharded
@@ -87,7 +93,7 @@ def rope_table_batch(backend: str) -> None:
         return apply_rotary_pos_emb(q, k, cos, sin, backend=backend)
 
     mesh, specs = _mesh((8,), ("data",)), (P("data"), P("data"))
-    q_rot, k_rot = _same_as_unsharded(rotate, (q, k), specs, mesh, 1e-6)
+    q_rot, k_rot = _same_as_unsharded(rotate, (q, k), specs, mesh, 1e-6, split_like=specs[0])
     _close(q_rot, reference.rope_rotate(q, cos[:, None], sin[:, None]), 1e-5, "q_rot against the reference")
     _same_as_unsharded(_loss(rotate, (0, 1)), (q, k), specs, mesh, 1e-5)
 
@@ -112,7 +118,7 @@ def rope_sequence(backend: str) -> None:
         return rope_rotate(q, k, inv_freq, position_ids=ids, backend=backend)
 
     for function, arrays, positions in ((by_offset, (q, k), np.arange(16) + 5), (by_ids, (q, k, ids), ids[0])):
-        q_rot, _ = _same_as_unsharded(function, arrays, (spec,) * len(arrays), mesh, 1e-6)
+        q_rot, _ = _same_as_unsharded(function, arrays, (spec,) * len(arrays), mesh, 1e-6, split_like=spec)
         cos, sin = reference.rope_cos_sin(positions, inv_freq)
         _close(q_rot, reference.rope_rotate(q, cos[:, None], sin[:, None]), 1e-5, "q_rot against the reference")
     _same_as_unsharded(_loss(by_offset, (0, 1)), (q, k), (spec, spec), mesh, 1e-5)
@@ -134,18 +140,19 @@ def alibi_heads(backend: str) -> None:
         def add(scores, slopes):
             return alibi_add(scores, slopes, causal=True, backend=backend)
 
-        (out,) = _same_as_unsharded(add, (scores, slopes), (P("data", "model"), slopes_spec), mesh, 0)
+        (out,) = _same_as_unsharded(add, (scores, slopes), (P("data", "model"), slopes_spec), mesh, 0,
+                                    split_like=P("data", "model"))
         _close(out, scores + bias, 1e-5, "alibi_add against the reference")
 
     def softmax(scores, slopes):
         return alibi_softmax(scores, slopes, scale=0.5, causal=True, backend=backend)
 
     specs = (P("data", "model"), P("model"))
-    (out,) = _same_as_unsharded(softmax, (scores, slopes), specs, mesh, 1e-6)
+    (out,) = _same_as_unsharded(softmax, (scores, slopes), specs, mesh, 1e-6, split_like=specs[0])
     _close(out, reference.alibi_softmax(scores, slopes, scale=0.5, causal=True), 1e-5, "alibi_softmax")
     _same_as_unsharded(_loss(softmax, 0), (scores, slopes), specs, mesh, 1e-5)
     (out,) = _same_as_unsharded(lambda slopes: alibi_bias(slopes, 4, 8, backend=backend), (slopes,),
-                                (P("model"),), mesh, 0)
+                                (P("model"),), mesh, 0, split_like=P("model"))
     _close(out, reference.alibi_bias(slopes, 4, 8), 1e-5, "alibi_bias against the reference")
 
 
@@ -166,7 +173,7 @@ def attention_heads(backend: str) -> None:
 
     specs = (P("data", None, "model"),) * 3 + (P("model"),)
     arrays = (q, k, v, slopes)
-    (out,) = _same_as_unsharded(attend, arrays, specs, _mesh((4, 2), ("data", "model")), 1e-5)
+    (out,) = _same_as_unsharded(attend, arrays, specs, _mesh((4, 2), ("data", "model")), 1e-5, split_like=specs[0])
     _close(out, reference.attention(q, k, v, slopes, alibi="causal")[0], 1e-5, "attention against the reference")
     grads = _same_as_unsharded(_loss(attend, (0, 1, 2)), arrays, specs, _mesh((4, 2), ("data", "model")), 1e-5)
     for name, grad, expected in zip("qkv", grads, reference.attention_vjp(q, k, v, out, slopes, alibi="causal")):
@@ -205,7 +212,27 @@ def context_parallel(backend: str) -> None:
         _close(zigzag_restore(grad, 2), ref, 1e-4, f"d{name} against the reference")
 
 
-CASES = {case.__name__: case for case in (rope_table_batch, rope_sequence, alibi_heads, attention_heads,
+def tables(backend: str) -> None:
+    """Mesh of 8: rope_cos_sin and alibi_slopes, which have no input to split by, under jit with
+    split outputs: each device computes them and keeps its slice, with no collective."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from trinix import reference
+    from trinix.jax import alibi_slopes, rope_cos_sin
+
+    split = NamedSharding(_mesh((8,), ("data",)), P("data"))
+    inv_freq = reference.rope_inv_freq(16)
+    for function, expected in ((lambda: rope_cos_sin(inv_freq, 16, backend=backend),
+                                reference.rope_cos_sin(np.arange(16), inv_freq)),
+                               (lambda: (alibi_slopes(8, backend=backend),), (reference.alibi_slopes(8),))):
+        compiled = jax.jit(function, out_shardings=split).lower().compile()
+        assert not _collectives(compiled), f"collectives {sorted(_collectives(compiled))} in the compiled HLO"
+        for out, ref in zip(compiled(), expected):
+            assert out.sharding.is_equivalent_to(split, out.ndim), f"output sharded {out.sharding}"
+            _close(out, ref, 1e-6, "against the reference")
+
+
+CASES = {case.__name__: case for case in (tables, rope_table_batch, rope_sequence, alibi_heads, attention_heads,
                                           context_parallel)}
 
 

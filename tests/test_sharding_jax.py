@@ -31,7 +31,7 @@ def outcomes() -> dict:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", list(CASES))
 def test_sharded(outcomes, case, backend):
     failure = outcomes[f"{case}/{backend}"]
     assert failure is None, failure
