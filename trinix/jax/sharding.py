@@ -58,7 +58,8 @@ def shard_local(fn: Callable, arrays: Sequence[jax.Array | None], dims: Sequence
     # custom_partitioning binds its function's signature: a partial's keywords would not bind.
     partitioned = custom_partitioning(lambda *arrays: fn(*arrays))
 
-    def partition(mesh, arg_shapes, result_shape):
+    def split(mesh, arg_shapes):
+        """(sizes of the factors, their mesh axes, the sharding of a rule) for these operands."""
         sizes = dict(factor_sizes)
         for d, arg in zip(dims, arg_shapes):
             for word, size in zip(_words(d or ""), () if arg is None else arg.shape):
@@ -68,6 +69,15 @@ def shard_local(fn: Callable, arrays: Sequence[jax.Array | None], dims: Sequence
         def sharding(d: str) -> NamedSharding:
             return NamedSharding(mesh, P(*(sum((axes.get(f, ()) for f in _factors(w)), ()) or None
                                            for w in _words(d))))
+
+        return sizes, axes, sharding
+
+    def infer_sharding_from_operands(mesh, arg_shapes, result_shape):  # GSPMD; Shardy reads the rule
+        sharding = split(mesh, arg_shapes)[2]
+        return tuple(sharding(d) for d in out_dims)
+
+    def partition(mesh, arg_shapes, result_shape):
+        sizes, axes, sharding = split(mesh, arg_shapes)
 
         def lower(*shards):
             if axes.get(sequence):
@@ -81,7 +91,7 @@ def shard_local(fn: Callable, arrays: Sequence[jax.Array | None], dims: Sequence
         return (mesh, lower, tuple(sharding(d) for d in out_dims),
                 tuple(None if arg is None else sharding(d) for d, arg in zip(dims, arg_shapes)))
 
-    partitioned.def_partition(partition, sharding_rule=f"{', '.join(present)} -> {', '.join(out_dims)}",
+    partitioned.def_partition(partition, infer_sharding_from_operands, sharding_rule=f"{', '.join(present)} -> {', '.join(out_dims)}",
                               need_replication_factors=kept_whole, **factor_sizes)
     # Inside shard_map the results vary over the manual axes the inputs vary over, which
     # custom_partitioning's results do not say, and shard_map's type check needs.
@@ -102,7 +112,8 @@ def _factor_axes(dims, arg_shapes, sizes: dict, shardable, mesh) -> dict[str, tu
     A split compound dim "(h g)" is split along its major factor h, if they divide it."""
     axes = {}
     for d, arg in zip(dims, arg_shapes):
-        for word, entry in zip(_words(d or ""), () if arg is None else arg.sharding.spec):
+        # An operand without a sharding (GSPMD may leave one undecided) splits nothing.
+        for word, entry in zip(_words(d or ""), getattr(getattr(arg, "sharding", None), "spec", ())):
             factor = _factors(word)[0]
             entry = (entry,) if isinstance(entry, str) else tuple(entry or ())
             if entry and factor in shardable and factor not in axes \
