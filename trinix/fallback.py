@@ -232,9 +232,11 @@ def _attention_positions(rows_q, rows_k, slopes, cu_seqlens_q, cu_seqlens_k, opt
     return distance, visible, m
 
 
-def attention(xp, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options):
+def attention(xp, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options, with_lse: bool = False):
     """softmax(scale q k^T + bias) v like q, by scores and bias materialized in float32 (float64
-    for float64); a row with no visible key gives zeros, as the kernel does."""
+    for float64); a row with no visible key gives zeros, as the kernel does. with_lse (layouts
+    "bshd" and "bhsd", xp with logsumexp(x, axis)): also the log-sum-exp (batch, heads,
+    seqlen_q), -inf for a row with no visible key, as the kernel's."""
     compute = compute_dtype(xp, q.dtype)
     q4, k4, v4 = (xp.cast(_as_bshd(xp, x, options.layout), compute) for x in (q, k, v))
     heads = q4.shape[2]
@@ -251,4 +253,8 @@ def attention(xp, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options):
     p = xp.softmax(s, axis=-1)
     if visible is not None:
         p = xp.where(visible, p, 0.0)
-    return _from_bshd(xp, xp.cast(xp.einsum("bhqk,bkhd->bqhd", p, v4), q.dtype), options.layout)
+    o = _from_bshd(xp, xp.cast(xp.einsum("bhqk,bkhd->bqhd", p, v4), q.dtype), options.layout)
+    if not with_lse:
+        return o
+    lse = xp.logsumexp(s, axis=-1)
+    return o, lse if visible is None else xp.where(visible.any(axis=-1), lse, -math.inf)

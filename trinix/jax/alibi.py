@@ -22,22 +22,37 @@ from trinix import alibi as host
 from trinix import fallback
 from trinix.alibi import AlibiSpec, BiasPlan, ScoresPlan
 from trinix.jax.launcher import JaxOps, as_arrays, float_dtype_name, launch, operand, platform_of, resolve_backend
+from trinix.jax.sharding import shard_local
 from trinix.kernels.alibi import alibi_slopes_call
 
 
+def _bias_on_shard(slopes, *, plan: BiasPlan, backend: str):
+    return launch(host.bias_call(plan, operand(slopes)), dict(slopes=slopes), backend=backend)
+
+
 def _launch_bias(slopes, *, plan: BiasPlan, backend: str):
-    return launch(host.bias_call(plan, operand(slopes)), dict(slopes=slopes), backend=backend)[0]
+    """The bias of slopes (heads,), each device computing its heads' rows."""
+    run = functools.partial(_bias_on_shard, plan=plan, backend=backend)
+    return shard_local(run, (slopes,), ("h",), ("h q k",))[0]
+
+
+def _scores_on_shard(scores, slopes, *, plan: ScoresPlan, backend: str):
+    # In place: under jit XLA reuses the scores' buffer when nothing else needs it.
+    call = host.scores_call(plan, operand(scores), operand(slopes), inplace=True)
+    return launch(call, dict(scores=scores, slopes=slopes), backend=backend)
 
 
 def _launch_scores(scores, slopes, *, plan: ScoresPlan, backend: str):
-    # In place: under jit XLA reuses the scores' buffer when nothing else needs it.
-    call = host.scores_call(plan, operand(scores), operand(slopes), inplace=True)
-    return launch(call, dict(scores=scores, slopes=slopes), backend=backend)[0]
+    """The scores op, each device on its batch and heads; slopes (batch, heads) are split with
+    both, (1, heads) or (heads,) with the heads."""
+    slopes_dims = "h" if slopes.ndim == 1 else ("b h" if slopes.shape[0] == scores.shape[0] else "one h")
+    run = functools.partial(_scores_on_shard, plan=plan, backend=backend)
+    return shard_local(run, (scores, slopes), ("b h q k", slopes_dims), ("b h q k",))[0]
 
 
 @functools.cache
 def _batchable_scores(plan: ScoresPlan, backend: str):
-    """A scores launch with a vmap rule (jax-triton and pure_callback have none we want)."""
+    """A scores launch with a vmap rule (jax-triton and the interpreter's FFI call have none we want)."""
     run = jax.custom_batching.custom_vmap(functools.partial(_launch_scores, plan=plan, backend=backend))
     run.def_vmap(functools.partial(_scores_vmap_rule, run))
     return run

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from trinix import backend as backend_rule
+from trinix.jax import host_call
 from trinix.kernels.call import KernelCall, Operand, row_major_strides
 from trinix.rope import FLOAT_DTYPES
 
@@ -95,7 +96,7 @@ class JaxOps:
     where, floor, cos, sin, abs = jnp.where, jnp.floor, jnp.cos, jnp.sin, jnp.abs
     clip, maximum, stack, concatenate = jnp.clip, jnp.maximum, jnp.stack, jnp.concatenate
     broadcast_to, searchsorted, repeat, expand_dims = jnp.broadcast_to, jnp.searchsorted, jnp.repeat, jnp.expand_dims
-    softmax = staticmethod(jax.nn.softmax)
+    softmax, logsumexp = staticmethod(jax.nn.softmax), staticmethod(jax.nn.logsumexp)
     swapaxes = jnp.swapaxes
     # float32 products in full precision: on a GPU XLA's default multiplies in TF32.
     einsum = staticmethod(functools.partial(jnp.einsum, precision=jax.lax.Precision.HIGHEST))
@@ -175,6 +176,10 @@ def _launch_triton(call: KernelCall, inputs: list[jax.Array]) -> tuple[jax.Array
 
 
 def _launch_interpreted(call: KernelCall, inputs: list[jax.Array]) -> tuple[jax.Array, ...]:
+    """On the CPU an FFI target (trinix.jax.host_call), which also runs inside a sharded
+    computation's per-shard module; beside a GPU a host callback, which copies to the host."""
+    if platform_of(None) == "cpu":
+        return host_call.interpret(call, inputs)
     out_types = [jax.ShapeDtypeStruct(out.shape, out.dtype) for out in call.outputs]
 
     def run_on_host(*buffers: np.ndarray) -> tuple[np.ndarray, ...]:
