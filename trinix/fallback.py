@@ -107,6 +107,14 @@ def cos_sin(xp, frequencies, positions, dtype, interleaved: bool):
 def rope_rotate(xp, q, k, *, cos, sin, frequencies, position_ids, offsets, cu_seqlens, offset: int,
                 layout: str, interleaved: bool):
     """(q_rot, k_rot) by cos/sin tables (rows indexed by position) or by frequencies."""
+    if cos is not None and position_ids is None and offsets is None and layout != "thd":
+        seq_len = split_bshd(q.shape, layout)[1]
+        if 0 <= offset and offset + seq_len <= cos.shape[-2]:
+            # Consecutive positions inside the table: its rows are a slice, read as they lie (a
+            # compiler fuses a slice into the rotation; a gather it would not).
+            cos, sin = (table[..., offset:offset + seq_len, :] for table in (cos, sin))
+            cos, sin = (table if table.ndim == 3 else table[None] for table in (cos, sin))
+            return rotate(xp, q, k, cos, sin, layout, interleaved)
     positions, sequence = token_positions(xp, q, layout, position_ids, offsets, cu_seqlens, offset)
     if cos is None:
         cos, sin = cos_sin(xp, frequencies, positions, compute_dtype(xp, q.dtype), interleaved)
