@@ -18,7 +18,8 @@ from trinix import attention as planner
 from trinix.attention import ARGUMENTS, INPUTS, Options
 from trinix.kernels.attention import attention_bwd_calls, attention_fwd_calls
 from trinix import fallback
-from trinix.torch.launcher import TorchOps, cached, launch, operand, resolve_backend
+from trinix.torch import sharding
+from trinix.torch.launcher import TorchOps, cached, launch, operand, resolve_backend, through_ops
 
 
 def _operands(arrays: dict) -> dict:
@@ -57,15 +58,18 @@ def _bwd_op(q: Tensor, k: Tensor, v: Tensor, slopes: Optional[Tensor], cu_seqlen
     return _launch_bwd(arrays, options, interpret, traceable=True)
 
 
+sharding.register("attention_fwd", sharding.attention_axes, len(INPUTS), layout_at=10)
+sharding.register("attention_bwd", sharding.attention_axes, len(INPUTS) + 3, layout_at=13)
+
+
 class _Attention(torch.autograd.Function):
     """o by the forward kernel; dq, dk, dv by the three backward kernels from (q, k, v, o, lse).
-    Eager launches go straight to the kernels; under torch.compile through the torch.library
-    ops, which the compiler traces (their dispatch costs tens of microseconds per eager call)."""
+    Through the torch.library ops or launched directly (see `through_ops`)."""
 
     @staticmethod
     def forward(ctx, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options, interpret):
         arrays = (q, k, v, slopes, cu_seqlens_q, cu_seqlens_k)
-        if torch.compiler.is_compiling():
+        if through_ops(q):
             o, lse = _fwd_op(*arrays, *options, interpret)
         else:
             o, lse = _launch_fwd(dict(zip(INPUTS, arrays)), options, interpret)
@@ -76,7 +80,7 @@ class _Attention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         *arrays, o, lse = ctx.saved_tensors
-        if torch.compiler.is_compiling():
+        if through_ops(do):
             dq, dk, dv = _bwd_op(*arrays, o, lse, do, *ctx.options, ctx.interpret)
         else:
             named = dict(zip(INPUTS, arrays), o=o, lse=lse, do=do)
@@ -108,9 +112,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, alibi=None, causal: bool = Fal
                            max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
                            builder=cached(attention_fwd_calls))
     backend = resolve_backend(backend, True, q.device)
+    arrays, placed = sharding.place(ARGUMENTS, tuple(arrays.values()), sharding.attention_axes, layout)
     if backend == "torch":
-        return fallback.attention(TorchOps, *arrays.values(), options)
-    return _Attention.apply(*arrays.values(), options, backend == "interpret")
+        return sharding.run(placed, lambda *arrays: fallback.attention(TorchOps, *arrays, options), arrays)
+    return _Attention.apply(*arrays, options, backend == "interpret")
 
 
 def alibi_attention(module, q: Tensor, k: Tensor, v: Tensor, *, causal: bool | None = None,
