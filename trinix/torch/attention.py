@@ -88,6 +88,18 @@ class _Attention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None
 
 
+def planned(q, k, v, alibi, cu_seqlens_q, cu_seqlens_k, **options) -> tuple[dict, Options]:
+    """The arrays of `INPUTS` (slopes from `alibi`, constants on q's device) and the checked
+    Options (trinix.attention.plan's keyword arguments) of an attention call."""
+    arrays = dict(zip(INPUTS, (q, k, v, planner.slopes_of(alibi), cu_seqlens_q, cu_seqlens_k)))
+    for name, array in zip(ARGUMENTS, arrays.values()):
+        if array is not None and not isinstance(array, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(array).__name__}")
+    if arrays["slopes"] is not None:
+        arrays["slopes"] = arrays["slopes"].detach().to(q.device)
+    return arrays, planner.plan(_operands(arrays), builder=cached(attention_fwd_calls), **options)
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, *, alibi=None, causal: bool = False, scale: float | None = None,
               layout: str = "bshd", cu_seqlens_q: Tensor | None = None, cu_seqlens_k: Tensor | None = None,
               max_seqlen_q: int | None = None, max_seqlen_k: int | None = None, q_offset: int | None = None,
@@ -102,15 +114,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, alibi=None, causal: bool = Fal
     `backend`: "auto" (Triton on CUDA, else torch), "triton", "interpret" or "torch".
     Gradients flow to q, k and v; slopes are constants.
     """
-    arrays = dict(zip(INPUTS, (q, k, v, planner.slopes_of(alibi), cu_seqlens_q, cu_seqlens_k)))
-    for name, array in zip(ARGUMENTS, arrays.values()):
-        if array is not None and not isinstance(array, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(array).__name__}")
-    if arrays["slopes"] is not None:
-        arrays["slopes"] = arrays["slopes"].detach().to(q.device)
-    options = planner.plan(_operands(arrays), causal=causal, scale=scale, q_offset=q_offset, layout=layout,
-                           max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
-                           builder=cached(attention_fwd_calls))
+    arrays, options = planned(q, k, v, alibi, cu_seqlens_q, cu_seqlens_k, causal=causal, scale=scale,
+                              q_offset=q_offset, layout=layout, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k)
     backend = resolve_backend(backend, True, q.device)
     arrays, placed = sharding.place(ARGUMENTS, tuple(arrays.values()), sharding.attention_axes, layout)
     if backend == "torch":

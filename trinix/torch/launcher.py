@@ -81,7 +81,7 @@ class TorchOps:
     where, floor, cos, sin, abs = torch.where, torch.floor, torch.cos, torch.sin, torch.abs
     clip, maximum, stack, concatenate = torch.clip, torch.maximum, torch.stack, torch.concatenate
     broadcast_to, searchsorted, softmax = torch.broadcast_to, torch.searchsorted, torch.softmax
-    einsum, swapaxes = torch.einsum, torch.swapaxes
+    einsum, swapaxes, exp, logsumexp = torch.einsum, torch.swapaxes, torch.exp, torch.logsumexp
     float32, float64 = torch.float32, torch.float64
 
     @staticmethod
