@@ -117,11 +117,14 @@ def register(name: str, rule: Callable[..., Axes], n_arrays: int, layout_at: int
     if DTensor is None:
         return
 
-    @register_sharding(getattr(torch.ops.trinix, name).default)
+    op = getattr(torch.ops.trinix, name).default
+    returns = len(op._schema.returns)  # none for an op in place
+
+    @register_sharding(op)
     def strategies(*args):
         axes = rule(args[:n_arrays], None if layout_at is None else args[layout_at])
-        return [(_placements(axes.outputs, axis), _placements(axes.inputs, axis) + [None] * (len(args) - n_arrays))
-                for axis in (None, *axes.inputs[0])]
+        return [(_placements(axes.outputs[:returns], axis),
+                 _placements(axes.inputs, axis) + [None] * (len(args) - n_arrays)) for axis in (None, *axes.inputs[0])]
 
 
 class Sharding(NamedTuple):
