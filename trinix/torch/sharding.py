@@ -50,15 +50,19 @@ def rotation_axes(arrays: tuple, layout: str) -> Axes:
     if positions is None:
         dims.pop("seq", None)
     batch = q.shape[0] if "batch" in dims else None
-    per_sequence = dict(  # tables (rows, rotary_dim) and packed position ids are shared by every shard
-        cos=cos is not None and len(cos.shape) == 3, sin=sin is not None and len(sin.shape) == 3,
-        positions=layout != "thd", offsets=True)
-    inputs = [dims, dims]
-    for name, array in zip(("cos", "sin", "frequencies", "positions", "offsets", "cu_seqlens"), arrays[2:]):
-        inputs.append(None if array is None else _batch_dim(array.shape, batch) if per_sequence.get(name) else {})
+
+    def shared(array):  # the same for every shard
+        return None if array is None else {}
+
+    def per_sequence(array):  # (batch or 1, ...): sharded with a batch of more than one
+        return None if array is None else _batch_dim(array.shape, batch)
+
+    tables = per_sequence if cos is not None and len(cos.shape) == 3 else shared
+    ids = shared(positions) if layout == "thd" else per_sequence(positions)
     if "seq" in dims:
-        inputs[5]["seq"] = 1
-    return Axes(tuple(inputs), (dims, dims))
+        ids["seq"] = 1
+    inputs = (dims, dims, tables(cos), tables(sin), shared(frequencies), ids, per_sequence(offsets), shared(cu_seqlens))
+    return Axes(inputs, (dims, dims))
 
 
 def _slopes_dims(slopes, batch: int | None) -> dict[str, int] | None:
