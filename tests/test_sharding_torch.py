@@ -171,6 +171,30 @@ def check_context_parallel(backend, mesh):
             torch.testing.assert_close(restore(torch.cat(parts, 1)), want, rtol=1e-5, atol=1e-5)
 
 
+def check_torch_context_parallel(backend, mesh):
+    """Under torch's context_parallel, which shards its buffers in zigzag (head-tail) order:
+    RoPE by the position ids sharded with them, then context_parallel_attention(zigzag=True),
+    against the whole sequence."""
+    from torch.distributed.tensor.experimental import context_parallel
+
+    from trinix.torch import FastALiBiPositionEmbedding, attention, context_parallel_attention, rope_rotate, zigzag_unpermute
+
+    group, size = mesh.get_group(), mesh.size()
+    alibi = FastALiBiPositionEmbedding(num_heads=2)
+    inv_freq = 1 / 100 ** (torch.arange(0, 16, 2).double().numpy() / 16)
+    q, k, v = torch.randn(1, 16, 2, 16), torch.randn(1, 16, 1, 16), torch.randn(1, 16, 1, 16)
+    expected = attention(*rope_rotate(q, k, inv_freq, backend="torch"), v, alibi=alibi, causal=True, backend="torch")
+    ids = torch.arange(16)[None]
+    buffers = [q, k, v, ids]
+    with context_parallel(mesh, buffers=buffers, buffer_seq_dims=[1] * 4, no_restore_buffers=set(buffers)):
+        q_rot, k_rot = rope_rotate(q, k, inv_freq, position_ids=ids, backend=backend)
+        o = context_parallel_attention(q_rot, k_rot, v, group=group, alibi=alibi, causal=True, zigzag=True,
+                                       backend=backend)
+    parts = [torch.empty_like(o) for _ in range(size)]
+    dist.all_gather(parts, o, group=group)
+    torch.testing.assert_close(zigzag_unpermute(torch.cat(parts, 1), size), expected, rtol=1e-5, atol=1e-5)
+
+
 def check_mesh_2d(backend, mesh):
     """A 2 x 2 mesh sharding batch and heads at once."""
     from torch.distributed.tensor import Shard
@@ -188,7 +212,8 @@ def check_mesh_2d(backend, mesh):
 
 # By world size: (check, backends). The ring of 4 runs the torch fallback only: its kernels are
 # those of the ring of 2, and through the interpreter it took 14 s here.
-CHECKS = {2: tuple((name, BACKENDS) for name in ("rope", "alibi", "attention", "refused", "context_parallel"))
+CHECKS = {2: tuple((name, BACKENDS) for name in ("rope", "alibi", "attention", "refused", "context_parallel",
+                                                 "torch_context_parallel"))
           + (("ops_directly", ("interpret",)),),
           4: (("context_parallel", ("torch",)), ("mesh_2d", BACKENDS))}
 

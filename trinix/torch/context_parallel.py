@@ -160,11 +160,12 @@ def context_parallel_attention(q: Tensor, k: Tensor, v: Tensor, *, group=None, a
     and keys sit at their global positions, for the causal mask and ALiBi alike; `alibi`,
     `causal`, `scale` and `backend` as in trinix.torch.attention. Gradients flow to q, k and v.
 
-    torch.distributed.tensor.experimental.context_parallel shards buffers over the sequence and
-    replaces scaled_dot_product_attention inside its context: it does not reach this function,
-    which takes the shards themselves. Its head-tail load balancing is the zigzag order, so that
-    shards it made can be passed here with zigzag=True; for RoPE under it, pass position ids
-    among the buffers it shards, and rotate by them.
+    torch.distributed.tensor.experimental.context_parallel(mesh, buffers=...) shards its buffers
+    over the sequence and replaces scaled_dot_product_attention, which trinix does not call.
+    Inside it, pass the position ids (1, seq) among the buffers, rotate q and k by them (each
+    token at its global position), and call this function on its shards with the mesh's group:
+    its head-tail load balancing (its default, where the sequence cuts into 2n equal chunks) is
+    the zigzag order, so zigzag=True; without it, zigzag=False.
     """
     if layout not in SEQ_AXIS:
         raise ValueError(f"layout must be one of {tuple(SEQ_AXIS)} for context parallelism (packed sequences "
