@@ -5,7 +5,8 @@ trinix.jax.launcher.JaxOps): NumPy's names where torch and jax.numpy share them 
 floor, cos, sin, abs, clip, maximum, stack, concatenate, broadcast_to, searchsorted, einsum,
 swapaxes), and arange(start, stop, like), cast(x, dtype), expand_dims(x, axis), repeat(x, n,
 axis), softmax(x, axis), the dtypes float32 and float64, and angle_dtype() (float64 in torch;
-jax's float64 only with x64).
+jax's float64 only with x64). attention_with_lse and attention_backward, the chunks of torch's
+context-parallel attention, also take exp and logsumexp(x, axis).
 """
 
 import math
