@@ -103,7 +103,8 @@ def attention_axes(arrays: tuple, layout: str) -> Axes:
     dims.pop("seq", None)
     lse = dict(heads=0) if layout == "thd" else dict(batch=0, heads=1)  # (heads, tokens) or (batch, heads, seqlen_q)
     batch = q.shape[0] if "batch" in dims else None
-    inputs = (dims, dims, dims, _slopes_dims(slopes, batch), *(None if cu is None else {} for cu in (cu_seqlens_q, cu_seqlens_k)))
+    packed = tuple(None if cu is None else {} for cu in (cu_seqlens_q, cu_seqlens_k))  # read whole
+    inputs = (dims, dims, dims, _slopes_dims(slopes, batch), *packed)
     if backward:
         return Axes(inputs + (dims, lse, dims), (dims, dims, dims))
     return Axes(inputs, (dims, lse))
