@@ -128,6 +128,8 @@ def check_refused(backend, mesh):
         (lambda: attention(q, *(_dtensor(torch.randn(2, 8, 1, 16), mesh, [Shard(2)]),) * 2, backend=backend),
          "k of shape (2, 8, 1, 16)"),  # one key head cannot split over two ranks
         (lambda: alibi.add_to_scores(DTensor.from_local(scores, mesh, [Partial()])), "scores has placement P"),
+        (lambda: context_parallel_attention(*(_dtensor(q, mesh, [Shard(2)]),) * 3, backend=backend),
+         "must be sharded over the sequence on exactly one mesh dim"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=re.escape(message)):
@@ -157,6 +159,24 @@ def check_context_parallel(backend, mesh):
             parts = [torch.empty_like(got) for _ in range(size)]
             dist.all_gather(parts, got.detach().contiguous(), group=group)
             torch.testing.assert_close(restore(torch.cat(parts, 1)), want, rtol=1e-5, atol=1e-5)
+    _check_ring_of_dtensors([Shard(1)], size, mesh, backend)
+
+
+def _check_ring_of_dtensors(placements, ring_size, mesh, backend):
+    """context_parallel_attention of DTensors in zigzag order, sharded by `placements` (the
+    sequence over a mesh dim of ring_size ranks), against attention on the whole sequence."""
+    alibi = FastALiBiPositionEmbedding(num_heads=4)
+    q, k, v = torch.randn(2, 16, 4, 16), torch.randn(2, 16, 2, 16), torch.randn(2, 16, 2, 16)
+    do = torch.randn_like(q)
+    whole = [x.clone().requires_grad_() for x in (q, k, v)]
+    expected = attention(*whole, alibi=alibi, causal=True, backend="torch")
+    expected.backward(do)
+    sharded = [_dtensor(zigzag_permute(x, ring_size), mesh, placements).requires_grad_() for x in (q, k, v)]
+    o = context_parallel_attention(*sharded, alibi=alibi, causal=True, zigzag=True, backend=backend)
+    o.backward(_dtensor(zigzag_permute(do, ring_size), mesh, placements))
+    assert o.placements == tuple(placements)
+    for got, want in zip((o, *(x.grad for x in sharded)), (expected, *(x.grad for x in whole))):
+        torch.testing.assert_close(zigzag_unpermute(got.full_tensor(), ring_size), want, rtol=1e-5, atol=1e-5)
 
 
 def check_torch_context_parallel(backend, mesh):
@@ -188,6 +208,8 @@ def check_mesh_2d(backend, mesh):
              (placements,) * 2, mesh, backend, differentiable=(0, 1))
     _compare(lambda q, k, v, backend: attention(q, k, v, alibi=alibi, causal=True, backend=backend), (q, k, v),
              (placements,) * 3, mesh, backend, differentiable=(0, 1, 2))
+    if backend == "torch":  # heads over mesh dim 0, the ring over mesh dim 1: global slopes and positions
+        _check_ring_of_dtensors([Shard(2), Shard(1)], 2, mesh, backend)
 
 
 # By world size: (check, backends). The ring of 4 runs the torch fallback only: its kernels are

@@ -18,9 +18,10 @@ from torch import Tensor
 
 from trinix import attention as planner
 from trinix import fallback
-from trinix.attention import INPUTS, SEQ_AXIS, Options
+from trinix.attention import ARGUMENTS, INPUTS, SEQ_AXIS, Options
 from trinix.rope import split_bshd
 from trinix.torch.attention import _launch_bwd, _launch_fwd, planned
+from trinix.torch import sharding
 from trinix.torch.launcher import TorchOps, resolve_backend
 
 
@@ -156,9 +157,12 @@ def context_parallel_attention(q: Tensor, k: Tensor, v: Tensor, *, group=None, a
     q, k, v: this rank's shard of the sequence, (batch, seq, heads, head_dim) in layout "bshd",
     (batch, heads, seq, head_dim) in "bhsd", the same seq on every rank. Rank r holds tokens
     r * seq .. (r + 1) * seq - 1 or, with `zigzag`, chunks r and 2n - 1 - r of the sequence cut
-    into 2n (n ranks; see zigzag_permute), which evens out the work under a causal mask. Queries
-    and keys sit at their global positions, for the causal mask and ALiBi alike; `alibi`,
-    `causal`, `scale` and `backend` as in trinix.torch.attention. Gradients flow to q, k and v.
+    into 2n (n ranks; see zigzag_permute), which evens out the work under a causal mask. Or
+    DTensors sharded over the sequence on one mesh dim (the ring, whose group is taken from the
+    mesh) and over batch or heads on others, in zigzag order if `zigzag`: o is then a DTensor
+    placed like q, and slopes of the model's heads are split with the heads. Queries and keys
+    sit at their global positions, for the causal mask and ALiBi alike; `alibi`, `causal`,
+    `scale` and `backend` as in trinix.torch.attention. Gradients flow to q, k and v.
 
     torch.distributed.tensor.experimental.context_parallel(mesh, buffers=...) shards its buffers
     over the sequence and replaces scaled_dot_product_attention, which trinix does not call.
@@ -176,10 +180,20 @@ def context_parallel_attention(q: Tensor, k: Tensor, v: Tensor, *, group=None, a
                          f"and k {tuple(k.shape)} in layout {layout!r}")
     if not isinstance(zigzag, bool):
         raise TypeError(f"zigzag must be a bool, got {type(zigzag).__name__}")
+    backend = resolve_backend(backend, True, q.device)
+    arrays, placed = sharding.place(ARGUMENTS, tuple(arrays.values()), sharding.ring_axes, layout)
+    if placed is not None:
+        if group is not None or placed.mesh_axes.count("seq") != 1:
+            raise ValueError(f"DTensors q, k and v must be sharded over the sequence on exactly one mesh dim, the "
+                             f"ring (then group=None), got mesh dims sharding {placed.mesh_axes} and group={group}")
+        group = placed.mesh.get_group(placed.mesh_axes.index("seq"))
     ring = _Ring(dist.group.WORLD if group is None else group)
-    planner.ring_chunks(ring.rank, ring.size, q.shape[SEQ_AXIS[layout]], zigzag)  # checks an even shard for zigzag
-    return _RingAttention.apply(q, k, v, arrays["slopes"], options, ring, zigzag,
-                                resolve_backend(backend, True, q.device))
+
+    def by_ring(q, k, v, slopes, *_):
+        planner.ring_chunks(ring.rank, ring.size, q.shape[SEQ_AXIS[layout]], zigzag)  # an even shard for zigzag
+        return _RingAttention.apply(q, k, v, slopes, options, ring, zigzag, backend)
+
+    return sharding.run(placed, by_ring, arrays)
 
 
 def _zigzag_chunks(x: Tensor, world_size: int, dim: int) -> tuple[Tensor, ...]:

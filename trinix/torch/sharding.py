@@ -110,6 +110,15 @@ def attention_axes(arrays: tuple, layout: str) -> Axes:
     return Axes(inputs, (dims, lse))
 
 
+def ring_axes(arrays: tuple, layout: str) -> Axes:
+    """context_parallel_attention on DTensors (arrays: those of trinix.attention.INPUTS): the
+    axes of attention, and the sequence of q, k and v, which one mesh dim splits into the ring's
+    shards. Not an op's: the ring runs its kernels on local tensors."""
+    axes = attention_axes(arrays, layout)
+    dims = dict(axes.inputs[0], seq=_SEQUENCE_DIMS[layout]["seq"])
+    return Axes((dims, dims, dims, *axes.inputs[3:]), (dims,))
+
+
 def _placements(dims_of: tuple, axis: str | None) -> list:
     """The placement of each tensor of `dims_of` on a mesh dim sharding `axis` (None: replicated)."""
     return [None if dims is None else Shard(dims[axis]) if axis in dims else Replicate() for dims in dims_of]
