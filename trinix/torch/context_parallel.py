@@ -11,6 +11,7 @@ and passes each key chunk's dk and dv around the ring with it, back to the rank 
 """
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -34,20 +35,28 @@ class _Ring:
         self.next = dist.get_global_rank(group, (self.rank + 1) % self.size)
         self.previous = dist.get_global_rank(group, (self.rank - 1) % self.size)
 
-    def pass_on(self, tensors: tuple[Tensor, ...]):
-        """Start sending `tensors` to the next rank and receiving the previous rank's; returns a
-        function that waits for both and gives the received tensors."""
-        received = tuple(torch.empty_like(tensor, memory_format=torch.contiguous_format) for tensor in tensors)
+    def pass_on(self, tensors: tuple[Tensor, ...]) -> "_Transfer":
+        """Start sending `tensors` to the next rank and receiving the previous rank's."""
+        sent = tuple(tensor.contiguous() for tensor in tensors)
+        received = tuple(torch.empty_like(tensor) for tensor in sent)
         requests = dist.batch_isend_irecv(
-            [dist.P2POp(dist.isend, tensor.contiguous(), self.next, self.group) for tensor in tensors]
+            [dist.P2POp(dist.isend, tensor, self.next, self.group) for tensor in sent]
             + [dist.P2POp(dist.irecv, tensor, self.previous, self.group) for tensor in received])
+        return _Transfer(requests, sent, received)
 
-        def wait():
-            for request in requests:
-                request.wait()
-            return received
 
-        return wait
+class _Transfer(NamedTuple):
+    """Transfers in flight: their requests, the tensors sent (kept until the transfers end) and
+    those being received."""
+
+    requests: list
+    sent: tuple[Tensor, ...]
+    received: tuple[Tensor, ...]
+
+    def wait(self) -> tuple[Tensor, ...]:
+        for request in self.requests:
+            request.wait()
+        return self.received
 
 
 def _forward(arrays: dict, options: Options, backend: str):
@@ -83,6 +92,13 @@ def _part(x: Tensor, chunk: tuple[int, int, int], axis: int) -> Tensor:
     return x.narrow(axis, chunk[0], chunk[2])
 
 
+def _chunk_inputs(q: Tensor, held: tuple[Tensor, Tensor], slopes, q_chunk, k_chunk, axis: int) -> dict:
+    """The kernels' inputs (by `INPUTS` name) of a query chunk of q against a key chunk of the
+    held k and v."""
+    k, v = (_part(x, k_chunk, axis) for x in held)
+    return dict(zip(INPUTS, (_part(q, q_chunk, axis), k, v, slopes, None, None)))
+
+
 def _pairs(ring: _Ring, step: int, seq_len: int, zigzag: bool, causal: bool):
     """(query chunk, key chunk, q_offset) of each pair of chunks that ring step `step` runs: this
     rank's queries against the keys of the rank `step` places before it, where a key is visible."""
@@ -105,13 +121,12 @@ class _RingAttention(torch.autograd.Function):
         lse = torch.full((batch, heads, seq_len), -math.inf, dtype=torch.float32, device=q.device)
         held = (k, v)
         for step in range(ring.size):
-            wait = ring.pass_on(held) if step < ring.size - 1 else None
+            transfer = ring.pass_on(held) if step < ring.size - 1 else None
             for q_chunk, k_chunk, offset in _pairs(ring, step, seq_len, zigzag, options.causal):
-                arrays = dict(zip(INPUTS, (_part(q, q_chunk, axis), *(_part(x, k_chunk, axis) for x in held),
-                                           slopes, None, None)))
+                arrays = _chunk_inputs(q, held, slopes, q_chunk, k_chunk, axis)
                 o_chunk, lse_chunk = _forward(arrays, options._replace(q_offset=offset), backend)
                 _merge(_part(o, q_chunk, axis), _part(lse, q_chunk, 2), o_chunk, lse_chunk, options.layout)
-            held = wait() if wait else held
+            held = transfer.wait() if transfer else held
         o = o.to(q.dtype)
         ctx.save_for_backward(q, k, v, slopes, o, lse)
         ctx.options, ctx.ring, ctx.zigzag, ctx.backend = options, ring, zigzag, backend
@@ -126,19 +141,17 @@ class _RingAttention(torch.autograd.Function):
         grads = tuple(torch.zeros(x.shape, dtype=_compute(q), device=x.device) for x in (k, v))
         held = (k, v)
         for step in range(ring.size):
-            wait = ring.pass_on(held) if step < ring.size - 1 else None
+            transfer = ring.pass_on(held) if step < ring.size - 1 else None
             for q_chunk, k_chunk, offset in _pairs(ring, step, seq_len, ctx.zigzag, options.causal):
-                arrays = dict(zip(INPUTS, (_part(q, q_chunk, axis), *(_part(x, k_chunk, axis) for x in held),
-                                           slopes, None, None)),
-                              o=_part(o, q_chunk, axis), lse=_part(lse, q_chunk, 2).contiguous(),
-                              do=_part(do, q_chunk, axis))
+                arrays = dict(_chunk_inputs(q, held, slopes, q_chunk, k_chunk, axis), o=_part(o, q_chunk, axis),
+                              lse=_part(lse, q_chunk, 2).contiguous(), do=_part(do, q_chunk, axis))
                 dq_chunk, dk_chunk, dv_chunk = _backward(arrays, options._replace(q_offset=offset), ctx.backend)
                 _part(dq, q_chunk, axis).add_(dq_chunk)
                 _part(grads[0], k_chunk, axis).add_(dk_chunk)
                 _part(grads[1], k_chunk, axis).add_(dv_chunk)
             if ring.size > 1:  # the held keys' gradients follow them: after the last step, home
-                grads = ring.pass_on(grads)()
-            held = wait() if wait else held
+                grads = ring.pass_on(grads).wait()
+            held = transfer.wait() if transfer else held
         return dq.to(q.dtype), grads[0].to(k.dtype), grads[1].to(v.dtype), None, None, None, None, None
 
 
