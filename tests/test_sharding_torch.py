@@ -124,7 +124,8 @@ def check_refused(backend, mesh):
         (lambda: rope.rotate(_dtensor(q, mesh, [Shard(3)]), q), "q has placement S(3)"),  # head_dim
         (lambda: rope.rotate(_dtensor(q, mesh, [Shard(1)]), q, offset=torch.tensor(2)), "offset must be an int"),
         (lambda: alibi.add_to_scores(_dtensor(scores, mesh, [Shard(2)])), "scores has placement S(2)"),
-        (lambda: attention(*(_dtensor(q, mesh, [Shard(1)]),) * 3, backend=backend), "q has placement S(1)"),
+        (lambda: attention(*(_dtensor(q, mesh, [Shard(1)]),) * 3, backend=backend),
+         "heads (dim 2) only (Shard or Replicate); over the sequence, use context_parallel_attention"),
         (lambda: attention(q, *(_dtensor(torch.randn(2, 8, 1, 16), mesh, [Shard(2)]),) * 2, backend=backend),
          "k of shape (2, 8, 1, 16)"),  # one key head cannot split over two ranks
         (lambda: alibi.add_to_scores(DTensor.from_local(scores, mesh, [Partial()])), "scores has placement P"),

@@ -117,7 +117,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, alibi=None, causal: bool = Fal
     arrays, options = planned(q, k, v, alibi, cu_seqlens_q, cu_seqlens_k, causal=causal, scale=scale,
                               q_offset=q_offset, layout=layout, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k)
     backend = resolve_backend(backend, True, q.device)
-    arrays, placed = sharding.place(ARGUMENTS, tuple(arrays.values()), sharding.attention_axes, layout)
+    arrays, placed = sharding.place(ARGUMENTS, tuple(arrays.values()), sharding.attention_axes, layout,
+                                    hint="; over the sequence, use context_parallel_attention")
     if backend == "torch":
         return sharding.run(placed, lambda *arrays: fallback.attention(TorchOps, *arrays, options), arrays)
     return _Attention.apply(*arrays, options, backend == "interpret")

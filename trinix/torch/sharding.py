@@ -176,11 +176,11 @@ class Sharding(NamedTuple):
         return wrapped if isinstance(local, tuple) else wrapped[0]
 
 
-def place(names: tuple[str, ...], arrays: tuple, rule: Callable[..., Axes], layout: str | None = None
-          ) -> tuple[tuple, Sharding | None]:
+def place(names: tuple[str, ...], arrays: tuple, rule: Callable[..., Axes], layout: str | None = None,
+          hint: str = "") -> tuple[tuple, Sharding | None]:
     """(arrays, None) when none of `arrays` is a DTensor; else `arrays` as DTensors placed by
     `rule` and their `sharding`."""
-    placed = sharding(names, arrays, rule, layout)
+    placed = sharding(names, arrays, rule, layout, hint)
     return (arrays, None) if placed is None else (placed.place(arrays), placed)
 
 
@@ -189,13 +189,13 @@ def run(placed: Sharding | None, function: Callable, arrays: tuple):
     return function(*arrays) if placed is None else placed.run_local(function, arrays)
 
 
-def sharding(names: tuple[str, ...], arrays: tuple, rule: Callable[..., Axes], layout: str | None = None
-             ) -> Sharding | None:
+def sharding(names: tuple[str, ...], arrays: tuple, rule: Callable[..., Axes], layout: str | None = None,
+             hint: str = "") -> Sharding | None:
     """The sharding of a public function's `arrays` (by argument `names`; the rule's arrays, in
     order), checked against `rule` (of `layout`); None when none is a DTensor. Raises ValueError,
-    naming the argument, for a placement the op cannot run shard-local: a sharded dim the rule
-    does not allow, two axes on one mesh dim, a partial tensor, meshes that differ, or a dim that
-    does not split evenly."""
+    naming the argument, for a placement the op cannot run shard-local (with `hint`, what to do
+    instead): a sharded dim the rule does not allow, two axes on one mesh dim, a partial tensor,
+    meshes that differ, or a dim that does not split evenly."""
     dtensors = [(name, array) for name, array in zip(names, arrays) if is_dtensor(array)]
     if not dtensors:
         return None
@@ -218,7 +218,8 @@ def sharding(names: tuple[str, ...], arrays: tuple, rule: Callable[..., Axes], l
                 allowed = ", ".join(f"{axis} (dim {dim})" for axis, dim in dims_of[name].items())
                 raise ValueError(f"{name} has placement {placement} on mesh dim {mesh_dim}: trinix shards {name} "
                                  f"of shape {tuple(array.shape)} " + (f"over {allowed} only (Shard or Replicate)"
-                                                                     if allowed else "over no dim (Replicate it)"))
+                                                                     if allowed else "over no dim (Replicate it)")
+                                 + hint)
             if chosen not in (None, axis):
                 raise ValueError(f"{name} is sharded over {axis} on mesh dim {mesh_dim}, where another argument "
                                  f"is sharded over {chosen}: one mesh dim shards one axis")
