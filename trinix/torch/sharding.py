@@ -167,8 +167,9 @@ class Sharding(NamedTuple):
 
     def run_local(self, function: Callable, arrays: tuple):
         """function(*local shards of `arrays`) on this rank, its outputs (one tensor or a tuple)
-        as DTensors placed by the rule: how the framework fallbacks run on DTensors. `arrays`:
-        from `place`; gradients flow through to_local and from_local."""
+        as DTensors placed by the rule: how the torch fallbacks and the ring of
+        context_parallel_attention run on DTensors. `arrays`: from `place`; gradients flow
+        through to_local and from_local."""
         local = function(*(None if array is None else array.to_local() for array in arrays))
         outputs = local if isinstance(local, tuple) else (local,)
         wrapped = tuple(DTensor.from_local(out, self.mesh, self.placements(dims))
