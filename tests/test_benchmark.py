@@ -16,7 +16,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 from trinix_bench import analysis, cli, jax_providers, plots, providers, report, roofline, run, schema  # noqa: E402
-from trinix_bench import torch_providers, variants  # noqa: E402
+from trinix_bench import blocks, jax_blocks, torch_blocks, torch_providers, variants  # noqa: E402
 from trinix_bench.harness import BURST_MS, MIN_BURSTS, Harness, Run  # noqa: E402
 from trinix_bench.progress import Progress  # noqa: E402
 
@@ -29,7 +29,7 @@ XL_ALIBI = schema.CONFIGS["alibi"][-1]
 def test_defaults_are_the_original_reports():
     args = cli.parse_args([])
     assert (args.warmup, args.iters, args.dtype) == (10, 100, "float16")
-    assert args.methods == ["rope", "alibi"] and args.frameworks == ["torch", "jax"]
+    assert args.methods == ["rope", "alibi", "llama_block", "bloom_block"] and args.frameworks == ["torch", "jax"]
     assert args.providers == list(schema.PROVIDERS)
     configs = cli.selected_configs(args)
     assert [(c.name, c.heads, c.head_dim, c.seq_len, c.batch) for c in configs["rope"]] == [
@@ -37,6 +37,18 @@ def test_defaults_are_the_original_reports():
         ("xl", 128, 128, 32768, 1)]
     assert [(c.name, c.heads, c.seq_len, c.batch) for c in configs["alibi"]] == [
         ("small", 32, 512, 4), ("medium", 64, 2048, 2), ("large", 128, 8192, 1), ("xl", 128, 32768, 1)]
+    assert [(c.name, c.heads, c.head_dim, c.seq_len, c.batch) for c in configs["llama_block"]] == [
+        ("s8192b1", 32, 128, 8192, 1), ("s2048b8", 32, 128, 2048, 8)]
+    assert [(c.name, c.seq_len, c.batch) for c in configs["bloom_block"]] == [("s2048b1", 2048, 1), ("s8192b1", 8192, 1)]
+
+
+def test_the_blocks_run_alone_or_not_at_all():
+    """--methods picks the blocks alone; a custom configuration runs no block; --quick runs the first."""
+    alone = cli.selected_configs(cli.parse_args(["--methods", "llama_block", "bloom_block"]))
+    assert alone == {m: schema.BLOCK_CONFIGS[m] for m in ("llama_block", "bloom_block")}
+    assert set(cli.selected_configs(cli.parse_args(["--seq_len", "64"]))) == {"rope", "alibi"}
+    quick = cli.selected_configs(cli.parse_args(["--quick", "--methods", "bloom_block"]))
+    assert quick == {"bloom_block": schema.BLOCK_CONFIGS["bloom_block"][:1]}
 
 
 def test_a_cpu_run_writes_into_its_own_folder_unless_asked():
@@ -210,6 +222,171 @@ def test_providers_that_cannot_run_here_say_why():
     if not torch.cuda.is_available():
         with pytest.raises(providers.Unavailable, match="needs a CUDA GPU"):
             torch_providers.TrinixTorch(x, "rope")
+
+
+# --- whole blocks ---------------------------------------------------------------------------
+
+TINY_BLOCK = schema.Config("tiny", 4, 32, 2, 16)  # 4 heads (1 kv head in the Llama block), head_dim 16
+
+
+def _tiny_block_rows(method, framework, providers, backend="interpret"):
+    harness = blocks.block_harness(torch.device("cpu"), warmup=1, iters=2)
+    return blocks.block_rows(harness, method, TINY_BLOCK, framework, dtype="float32", backend=backend,
+                             providers=providers)
+
+
+@pytest.mark.parametrize("method, framework, providers, backend", [
+    ("llama_block", "torch", ["eager", "eager_trinix"], "interpret"),
+    ("llama_block", "jax", ["jax", "jax_trinix"], "xla"),
+    ("bloom_block", "torch", ["eager", "sdpa_bias", "trinix"], "interpret"),
+    ("bloom_block", "jax", ["jax_cudnn_bias", "jax_trinix"], "xla"),
+])
+def test_block_variants_agree_then_are_timed(method, framework, providers, backend):
+    """Each variant matches its framework's plain block in float32 (the output, and the gradients of
+    x and every weight), trinix's torch blocks through Triton's interpreter, its JAX ones through
+    its XLA ops (the interpreter in JAX is slower, and tested with the bindings); then it is timed."""
+    rows = _tiny_block_rows(method, framework, providers, backend)
+    names = blocks.framework_providers(method, framework)
+    assert [(r["op"], r["provider"]) for r in rows] == [(op, p) for p in names for op in schema.BLOCK_OPS]
+    for row in rows:
+        schema.validate_results({"meta": fake_results()["meta"], "rows": [row]})
+        if row["provider"] in providers:
+            assert row["ms"] > 0, row
+            assert row["note"] == (f"trinix backend {backend!r}" if "trinix" in row["provider"] else None), row
+        else:
+            assert row["ms"] is None and row["note"] == "not selected"
+
+
+def test_compiled_blocks_trace_whole_with_auto(monkeypatch):
+    """torch.compile, fullgraph, of both Llama blocks, trinix's with backend="auto" (Dynamo alone
+    here: Inductor's compilation is the GPU run's); FlexAttention's forward (its backward needs a
+    GPU)."""
+    monkeypatch.setattr(torch_blocks, "_compiled",
+                        lambda fn: torch.compile(fn, dynamic=False, fullgraph=True, backend="eager"))
+    rows = _tiny_block_rows("llama_block", "torch", ["compile", "compile_trinix"], backend="auto")
+    for row in (r for r in rows if r["provider"].startswith("compile")):
+        assert row["ms"] > 0, row
+        assert row["note"] == ("trinix backend 'auto': torch (compile)" if row["provider"] == "compile_trinix"
+                               else None), row
+    rows = {r["op"]: r for r in _tiny_block_rows("bloom_block", "torch", ["flex"]) if r["provider"] == "flex"}
+    assert rows["fwd"]["ms"] > 0
+    if not torch.cuda.is_available():
+        assert "FlexAttention does not support backward on CPU" in rows["fwd_bwd"]["note"]
+
+
+def test_a_wrong_block_is_not_timed_but_the_baseline_is(monkeypatch, capsys):
+    monkeypatch.setitem(blocks.TOLERANCE, "float32", -1.0)  # every block is now "wrong"
+    rows = {(r["op"], r["provider"]): r for r in _tiny_block_rows("llama_block", "torch", ["eager", "eager_trinix"],
+                                                                    backend="torch")}
+    for op in schema.BLOCK_OPS:
+        assert rows[op, "eager"]["ms"] > 0
+        assert "against its own math in float32 (timed: the baseline)" in rows[op, "eager"]["note"]
+        assert rows[op, "eager_trinix"]["ms"] is None
+        assert rows[op, "eager_trinix"]["note"].startswith("wrong: relative error")
+    assert "llama_block tiny fwd eager_trinix: wrong" in capsys.readouterr().err
+
+
+def test_a_block_out_of_memory_is_a_row_saying_so(monkeypatch):
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+
+    monkeypatch.setattr(torch_blocks.TorchBlock, "call", out_of_memory)
+    rows = _tiny_block_rows("bloom_block", "torch", ["sdpa_bias"], backend="torch")
+    assert {r["note"] for r in rows if r["provider"] == "sdpa_bias"} == {
+        "does not fit: out of memory (OutOfMemoryError: CUDA out of memory. Tried to allocate 4.00 GiB)"}
+    monkeypatch.setattr(torch_blocks.TorchBlock, "reference", out_of_memory)
+    rows = _tiny_block_rows("bloom_block", "torch", ["sdpa_bias"], backend="torch")
+    assert {r["note"] for r in rows} == {"not run: its float32 reference does not fit: out of memory "
+                                         "(OutOfMemoryError: CUDA out of memory. Tried to allocate 4.00 GiB)"}
+
+
+def test_jax_attention_is_xlas_where_cudnns_does_not_compile():
+    import jax
+    import jax.numpy as jnp
+
+    implementation, note = jax_blocks.attention_implementation((1, 8, 2, 64), (1, 8, 2, 64), jnp.dtype("bfloat16"),
+                                                               None)
+    if jax.default_backend() == "cpu":
+        assert implementation is None and note.startswith("attention by XLA: cuDNN's does not compile here")
+
+
+def test_blocks_need_a_gpu_in_a_run(tmp_path):
+    """Without one, every block row says so; the report has the blocks' section and nothing else
+    measured."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU runs the blocks")
+    results = _run(["--methods", "llama_block", "--frameworks", "torch", "--warmup", "1", "--iters", "1"])
+    owners = schema.BLOCKS["llama_block"]["providers"]
+    assert {(r["provider"], r["note"]) for r in results["rows"]} == {
+        (p, providers.NEEDS_GPU if owner == "torch" else "not selected (--frameworks)") for p, (owner, _) in owners.items()}
+    console = report.console_table(results)
+    assert "pytorch ms" not in console and f"llama_block  s8192b1  fwd  eager  {providers.NEEDS_GPU}" in console
+    report.write_outputs(results, {"llama_block": schema.BLOCK_CONFIGS["llama_block"]}, RUN_INFO, tmp_path)
+    text = (tmp_path / "EMBEDDINGS.md").read_text()
+    assert "## What a model gains" in text and providers.NEEDS_GPU in text
+    assert "## Summary" not in text and "Plots:" not in text and not list(tmp_path.glob("*.png"))
+
+
+def test_a_run_with_a_wrong_row_fails_after_writing_its_report(tmp_path, monkeypatch, capsys):
+    results = {"meta": fake_results()["meta"], "rows": fake_block_rows()}
+    results["rows"][1].update(ms=None, note="wrong: relative error 0.3 against the float32 reference (tolerance 0.05)")
+    monkeypatch.setattr(cli, "run_benchmark", lambda args, configs: results)
+    assert cli.main(["--methods", "llama_block", "bloom_block", "--output", str(tmp_path)]) == 1
+    assert "wrong: relative error 0.3" in (tmp_path / "EMBEDDINGS.md").read_text()
+    assert "llama_block s8192b1 fwd eager_trinix: wrong: relative error 0.3" in capsys.readouterr().err
+
+
+def fake_block_rows() -> list[dict]:
+    """Rows of every block, configuration, op and provider: each provider 1 ms slower than the one
+    before it; SDPA's bias too big at seq 8192."""
+    rows = []
+    for method, configs in schema.BLOCK_CONFIGS.items():
+        for config in configs:
+            for op in schema.BLOCK_OPS:
+                for i, provider in enumerate(schema.BLOCKS[method]["providers"]):
+                    ms, note = 2.0 + i, "trinix backend 'auto': triton (eager)" if "trinix" in provider else None
+                    if provider == "sdpa_bias" and config.seq_len == 8192:
+                        ms, note = None, "does not fit: out of memory (OutOfMemoryError: CUDA out of memory.)"
+                    rows.append(schema.row(method, config.name, op, provider, ms=ms,
+                                           peak_mb=None if ms is None else 100.0 * ms, note=note))
+    return rows
+
+
+def test_the_blocks_section_comes_first_and_carries_every_block_row():
+    results = fake_results()
+    results["rows"] += fake_block_rows()
+    schema.validate_results(results)
+    rows = analysis.Rows(results)
+    text = report.render_markdown(results, {**schema.CONFIGS, **schema.BLOCK_CONFIGS}, RUN_INFO, None,
+                                  "results/latest.json")
+    assert text.index("## What a model gains") < text.index("## Test Environment") < text.index("## Summary")
+    lines = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
+             if line.startswith("|")]
+    for row in fake_block_rows():
+        method, config, op, provider = row["method"], row["config"], row["op"], row["provider"]
+        framework, what = schema.BLOCKS[method]["providers"][provider]
+        baseline = rows.ms(method, config, op, schema.BLOCKS[method]["baseline"][framework])
+        expected = [analysis.fmt_ms(row["ms"]), analysis.fmt_x(baseline / row["ms"] if row["ms"] else None),
+                    analysis.fmt_amount(row["peak_mb"])]
+        assert any(cells[1] == schema.BLOCK_OPS[op] and cells[2] == f"{what} (`{provider}`)" and cells[0].startswith(config)
+                   and cells[3:] == expected for cells in lines), row
+        if row["note"]:
+            assert row["note"] in text
+    # A run of the blocks alone: their section, no operation's.
+    alone = {"meta": results["meta"], "rows": fake_block_rows()}
+    text = report.render_markdown(alone, schema.BLOCK_CONFIGS, RUN_INFO, "this run measured no operation",
+                                  "results/latest.json")
+    assert "## What a model gains" in text and "## Summary" not in text
+
+
+@pytest.mark.parametrize("edit, message", [(dict(op="apply"), "not an op of llama_block"),
+                                           (dict(provider="pytorch"), "provider must be one of")])
+def test_block_rows_are_checked_by_the_schema(edit, message):
+    results = {"meta": fake_results()["meta"], "rows": fake_block_rows()}
+    schema.validate_results(results)
+    results["rows"][0].update(edit)
+    with pytest.raises(ValueError, match=message):
+        schema.validate_results(results)
 
 
 # --- latest.json ----------------------------------------------------------------------------

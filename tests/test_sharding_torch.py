@@ -21,8 +21,8 @@ from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distrib
 from torch.distributed.tensor.experimental import context_parallel
 
 from trinix.torch import (FastALiBiPositionEmbedding, FastRoPEPositionEmbedding, alibi_bias, alibi_slopes,
-                          apply_rotary_pos_emb, attention, context_parallel_attention, rope_rotate, zigzag_permute,
-                          zigzag_unpermute)
+                          apply_rotary_pos_emb, attention, context_parallel_attention, rope_rotate, zigzag_order,
+                          zigzag_restore)
 
 BACKENDS = ("interpret", "torch")
 
@@ -151,8 +151,8 @@ def check_context_parallel(backend, mesh):
         whole = [x.clone().requires_grad_() for x in (q, k, v)]
         expected = attention(*whole, alibi=case["alibi"], causal=case["causal"], backend="torch")
         expected.backward(do)
-        order = functools.partial(zigzag_permute, world_size=size) if case["zigzag"] else (lambda x: x)
-        restore = functools.partial(zigzag_unpermute, world_size=size) if case["zigzag"] else (lambda x: x)
+        order = functools.partial(zigzag_order, parts=size) if case["zigzag"] else (lambda x: x)
+        restore = functools.partial(zigzag_restore, parts=size) if case["zigzag"] else (lambda x: x)
         shards = [order(x).chunk(size, 1)[rank].clone().requires_grad_() for x in (q, k, v)]
         o = context_parallel_attention(*shards, group=group, backend=backend, **case)
         o.backward(order(do).chunk(size, 1)[rank])
@@ -172,12 +172,12 @@ def _check_ring_of_dtensors(placements, ring_size, mesh, backend):
     whole = [x.clone().requires_grad_() for x in (q, k, v)]
     expected = attention(*whole, alibi=alibi, causal=True, backend="torch")
     expected.backward(do)
-    sharded = [_dtensor(zigzag_permute(x, ring_size), mesh, placements).requires_grad_() for x in (q, k, v)]
+    sharded = [_dtensor(zigzag_order(x, ring_size), mesh, placements).requires_grad_() for x in (q, k, v)]
     o = context_parallel_attention(*sharded, alibi=alibi, causal=True, zigzag=True, backend=backend)
-    o.backward(_dtensor(zigzag_permute(do, ring_size), mesh, placements))
+    o.backward(_dtensor(zigzag_order(do, ring_size), mesh, placements))
     assert o.placements == tuple(placements)
     for got, want in zip((o, *(x.grad for x in sharded)), (expected, *(x.grad for x in whole))):
-        torch.testing.assert_close(zigzag_unpermute(got.full_tensor(), ring_size), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(zigzag_restore(got.full_tensor(), ring_size), want, rtol=1e-5, atol=1e-5)
 
 
 def check_torch_context_parallel(backend, mesh):
@@ -197,7 +197,7 @@ def check_torch_context_parallel(backend, mesh):
                                        backend=backend)
     parts = [torch.empty_like(o) for _ in range(size)]
     dist.all_gather(parts, o, group=group)
-    torch.testing.assert_close(zigzag_unpermute(torch.cat(parts, 1), size), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(zigzag_restore(torch.cat(parts, 1), size), expected, rtol=1e-5, atol=1e-5)
 
 
 def check_mesh_2d(backend, mesh):

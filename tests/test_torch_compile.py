@@ -20,7 +20,8 @@ COMPILE = """
     from trinix import FastALiBiPositionEmbedding, FastRoPEPositionEmbedding
 
     backend = sys.argv[1]
-    device = "cuda" if backend == "triton" else "cpu"
+    # "auto" on a GPU: the torch ops for RoPE under torch.compile, the kernels for ALiBi
+    device = "cuda" if backend == "triton" or (backend == "auto" and torch.cuda.is_available()) else "cpu"
     rope = FastRoPEPositionEmbedding(dim=32, backend=backend).to(device)
     alibi = FastALiBiPositionEmbedding(num_heads=4, backend=backend, device=device)
 
@@ -48,7 +49,7 @@ COMPILE = """
 """
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.skipif(
+@pytest.mark.parametrize("backend", ["torch", "auto", pytest.param("triton", marks=pytest.mark.skipif(
     not HAS_CUDA, reason="compiling the Triton path needs a CUDA GPU"))])
 def test_compiling_trinix_warns_of_nothing_in_trinix(backend):
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(COMPILE), backend], cwd=ROOT,

@@ -124,7 +124,7 @@ def ring_chunks(rank: int, world_size: int, seq_len: int, zigzag: bool) -> tuple
     """The chunks of rank's shard of seq_len tokens, as (start in the shard, start in the whole
     sequence, length): the shard is tokens rank * seq_len onwards, or with zigzag its halves are
     chunks rank and 2 * world_size - 1 - rank of the sequence cut into 2 * world_size, so that
-    under a causal mask every rank has as many visible keys (see `zigzag_order`)."""
+    under a causal mask every rank has as many visible keys (see `zigzag_chunks`)."""
     if not zigzag:
         return ((0, rank * seq_len, seq_len),)
     if seq_len % 2:
@@ -133,10 +133,10 @@ def ring_chunks(rank: int, world_size: int, seq_len: int, zigzag: bool) -> tuple
     return (0, rank * half, half), (half, (2 * world_size - 1 - rank) * half, half)
 
 
-def zigzag_order(world_size: int) -> list[int]:
-    """The order of the 2 * world_size chunks of a sequence whose consecutive pairs are the
-    ranks' shards under zigzag: 0, 2n-1, 1, 2n-2, ..."""
-    return [chunk for rank in range(world_size) for chunk in (rank, 2 * world_size - 1 - rank)]
+def zigzag_chunks(parts: int) -> list[int]:
+    """The order of the 2 * parts chunks of a sequence whose consecutive pairs are the shards
+    of `parts` ranks under zigzag: 0, 2n-1, 1, 2n-2, ..."""
+    return [chunk for rank in range(parts) for chunk in (rank, 2 * parts - 1 - rank)]
 
 
 def chunk_offset(q_chunk: tuple[int, int, int], k_chunk: tuple[int, int, int], causal: bool) -> int | None:

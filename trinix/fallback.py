@@ -5,8 +5,7 @@ trinix.jax.launcher.JaxOps): NumPy's names where torch and jax.numpy share them 
 floor, cos, sin, abs, clip, maximum, stack, concatenate, broadcast_to, searchsorted, einsum,
 swapaxes), and arange(start, stop, like), cast(x, dtype), expand_dims(x, axis), repeat(x, n,
 axis), softmax(x, axis), the dtypes float32 and float64, and angle_dtype() (float64 in torch;
-jax's float64 only with x64). attention_with_lse and attention_backward, the chunks of torch's
-context-parallel attention, also take exp and logsumexp(x, axis).
+jax's float64 only with x64).
 """
 
 import math
@@ -251,9 +250,11 @@ def _scores(xp, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options):
     return s, visible, (q4, k4, v4)
 
 
-def attention(xp, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options):
+def attention(xp, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options, with_lse: bool = False):
     """softmax(scale q k^T + bias) v like q, by scores and bias materialized in float32 (float64
-    for float64); a row with no visible key gives zeros, as the kernel does."""
+    for float64); a row with no visible key gives zeros, as the kernel does. with_lse (layouts
+    "bshd" and "bhsd", xp with logsumexp(x, axis)): also the log-sum-exp (batch, heads,
+    seqlen_q), -inf for a row with no visible key, as the kernel's."""
     s, visible, (_, _, v4) = _scores(xp, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options)
     if visible is not None:
         # Filling a row with no visible key with 0 before softmax keeps its gradient finite.
@@ -261,29 +262,22 @@ def attention(xp, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options):
     p = xp.softmax(s, axis=-1)
     if visible is not None:
         p = xp.where(visible, p, 0.0)
-    return _from_bshd(xp, xp.cast(xp.einsum("bhqk,bkhd->bqhd", p, v4), q.dtype), options.layout)
-
-
-def attention_with_lse(xp, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options):
-    """(o like q, lse float32) as the forward kernel gives them, lse (batch, heads, seqlen_q), or
-    (heads, tokens) packed, -inf for a row with no visible key. Its gradient is
-    attention_backward's (needs xp.exp and xp.logsumexp)."""
-    s, _, (_, _, v4) = _scores(xp, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options)
-    lse = xp.logsumexp(s, -1)
-    p = xp.exp(s - xp.where(lse == -math.inf, 0.0, lse)[..., None])  # a hidden key: exp(-inf) = 0
-    o = xp.cast(xp.einsum("bhqk,bkhd->bqhd", p, v4), q.dtype)
-    lse = lse[0] if options.layout == "thd" else lse
-    return _from_bshd(xp, o, options.layout), xp.cast(lse, xp.float32)
+    o = _from_bshd(xp, xp.cast(xp.einsum("bhqk,bkhd->bqhd", p, v4), q.dtype), options.layout)
+    if not with_lse:
+        return o
+    lse = xp.logsumexp(s, axis=-1)
+    return o, lse if visible is None else xp.where(visible.any(axis=-1), lse, -math.inf)
 
 
 def attention_backward(xp, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, o, lse, do, options):
-    """(dq, dk, dv) of attention from the forward's o and lse, as the backward kernels compute
-    them: probabilities exp(s - lse), so that o and lse may come from more keys than k holds (a
-    chunk of a longer sequence, whose softmax the given lse normalizes)."""
+    """(dq, dk, dv) of attention (layouts "bshd" and "bhsd"; xp with exp) from the forward's o and
+    lse (batch, heads, seqlen_q), as the backward kernels compute them: probabilities
+    exp(s - lse), so that o and lse may come from more keys than k holds (a chunk of a longer
+    sequence, whose softmax the given lse normalizes)."""
     compute = compute_dtype(xp, q.dtype)
     s, _, (q4, k4, v4) = _scores(xp, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options)
     o4, do4 = (xp.cast(_as_bshd(xp, x, options.layout), compute) for x in (o, do))
-    lse = xp.cast(lse[None] if options.layout == "thd" else lse, compute)  # (batch, heads, seqlen_q)
+    lse = xp.cast(lse, compute)
     p = xp.exp(s - xp.where(lse == -math.inf, math.inf, lse)[..., None])  # no visible key: p = 0
     dp = xp.einsum("bqhd,bkhd->bhqk", do4, v4)
     delta = xp.swapaxes((do4 * o4).sum(axis=-1), 1, 2)  # (batch, heads, seqlen_q)

@@ -8,7 +8,7 @@ from pathlib import Path
 from .harness import MIN_ITERS, ROW_BUDGET_S
 from .report import console_table, write_outputs
 from .run import run_benchmark
-from .schema import CONFIGS, DTYPE_BYTES, FRAMEWORK_PROVIDERS, METHODS, PROVIDERS, Config
+from .schema import BLOCK_CONFIGS, BLOCKS, CONFIGS, DTYPE_BYTES, FRAMEWORK_PROVIDERS, METHODS, PROVIDERS, Config
 
 QUICK_WARMUP, QUICK_ITERS = 3, 10
 CUSTOM_DEFAULTS = (32, 128, 2048, 1)  # heads, head_dim, seq_len, batch of a custom configuration
@@ -26,17 +26,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Benchmark trinix RoPE and ALiBi against the original PyTorch path and peers.")
     shape = parser.add_argument_group(
         "custom configuration", "any of these runs one configuration named 'custom' instead of the "
-        "original four per method (unset ones: heads %d, head_dim %d, seq_len %d, batch %d)" % CUSTOM_DEFAULTS)
+        "original four per method, and no blocks (unset ones: heads %d, head_dim %d, seq_len %d, batch %d)"
+        % CUSTOM_DEFAULTS)
     shape.add_argument("--num_heads", type=_positive_int)
     shape.add_argument("--head_dim", type=_positive_int, help="RoPE only; even")
     shape.add_argument("--seq_len", type=_positive_int)
     shape.add_argument("--batch", type=_positive_int)
     parser.add_argument("--dtype", choices=list(DTYPE_BYTES), default="float16")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=[*METHODS, *BLOCKS], default=[*METHODS, *BLOCKS],
+                        help="the operations (rope, alibi) and whole blocks (llama_block, bloom_block: "
+                             "bfloat16, their own configurations, a CUDA GPU only); "
+                             "--methods llama_block bloom_block runs the blocks alone")
     parser.add_argument("--frameworks", nargs="+", choices=list(FRAMEWORK_PROVIDERS),
                         default=list(FRAMEWORK_PROVIDERS))
     parser.add_argument("--providers", nargs="+", choices=list(PROVIDERS), default=list(PROVIDERS),
-                        help="run only these providers (the others still get rows, with a note)")
+                        help="run only these providers of the operations (the others still get rows, "
+                             "with a note); blocks run all of theirs")
     parser.add_argument("--warmup", type=_positive_int,
                         help=f"untimed calls per row (default 10; {QUICK_WARMUP} with --quick)")
     parser.add_argument("--iters", type=_positive_int,
@@ -56,13 +61,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def selected_configs(args: argparse.Namespace) -> dict[str, list[Config]]:
-    """The configurations to run, per method."""
+    """The configurations to run, per method (the blocks' too, but not with a custom one)."""
     custom = (args.num_heads, args.head_dim, args.seq_len, args.batch)
     if any(value is not None for value in custom):
         heads, head_dim, seq_len, batch = (given or default for given, default in zip(custom, CUSTOM_DEFAULTS))
         return {method: [Config("custom", heads, seq_len, batch, head_dim if method == "rope" else None)]
-                for method in args.methods}
-    return {method: CONFIGS[method][:1] if args.quick else CONFIGS[method] for method in args.methods}
+                for method in args.methods if method in METHODS}
+    configs = {**CONFIGS, **BLOCK_CONFIGS}
+    return {method: configs[method][:1] if args.quick else configs[method] for method in args.methods}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,4 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     print(console_table(results))
     for path in write_outputs(results, configs, run_info, args.output):
         print(f"wrote {path}")
-    return 0
+    # A provider whose result failed its check is written down, and the run fails with it.
+    wrong = [r for r in results["rows"] if (r["note"] or "").startswith("wrong:")]
+    for r in wrong:
+        print(f"{r['method']} {r['config']} {r['op']} {r['provider']}: {r['note']}", file=sys.stderr)
+    return 1 if wrong else 0

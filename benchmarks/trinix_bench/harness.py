@@ -16,7 +16,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 FLUSH_BYTES = 256 * 2**20  # larger than any L2 cache
-ROW_BUDGET_S = 2.0  # timed iterations of one row are cut to fit this, but never below MIN_ITERS
+ROW_BUDGET_S = 2.0  # timed iterations of one row are cut to fit this (by default), but never below MIN_ITERS
 MIN_ITERS = 10
 # A burst of JAX calls lasts about this long (and at least one call): its first dispatch and
 # its last wait, which no other call overlaps, are then a small part of it.
@@ -44,9 +44,9 @@ class Run(NamedTuple):
 class Harness:
     """Times a call and reads its memory, the same way for every provider."""
 
-    def __init__(self, device: torch.device, warmup: int, iters: int):
+    def __init__(self, device: torch.device, warmup: int, iters: int, row_budget_s: float = ROW_BUDGET_S):
         self.cuda = device.type == "cuda"
-        self.warmup, self.iters = warmup, iters
+        self.warmup, self.iters, self.row_budget_s = warmup, iters, row_budget_s
         self.flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device=device) if self.cuda else None
 
     def _torch_gpu_ms(self, run: Run, iters: int) -> list[float]:
@@ -106,9 +106,9 @@ class Harness:
         return statistics.median(timed(run, self._iters(estimate)))
 
     def _iters(self, estimate_ms: float) -> int:
-        """Timed calls of a row: `iters`, fewer where they would take over ROW_BUDGET_S."""
+        """Timed calls of a row: `iters`, fewer where they would take over `row_budget_s`."""
         estimate_ms = max(estimate_ms, 1e-6)
-        return max(min(self.iters, MIN_ITERS), min(self.iters, int(ROW_BUDGET_S * 1e3 / estimate_ms)))
+        return max(min(self.iters, MIN_ITERS), min(self.iters, int(self.row_budget_s * 1e3 / estimate_ms)))
 
     def peak_mb(self, framework: str, call: Call, run: Run) -> float | None:
         """Memory one call needs beyond its inputs (its outputs and temporaries), in MB.
@@ -142,6 +142,16 @@ def copy_gbps(harness: Harness, device: torch.device) -> float:
     source = torch.ones(nbytes, dtype=torch.uint8, device=device)
     target = torch.empty_like(source)
     return 2 * nbytes / harness.median_ms("torch", runnable("torch", Call(target.copy_, (source,)))) / 1e6
+
+
+def failure_note(error: Exception) -> str:
+    """A row's note for a call that raised: "does not fit: ..." when the device ran out of memory
+    (torch's error, or XLA's RESOURCE_EXHAUSTED), else "failed: ..."."""
+    text = str(error).strip()
+    message = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+    if isinstance(error, torch.OutOfMemoryError) or "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
+        return f"does not fit: out of memory ({message})"[:240]
+    return f"failed: {message}"[:240]
 
 
 def release_memory() -> None:

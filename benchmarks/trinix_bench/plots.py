@@ -11,6 +11,8 @@ PLOTS = ("embeddings_time.png", "embeddings_speedup.png")
 def write_plots(results: dict, configs: dict, output: Path) -> tuple[list[Path], str | None]:
     """Time against roofline, and speedup over PyTorch: a panel per (method, op), a bar per
     provider and configuration. Returns (the files written, None) or ([], why none)."""
+    if not configs:
+        return [], "this run measured no operation"
     try:
         import matplotlib
     except ImportError:

@@ -5,10 +5,10 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
-from .analysis import Rows, fmt_ms
+from .analysis import Rows, fmt_amount, fmt_ms
 from .markdown import render_markdown
 from .plots import write_plots
-from .schema import KERNEL_PROVIDERS, PROVIDERS, on_gpu, validate_results
+from .schema import BLOCKS, KERNEL_PROVIDERS, PROVIDERS, on_gpu, operation_configs, validate_results
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
 
@@ -38,7 +38,7 @@ def write_outputs(results: dict, configs: dict, run_info: dict, output: Path | N
     files = layout(output, on_gpu(results["meta"]))
     files.json.parent.mkdir(parents=True, exist_ok=True)
     files.json.write_text(json.dumps(results, indent=1) + "\n")
-    plots, plot_note = write_plots(results, configs, files.folder)
+    plots, plot_note = write_plots(results, operation_configs(configs), files.folder)
     report = files.folder / "EMBEDDINGS.md"
     json_link = files.json.relative_to(files.folder).as_posix()
     report.write_text(render_markdown(results, configs, run_info, plot_note, json_link))
@@ -47,9 +47,9 @@ def write_outputs(results: dict, configs: dict, run_info: dict, output: Path | N
 
 def console_table(results: dict) -> str:
     """The rows as text: a line per (method, config, op), the roofline and each provider's
-    median time in ms, and what "—" and a CPU run mean."""
+    median time in ms, and what "—" and a CPU run mean; then a line per block row."""
     rows = Rows(results)
-    keys = dict.fromkeys((r["method"], r["config"], r["op"]) for r in results["rows"])
+    keys = dict.fromkeys((r["method"], r["config"], r["op"]) for r in results["rows"] if r["method"] not in BLOCKS)
     header = ["method", "config", "op", "roofline ms", *(f"{p} ms" for p in PROVIDERS)]
     lines = [[method, config, op, fmt_ms(rows.roofline(method, config, op)),
               *(fmt_ms(rows.ms(method, config, op, p)) for p in PROVIDERS)] for method, config, op in keys]
@@ -60,11 +60,17 @@ def console_table(results: dict) -> str:
 
     framework = [p for p in PROVIDERS if p not in KERNEL_PROVIDERS]
     out = [f"Device: {rows.meta['gpu']}. Median ms per call; roofline ms: the op's bytes at this run's "
-           f"copy bandwidth, {rows.meta['copy_gbps']:,.1f} GB/s",
-           text(header), *map(text, lines),
-           "—: not run here (no GPU, provider not installed or not selected, does not fit, or failed; "
-           "each row's note in latest.json says which)"]
-    if not on_gpu(rows.meta):
-        out.append(f"CPU run: only the framework paths ({', '.join(framework)}) are timed; kernel numbers "
-                   f"({', '.join(KERNEL_PROVIDERS)}) come from a GPU run (benchmarks/EMBEDDINGS.md).")
+           f"copy bandwidth, {rows.meta['copy_gbps']:,.1f} GB/s"]
+    if lines:
+        out += [text(header), *map(text, lines),
+                "—: not run here (no GPU, provider not installed or not selected, does not fit, or failed; "
+                "each row's note in latest.json says which)"]
+        if not on_gpu(rows.meta):
+            out.append(f"CPU run: only the framework paths ({', '.join(framework)}) are timed; kernel numbers "
+                       f"({', '.join(KERNEL_PROVIDERS)}) come from a GPU run (benchmarks/EMBEDDINGS.md).")
+    blocks = [r for r in results["rows"] if r["method"] in BLOCKS]
+    if blocks:
+        out.append("Blocks: ms and peak MB per call, or why not timed")
+        out += [f"  {r['method']}  {r['config']}  {r['op']}  {r['provider']}  "
+                + (f"{fmt_ms(r['ms'])} ms  {fmt_amount(r['peak_mb'])} MB" if r["ms"] else r["note"]) for r in blocks]
     return "\n".join(out)

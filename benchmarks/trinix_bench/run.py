@@ -15,13 +15,14 @@ import platform
 
 import torch
 
-from .harness import Harness, copy_gbps, release_memory, runnable
+from .blocks import block_harness, block_rows
+from .harness import Harness, copy_gbps, failure_note, release_memory, runnable
 from .jax_providers import JaxInputs, OriginalJax, TrinixJax
 from .progress import Progress
-from .providers import Inputs, Provider, Unavailable
+from .providers import NEEDS_GPU, Inputs, Provider, Unavailable
 from .roofline import free_bytes, gb, op_bytes, op_footprint
-from .schema import (FRAMEWORK_PROVIDERS, METHODS, PROVIDERS, ROPE_VARIANTS, VARIANT_CONFIG, VARIANT_PROVIDERS,
-                     Config, row, row_order, validate_results)
+from .schema import (BLOCKS, FRAMEWORK_PROVIDERS, METHODS, ROPE_VARIANTS, VARIANT_CONFIG, VARIANT_PROVIDERS, Config,
+                     operation_configs, ops_of, providers_of, row, row_order, validate_results)
 from .torch_providers import CompiledTorch, Liger, OriginalTorch, TorchInputs, TrinixTorch
 from .variants import variant_rows
 
@@ -47,8 +48,7 @@ def measure(harness: Harness, provider: Provider, method: str, config: Config, o
         peak = harness.peak_mb(provider.framework, call, run)
     except Exception as error:  # a provider that fails is a row with its error, not a crash
         release_memory()
-        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        return None, None, None, f"failed: {type(error).__name__}: {message}"[:240]
+        return None, None, None, failure_note(error)
     return ms, burst_ms, peak, provider.notes.get(f"{method}_{op}")
 
 
@@ -68,21 +68,24 @@ def _inputs(framework: str, config: Config, dtype: str, device: torch.device) ->
 def run_benchmark(args: argparse.Namespace, configs: dict[str, list[Config]]) -> dict:
     """Measure every row of `configs` (method -> configurations) as `args` (cli) asks; returns
     the results (latest.json's content). Every torch row runs before the JAX rows, so each
-    framework has the device to itself."""
+    framework has the device to itself; in each, the blocks come last."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     harness = Harness(device, args.warmup, args.iters)
     bandwidth = copy_gbps(harness, device)
     release_memory()
+    operations = operation_configs(configs)
+    blocks = {m: cs for m, cs in configs.items() if m in BLOCKS}
+    blocks_harness = block_harness(device, args.warmup, args.iters) if blocks else None
     # The variants run beside the original configurations, not with --quick or a custom one.
-    variant_base = next((c for c in configs.get("rope", []) if c.name == VARIANT_CONFIG), None)
+    variant_base = next((c for c in operations.get("rope", []) if c.name == VARIANT_CONFIG), None)
     if "torch" not in args.frameworks:
         variant_base = None
-    progress = Progress(sum(len(METHODS[m]["ops"]) * len(cs) for m, cs in configs.items()) * len(PROVIDERS)
+    progress = Progress(sum(len(ops_of(m)) * len(cs) * len(providers_of(m)) for m, cs in configs.items())
                         + (len(ROPE_VARIANTS) * len(VARIANT_PROVIDERS) if variant_base else 0))
     rows = []
     for framework, names in FRAMEWORK_PROVIDERS.items():
         framework_note = _framework_note(framework, args.frameworks)
-        for method, method_configs in configs.items():
+        for method, method_configs in operations.items():
             for config in method_configs:
                 x = None if framework_note else _inputs(framework, config, args.dtype, device)
                 for name in names:
@@ -98,6 +101,11 @@ def run_benchmark(args: argparse.Namespace, configs: dict[str, list[Config]]) ->
                 release_memory()
         if framework == "torch" and variant_base:
             rows += variant_rows(harness, bandwidth, variant_base, args.providers, progress)
+        # Blocks at their sizes would take hours on a CPU: a GPU only.
+        block_note = framework_note or (None if harness.cuda else NEEDS_GPU)
+        for method, method_configs in blocks.items():
+            for config in method_configs:
+                rows += block_rows(blocks_harness, method, config, framework, progress=progress, note=block_note)
     progress.close()
     results = {"meta": {"gpu": _device_name(), "dtype": args.dtype,
                         "date": datetime.date.today().isoformat(), "copy_gbps": round(bandwidth, 1),

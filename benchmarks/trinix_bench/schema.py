@@ -3,12 +3,15 @@
 latest.json:
     {"meta": {"gpu": str, "dtype": str, "date": "YYYY-MM-DD", "copy_gbps": float,
               "versions": {name: version}},
-     "rows": [{"method": "rope"|"alibi", "config": str, "op": str, "provider": str,
-               "ms": float|null, "burst_ms": float|null, "roofline_ms": float|null,
+     "rows": [{"method": "rope"|"alibi"|"llama_block"|"bloom_block", "config": str, "op": str,
+               "provider": str, "ms": float|null, "burst_ms": float|null, "roofline_ms": float|null,
                "peak_mb": float|null, "note": str|null}]}
 
 Rows of method "rope" and config "<VARIANT_CONFIG>-<variant>" (op "apply") are the RoPE variants
 (ROPE_VARIANTS), each changing one thing of that configuration.
+
+Rows of methods "llama_block" and "bloom_block" time whole blocks (BLOCKS), ops "fwd" and
+"fwd_bwd", providers of their own; their roofline_ms and burst_ms are null.
 
 burst_ms: on a GPU, the Triton (torch) row timed as the JAX rows are, for comparing the two
 frameworks by one method; null elsewhere. A row with ms null says why in its note.
@@ -78,6 +81,57 @@ ROPE_VARIANTS = {
 }
 VARIANT_PROVIDERS = ("pytorch", "torch_compile", "liger", "triton")
 
+# Whole blocks, what a model gains: each in bfloat16 (whatever --dtype says), forward and
+# forward + backward. Providers: name -> (framework, what it runs); `baseline`: the provider
+# each framework's providers are compared with.
+BLOCK_DTYPE = "bfloat16"
+BLOCK_OPS = {"fwd": "Forward", "fwd_bwd": "Forward + backward"}
+BLOCK_CONFIGS = {
+    "llama_block": [Config("s8192b1", 32, 8192, 1, 128), Config("s2048b8", 32, 2048, 8, 128)],
+    "bloom_block": [Config("s2048b1", 32, 2048, 1, 128), Config("s8192b1", 32, 8192, 1, 128)],
+}
+BLOCKS = {
+    "llama_block": {
+        "title": "Llama-style block (RoPE)",
+        "what": "x (batch, seq, 4096) -> q, k, v projections (32 q heads, 8 kv heads, head_dim 128) -> "
+                "RoPE (positions 0..seq-1, base 500000) -> causal attention (SDPA; in JAX "
+                "jax.nn.dot_product_attention, cuDNN where available) -> output projection",
+        "providers": {"eager": ("torch", "PyTorch eager, transformers' rotation"),
+                      "eager_trinix": ("torch", "PyTorch eager, trinix"),
+                      "compile": ("torch", "torch.compile, transformers' rotation"),
+                      "compile_trinix": ("torch", "torch.compile, trinix"),
+                      "jax": ("jax", "JAX jit, jnp rotation"),
+                      "jax_trinix": ("jax", "JAX jit, trinix")},
+        "baseline": {"torch": "compile", "jax": "jax"},
+    },
+    "bloom_block": {
+        "title": "BLOOM-style block (ALiBi)",
+        "what": "x (batch, seq, 4096) -> fused qkv projection (32 heads, head_dim 128) -> causal "
+                "attention with ALiBi -> dense projection",
+        "providers": {"eager": ("torch", "transformers' BLOOM attention (baddbmm onto the ALiBi tensor)"),
+                      "flex": ("torch", "FlexAttention (compiled), ALiBi score_mod, causal block mask"),
+                      "sdpa_bias": ("torch", "SDPA with a materialized ALiBi + causal bias"),
+                      "trinix": ("torch", "trinix attention"),
+                      "jax_cudnn_bias": ("jax", "jax.nn.dot_product_attention with a materialized bias"),
+                      "jax_trinix": ("jax", "trinix attention in JAX")},
+        "baseline": {"torch": "eager", "jax": "jax_cudnn_bias"},
+    },
+}
+
+
+def operation_configs(configs: dict[str, list[Config]]) -> dict[str, list[Config]]:
+    """The configurations of the operations (METHODS) among `configs`, without the blocks' (nor a
+    method without any)."""
+    return {method: cs for method, cs in configs.items() if method in METHODS and cs}
+
+
+def ops_of(method: str) -> list[str]:
+    return METHODS[method]["ops"] if method in METHODS else list(BLOCK_OPS)
+
+
+def providers_of(method: str) -> list[str]:
+    return list(PROVIDERS) if method in METHODS else list(BLOCKS[method]["providers"])
+
 
 def variant_config(variant: str, base: str = VARIANT_CONFIG) -> str:
     """The rows' config name of a RoPE variant of configuration `base`."""
@@ -107,11 +161,12 @@ def row_order(configs: dict[str, list[Config]]):
     after = len(config_index)
     for i, variant in enumerate(ROPE_VARIANTS):
         config_index["rope", variant_config(variant)] = after + i
-    methods, providers = list(METHODS), list(PROVIDERS)
+    methods = [*METHODS, *BLOCKS]
 
     def key(row):
-        return (methods.index(row["method"]), config_index[row["method"], row["config"]],
-                METHODS[row["method"]]["ops"].index(row["op"]), providers.index(row["provider"]))
+        method = row["method"]
+        return (methods.index(method), config_index[method, row["config"]], ops_of(method).index(row["op"]),
+                providers_of(method).index(row["provider"]))
 
     return key
 
@@ -146,12 +201,13 @@ def validate_results(results: dict) -> None:
     seen = set()
     for i, row in enumerate(results["rows"]):
         _check_keys(f"rows[{i}]", row, _ROW_TYPES)
-        if row["method"] not in METHODS:
-            raise ValueError(f"rows[{i}].method must be one of {list(METHODS)}, got {row['method']!r}")
-        if row["op"] not in METHODS[row["method"]]["ops"]:
-            raise ValueError(f"rows[{i}].op {row['op']!r} is not an op of {row['method']}")
-        if row["provider"] not in PROVIDERS:
-            raise ValueError(f"rows[{i}].provider must be one of {list(PROVIDERS)}, got {row['provider']!r}")
+        method = row["method"]
+        if method not in METHODS and method not in BLOCKS:
+            raise ValueError(f"rows[{i}].method must be one of {[*METHODS, *BLOCKS]}, got {method!r}")
+        if row["op"] not in ops_of(method):
+            raise ValueError(f"rows[{i}].op {row['op']!r} is not an op of {method}")
+        if row["provider"] not in providers_of(method):
+            raise ValueError(f"rows[{i}].provider must be one of {providers_of(method)}, got {row['provider']!r}")
         if row["ms"] is None and not row["note"]:
             raise ValueError(f"rows[{i}] has ms null and no note saying why")
         key = (row["method"], row["config"], row["op"], row["provider"])

@@ -1,14 +1,61 @@
-"""EMBEDDINGS.md's sections of measurements: summary, a section per method and configuration,
-the RoPE variants, insights, guidelines, scaling and memory, each made from the rows."""
+"""EMBEDDINGS.md's sections of measurements: what a model gains (the blocks), summary, a section
+per method and configuration, the RoPE variants, insights, guidelines, scaling and memory, each
+made from the rows."""
 
+from . import blocks
 from .analysis import (Rows, crossover, dims, fastest, fastest_peer, fmt_amount, fmt_ms, fmt_x, geomean, label,
                        row_label, speedups, table, why_not)
 from .plots import PLOTS
-from .schema import METHODS, PROVIDERS, ROPE_VARIANTS, VARIANT_CONFIG, variant_config
+from .schema import (BLOCK_CONFIGS, BLOCK_DTYPE, BLOCK_OPS, BLOCKS, METHODS, PROVIDERS, ROPE_VARIANTS, VARIANT_CONFIG,
+                     variant_config)
 
 _TITLES = {("rope", "large"): "Large Configuration (LLaMA 3 70B)", "xl": "XL Configuration (Long Context)"}
 _USE_CASES = {"small": "Small Models", "medium": "Training, 2k context", "large": "Large models, 8k context",
               "xl": "Long Context"}
+
+
+def blocks_section(rows: Rows) -> str | None:
+    """What a model gains: per block, configuration and op, each provider's time, its speedup over
+    its framework's baseline and its peak memory; None if the rows have no block."""
+    present = [(m, c) for m, c, _, _ in rows.by_key if m in BLOCKS]
+    if not present:
+        return None
+    lines = ["## What a model gains", "",
+             f"Whole transformer blocks in {BLOCK_DTYPE}, forward and forward + backward (the gradients of "
+             "x and of every weight), timed by the harness of the operations below (L2 flushed before each "
+             f"torch call, bursts for JAX): the median of up to {blocks.ITERS} calls after {blocks.WARMUP} "
+             "warm-up calls, compilation included. Before it is timed, every block is checked against its "
+             "framework's plain block computed in float32 (output and gradients: relative error, norm of the "
+             f"difference / norm, at most {blocks.TOLERANCE[BLOCK_DTYPE]:g}); a block that fails the check "
+             "is not timed. Peak memory: what one call needs beyond its inputs (torch: the CUDA allocator's "
+             "peak above what was allocated before the call; JAX: the outputs and temporaries of the "
+             "compiled program, by XLA's memory analysis, since the device's peak statistic cannot be reset "
+             "between calls). trinix runs with backend=\"auto\"; each trinix row's note says what it chose."]
+    for method, spec in BLOCKS.items():
+        names = list(dict.fromkeys(c for m, c in present if m == method))
+        if not names:
+            continue
+        shapes = {c.name: f"seq {c.seq_len}, batch {c.batch}" for c in BLOCK_CONFIGS[method]}
+        baselines = ", ".join(f"{spec['providers'][b][1]} for {framework}" for framework, b in spec["baseline"].items())
+        lines += ["", f"### {spec['title']}", "", spec["what"] + ".", "",
+                  f"Speedup: the baseline's time / the provider's (baselines: {baselines}).", ""]
+        table_rows, notes = [], {}
+        for config in names:
+            for op in BLOCK_OPS:
+                for provider, (framework, what) in spec["providers"].items():
+                    ms = rows.ms(method, config, op, provider)
+                    base = rows.ms(method, config, op, spec["baseline"][framework])
+                    table_rows.append([f"{config} ({shapes[config]})" if config in shapes else config, BLOCK_OPS[op],
+                                       f"{what} (`{provider}`)", fmt_ms(ms), fmt_x(base / ms if ms and base else None),
+                                       fmt_amount(rows.get(method, config, op, provider, "peak_mb"))])
+                    if text := rows.note(method, config, op, provider):
+                        notes.setdefault((provider, text), []).append(f"{config} {BLOCK_OPS[op].lower()}")
+        lines += table(["Config", "Op", "Provider", "ms", "Speedup", "Peak memory (MB)"], table_rows)
+        if notes:
+            every = len(names) * len(BLOCK_OPS)
+            lines += ["", *(f"- `{p}`, {'every row' if len(where) == every else ', '.join(where)}: {text}"
+                            for (p, text), where in notes.items())]
+    return "\n".join(lines)
 
 
 def summary(rows: Rows, configs: dict) -> str:

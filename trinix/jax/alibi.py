@@ -5,7 +5,8 @@ backend: trinix.fallback.
 Shapes, positions and bias forms: trinix.alibi.
 
 Backends: "triton" (jax-triton, GPU), "interpret" (the same kernels through Triton's
-interpreter on the CPU), "xla" (plain jax.numpy), "auto" ("triton" on a GPU, else "xla").
+interpreter on the CPU), "xla" (plain jax.numpy), "auto" (on a GPU by
+trinix.backend.AUTO: "triton" for ALiBi, eager or under jit; else "xla").
 Reverse-mode differentiation: adding ALiBi passes the scores' cotangent through unchanged; the
 fused softmax's is scale * y * (g - sum(g * y)) in jax.numpy. Slopes are constants. Under
 vmap the mapped axis joins the scores' batch (or, for a bias, the heads): one launch.
@@ -21,22 +22,37 @@ from trinix import alibi as host
 from trinix import fallback
 from trinix.alibi import AlibiSpec, BiasPlan, ScoresPlan
 from trinix.jax.launcher import JaxOps, as_arrays, float_dtype_name, launch, operand, platform_of, resolve_backend
+from trinix.jax.sharding import shard_local
 from trinix.kernels.alibi import alibi_slopes_call
 
 
+def _bias_on_shard(slopes, *, plan: BiasPlan, backend: str):
+    return launch(host.bias_call(plan, operand(slopes)), dict(slopes=slopes), backend=backend)
+
+
 def _launch_bias(slopes, *, plan: BiasPlan, backend: str):
-    return launch(host.bias_call(plan, operand(slopes)), dict(slopes=slopes), backend=backend)[0]
+    """The bias of slopes (heads,), each device computing its heads' rows."""
+    run = functools.partial(_bias_on_shard, plan=plan, backend=backend)
+    return shard_local(run, (slopes,), ("h",), ("h q k",))[0]
+
+
+def _scores_on_shard(scores, slopes, *, plan: ScoresPlan, backend: str):
+    # In place: under jit XLA reuses the scores' buffer when nothing else needs it.
+    call = host.scores_call(plan, operand(scores), operand(slopes), inplace=True)
+    return launch(call, dict(scores=scores, slopes=slopes), backend=backend)
 
 
 def _launch_scores(scores, slopes, *, plan: ScoresPlan, backend: str):
-    # In place: under jit XLA reuses the scores' buffer when nothing else needs it.
-    call = host.scores_call(plan, operand(scores), operand(slopes), inplace=True)
-    return launch(call, dict(scores=scores, slopes=slopes), backend=backend)[0]
+    """The scores op, each device on its batch and heads; slopes (batch, heads) are split with
+    both, (1, heads) or (heads,) with the heads."""
+    slopes_dims = "h" if slopes.ndim == 1 else ("b h" if slopes.shape[0] == scores.shape[0] else "one h")
+    run = functools.partial(_scores_on_shard, plan=plan, backend=backend)
+    return shard_local(run, (scores, slopes), ("b h q k", slopes_dims), ("b h q k",))[0]
 
 
 @functools.cache
 def _batchable_scores(plan: ScoresPlan, backend: str):
-    """A scores launch with a vmap rule (jax-triton and pure_callback have none we want)."""
+    """A scores launch with a vmap rule (jax-triton and the interpreter's FFI call have none we want)."""
     run = jax.custom_batching.custom_vmap(functools.partial(_launch_scores, plan=plan, backend=backend))
     run.def_vmap(functools.partial(_scores_vmap_rule, run))
     return run
@@ -107,7 +123,7 @@ def alibi_slopes(num_heads: int, *, max_bias: float = 8.0, head_offset: int = 0,
     `total_heads` heads (default num_heads), (num_heads,) float32; one kernel launch on the
     Triton backends."""
     spec = AlibiSpec.of(num_heads, max_bias=max_bias, head_offset=head_offset, total_heads=total_heads)
-    backend = resolve_backend(backend, use_triton, platform_of(None))
+    backend = resolve_backend(backend, use_triton, "alibi")
     if backend == "xla":
         return jnp.asarray(spec.slopes(), jnp.float32)
     call = alibi_slopes_call(num_heads, head_offset=head_offset, total_heads=spec.total_heads)
@@ -124,7 +140,7 @@ def alibi_bias(slopes, seq_len: int, key_len: int | None = None, *, causal: bool
     dtype = float_dtype_name(dtype)
     plan = host.plan_bias(operand(slopes), seq_len, key_len, q_offset=q_offset, causal=causal, dtype=dtype,
                           available_bytes=_available_bytes())
-    backend = resolve_backend(backend, use_triton, platform_of(slopes))
+    backend = resolve_backend(backend, use_triton, "alibi", slopes)
     slopes = jax.lax.stop_gradient(slopes)
     if backend == "xla":
         return fallback.alibi_bias(JaxOps, slopes, plan.seqlen_q, plan.seqlen_k, plan.q_offset, plan.causal,
@@ -137,7 +153,7 @@ def _run_scores(scores, slopes, *, q_offset, causal, backend, use_triton, scale=
     scores, slopes = as_arrays(scores=scores, slopes=slopes)
     plan = host.plan_scores(operand(scores), operand(slopes), q_offset=q_offset, causal=causal, scale=scale,
                             num_heads=num_heads)
-    backend = resolve_backend(backend, use_triton, platform_of(scores))
+    backend = resolve_backend(backend, use_triton, "alibi", scores)
     slopes = jax.lax.stop_gradient(slopes)
     if backend != "xla":
         return _scores_by_kernel(scores, slopes, plan, backend)
@@ -234,7 +250,7 @@ class FastALiBiPositionEmbedding(ALiBiMethods, nnx.Module):
                  max_bias: float = 8.0, head_offset: int = 0, total_heads: int | None = None):
         self.spec = AlibiSpec.of(num_heads, max_seq_len, causal, max_bias, head_offset, total_heads)
         float_dtype_name(dtype)
-        resolve_backend(backend, use_triton, "gpu")
+        resolve_backend(backend, use_triton, "alibi", platform="gpu")
         self.num_heads, self.max_seq_len, self.causal, self.dtype = num_heads, max_seq_len, causal, dtype
         self.max_bias, self.head_offset, self.total_heads = max_bias, head_offset, total_heads
         self.use_triton, self.backend = use_triton, backend

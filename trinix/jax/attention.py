@@ -8,7 +8,8 @@ q_offset + i (default seqlen_k - seqlen_q, per sequence when packed). The option
 and planned once, in trinix.attention.
 
 Backends: "triton" (jax-triton, GPU), "interpret" (the same kernels through Triton's
-interpreter on the CPU), "xla" (jax.numpy), "auto" ("triton" on a GPU, else "xla"). Under vmap
+interpreter on the CPU), "xla" (jax.numpy), "auto" (on a GPU by
+trinix.backend.AUTO: "triton", eager or under jit; else "xla"). Under vmap
 the mapped axis joins the batch (one launch); packed sequences are mapped with lax.map.
 """
 
@@ -20,28 +21,68 @@ import jax.numpy as jnp
 from trinix import attention as planner
 from trinix.attention import ARGUMENTS, INPUTS, Options
 from trinix import fallback
-from trinix.jax.launcher import JaxOps, as_arrays, launch, operand, platform_of, resolve_backend
+from trinix.jax.launcher import JaxOps, as_arrays, launch, operand, resolve_backend
+from trinix.jax.sharding import shard_local
 
 _BACKWARD_INPUTS = (*INPUTS, "o", "lse", "do")
 
 
-def _launch_fwd(*arrays, options: Options, backend: str):
+def _fwd_on_shard(*arrays, options: Options, backend: str):
     """(o, lse) of arrays in `INPUTS` order."""
     named = dict(zip(INPUTS, arrays))
     calls = planner.forward_calls(options, {name: operand(array) for name, array in named.items()})
     return planner.run_forward(calls, named, functools.partial(launch, backend=backend))
 
 
-def _launch_bwd(*arrays, options: Options, backend: str):
+def _bwd_on_shard(*arrays, options: Options, backend: str):
     """(dq, dk, dv) of arrays in `_BACKWARD_INPUTS` order."""
     named = dict(zip(_BACKWARD_INPUTS, arrays))
     calls = planner.backward_calls(options, {name: operand(array) for name, array in named.items()})
     return planner.run_backward(calls, named, functools.partial(launch, backend=backend))
 
 
+def _dims(layout: str, arrays) -> tuple[dict[str, str | None], dict]:
+    """The sharding factors of each array of `_BACKWARD_INPUTS` (see trinix.jax.sharding) and
+    the other arguments of `shard_local`: batch "b" and KV heads "h" may be split; q's heads
+    are "(h g)", g queries per KV head, and follow h (a split of g alone would give a shard
+    queries of some KV heads only); with one KV head they are g, and may be split; sequences
+    stay whole."""
+    q, k = arrays[:2]
+    heads, kv_heads = q.shape[-2 if layout != "bhsd" else 1], k.shape[-2 if layout != "bhsd" else 1]
+    # Shardy takes no factor of size 1 in a compound dim: one KV head is "one", q's heads g.
+    q_heads = "h" if heads == kv_heads else ("g" if kv_heads == 1 else "(h g)")
+    kv = "one" if kv_heads == 1 < heads else "h"
+    rows = {"bshd": "b {s} {h} d", "bhsd": "b {h} {s} d", "thd": "{s} {h} d"}[layout]
+    slopes = arrays[3]
+    dims = dict(q=rows.format(s="s", h=q_heads), k=rows.format(s="t", h=kv), v=rows.format(s="t", h=kv),
+                slopes=None if slopes is None else (q_heads if slopes.ndim == 1 else
+                                                    f"{'n' if layout == 'thd' else 'b'} {q_heads}"),
+                cu_seqlens_q="nq", cu_seqlens_k="nk", lse=f"{q_heads} s" if layout == "thd" else f"b {q_heads} s")
+    dims.update(o=dims["q"], do=dims["q"])
+    if q_heads == "(h g)":
+        return dims, dict(shardable=("b", "h"), g=heads // kv_heads)
+    return dims, dict(shardable=("b", "h", "g"))
+
+
+def _launch_fwd(*arrays, options: Options, backend: str):
+    """(o, lse), each device on its shard of batch and heads."""
+    dims, sharding = _dims(options.layout, arrays)
+    run = functools.partial(_fwd_on_shard, options=options, backend=backend)
+    return shard_local(run, arrays, [dims[name] for name in INPUTS], (dims["o"], dims["lse"]), **sharding)
+
+
+def _launch_bwd(*arrays, options: Options, backend: str):
+    """(dq, dk, dv), each device on its shard of batch and heads."""
+    dims, sharding = _dims(options.layout, arrays)
+    run = functools.partial(_bwd_on_shard, options=options, backend=backend)
+    # dk and dv sum over the query heads of their KV head: a split g (one KV head) sums shards.
+    return shard_local(run, arrays, [dims[name] for name in _BACKWARD_INPUTS], (dims["q"], dims["k"], dims["v"]),
+                       summed=("g",), **sharding)
+
+
 @functools.cache
 def _batchable(launch_kernels, options: Options, backend: str):
-    """A launch with a vmap rule (jax-triton and pure_callback have none we want)."""
+    """A launch with a vmap rule (jax-triton and the interpreter's FFI call have none we want)."""
     run = jax.custom_batching.custom_vmap(functools.partial(launch_kernels, options=options, backend=backend))
     run.def_vmap(functools.partial(_vmap_rule, run, options.varlen))
     return run
@@ -107,7 +148,7 @@ def attention(q, k, v, *, alibi=None, causal: bool = False, scale: float | None 
     causal=True the causal one -m (p_i - j) and masks the keys after each query (also without
     slopes). `scale` defaults to head_dim ** -0.5. Packed ("thd"): int32 cu_seqlens_q and
     cu_seqlens_k (n_seqs + 1,) and the longest sequences max_seqlen_q, max_seqlen_k.
-    `backend`: "auto" (Triton on a GPU, else xla), "triton", "interpret" or "xla".
+    `backend`: "auto" (on a GPU trinix.backend.AUTO's choice, Triton; else xla), "triton", "interpret" or "xla".
     Differentiable in q, k and v (slopes are constants); works under jit, grad and vmap.
     """
     arrays = as_arrays(**dict(zip(ARGUMENTS, (q, k, v, planner.slopes_of(alibi), cu_seqlens_q, cu_seqlens_k))))
@@ -116,7 +157,7 @@ def attention(q, k, v, *, alibi=None, causal: bool = False, scale: float | None 
     options = planner.plan({name: operand(array) for name, array in zip(INPUTS, arrays)}, causal=causal,
                            scale=scale, q_offset=q_offset, layout=layout, max_seqlen_q=max_seqlen_q,
                            max_seqlen_k=max_seqlen_k)
-    backend = resolve_backend(backend, True, platform_of(arrays[0]))
+    backend = resolve_backend(backend, True, "attention", arrays[0])
     if backend == "xla":
         return fallback.attention(JaxOps, *arrays, options)
     return _attention(*arrays, options, backend)

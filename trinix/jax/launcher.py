@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from trinix import backend as backend_rule
+from trinix.jax import host_call
 from trinix.kernels.call import KernelCall, Operand, row_major_strides
 from trinix.rope import FLOAT_DTYPES
 
@@ -68,9 +69,14 @@ def platform_of(x: jax.Array | None) -> str:
     return jax.default_backend()
 
 
-def resolve_backend(backend: str, use_triton: bool, platform: str) -> str:
-    """The backend a call on arrays on `platform` runs on: "triton", "interpret" or "xla"."""
-    backend = backend_rule.resolve_backend(backend, use_triton, fallback="xla",
+def resolve_backend(backend: str, use_triton: bool, op: str, x: jax.Array | None = None, *,
+                    platform: str | None = None) -> str:
+    """The backend a call of `op` ("rope", "alibi", "attention") on `x` runs on: "triton",
+    "interpret" or "xla"; "auto" by trinix.backend.AUTO, in the context "jit" when x is traced,
+    else "eager". platform: where the call runs, default x's (see platform_of)."""
+    platform = platform or platform_of(x)
+    context = "jit" if isinstance(x, jax.core.Tracer) else "eager"
+    backend = backend_rule.resolve_backend(backend, use_triton, framework="jax", context=context, op=op,
                                            on_gpu=platform in _GPU_PLATFORMS, where=platform)
     if backend == "interpret" and importlib.util.find_spec("torch") is None:
         raise ImportError("backend='interpret' runs Triton's interpreter, which needs torch "
@@ -90,7 +96,7 @@ class JaxOps:
     where, floor, cos, sin, abs = jnp.where, jnp.floor, jnp.cos, jnp.sin, jnp.abs
     clip, maximum, stack, concatenate = jnp.clip, jnp.maximum, jnp.stack, jnp.concatenate
     broadcast_to, searchsorted, repeat, expand_dims = jnp.broadcast_to, jnp.searchsorted, jnp.repeat, jnp.expand_dims
-    softmax = staticmethod(jax.nn.softmax)
+    softmax, logsumexp = staticmethod(jax.nn.softmax), staticmethod(jax.nn.logsumexp)
     swapaxes = jnp.swapaxes
     # float32 products in full precision: on a GPU XLA's default multiplies in TF32.
     einsum = staticmethod(functools.partial(jnp.einsum, precision=jax.lax.Precision.HIGHEST))
@@ -170,6 +176,10 @@ def _launch_triton(call: KernelCall, inputs: list[jax.Array]) -> tuple[jax.Array
 
 
 def _launch_interpreted(call: KernelCall, inputs: list[jax.Array]) -> tuple[jax.Array, ...]:
+    """On the CPU an FFI target (trinix.jax.host_call), which also runs inside a sharded
+    computation's per-shard module; beside a GPU a host callback, which copies to the host."""
+    if platform_of(None) == "cpu":
+        return host_call.interpret(call, inputs)
     out_types = [jax.ShapeDtypeStruct(out.shape, out.dtype) for out in call.outputs]
 
     def run_on_host(*buffers: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -37,7 +37,7 @@ class FastRoPEPositionEmbedding(RoPEMethods, nn.Module):
 
     def __post_init__(self):
         _ = self.spec  # made now, so that a bad field is refused at construction
-        resolve_backend(self.backend, self.use_triton, "gpu")
+        resolve_backend(self.backend, self.use_triton, "rope", platform="gpu")
         super().__post_init__()
 
     @functools.cached_property
@@ -68,7 +68,7 @@ class FastALiBiPositionEmbedding(ALiBiMethods, nn.Module):
     def __post_init__(self):
         _ = self.spec  # made now, so that a bad field is refused at construction
         float_dtype_name(self.dtype)
-        resolve_backend(self.backend, self.use_triton, "gpu")
+        resolve_backend(self.backend, self.use_triton, "alibi", platform="gpu")
         super().__post_init__()
 
     @functools.cached_property

@@ -5,7 +5,8 @@ backend: trinix.fallback.
 Shapes and pair orders: trinix.rope.
 
 Backends: "triton" (the kernel through jax-triton, GPU), "interpret" (the same kernel through
-Triton's interpreter on the CPU), "xla" (plain jax.numpy), "auto" ("triton" on a GPU, else
+Triton's interpreter on the CPU), "xla" (plain jax.numpy), "auto" (on a GPU by
+trinix.backend.AUTO: "triton" eager, "xla" under jit, where XLA fuses its own rotation; else
 "xla"). Differentiation is reverse mode only: the kernel's backward is the same kernel with the
 rotation conjugated. cos and sin are constants to differentiation on every backend (their
 cotangent is zero), as in the PyTorch binding.
@@ -24,8 +25,9 @@ from flax import nnx
 
 from trinix import fallback
 from trinix import rope as host
-from trinix.jax.launcher import (JaxOps, as_arrays, dtype_name, float_dtype_name, launch, operand, platform_of, read,
+from trinix.jax.launcher import (JaxOps, as_arrays, dtype_name, float_dtype_name, launch, operand, read,
                                  resolve_backend)
+from trinix.jax.sharding import shard_local
 from trinix.kernels.rope import rope_table_call
 from trinix.rope import Rotation, RopeSpec
 from trinix.rope_scaling import RopeConfig
@@ -40,14 +42,45 @@ class _Launch(NamedTuple):
     conjugate: bool = False
 
 
-def _launch_rotation(*arrays, launch_: _Launch):
+def _rotation_on_shard(*arrays, launch_: _Launch, start=None):
+    """The kernel's rotation of one shard; `start`: the first position of a sequence shard,
+    added to the positions unless position ids (split with the sequence) give them."""
+    q, k, cos, sin, frequencies, positions, offsets, cu_seqlens = arrays
+    if start is not None and positions is None:
+        offsets = (jnp.zeros((1,), jnp.int32) if offsets is None else offsets) + start.astype(jnp.int32)
+    arrays = (q, k, cos, sin, frequencies, positions, offsets, cu_seqlens)
     call = host.rotation_call(launch_.rotation, tuple(map(operand, arrays)), launch_.conjugate)
     return launch(call, host.rotation_inputs(*arrays), backend=launch_.backend)
 
 
+def _rotation_dims(layout: str, arrays) -> list[str | None]:
+    """The sharding factors of each input of a rotation (see trinix.jax.sharding): batch "b",
+    sequence "s" and the heads of q "h" and of k "kh" may be split; packed tokens "t", their
+    sequences "n" and table rows stay whole. Inputs of one row ("one") serve every batch."""
+    q, k, cos, sin, frequencies, positions, offsets, cu_seqlens = arrays
+    tokens = {"bshd": "b s {} d", "bhsd": "b {} s d", "thd": "t {} d"}[layout]
+
+    def rows(x):
+        if x.shape[0] == 1:
+            return "one"
+        return "n" if layout == "thd" else "b"
+
+    table = None if cos is None else ("r c" if cos.ndim == 2 else f"{rows(cos)} r c")
+    return [tokens.format("h"), tokens.format("kh"), table, table, None if frequencies is None else "three f",
+            None if positions is None else ("t" if layout == "thd" else f"{rows(positions)} s"),
+            None if offsets is None else rows(offsets), None if cu_seqlens is None else "seqs"]
+
+
+def _launch_rotation(*arrays, launch_: _Launch):
+    """The rotation, each device on its shard of batch, sequence and heads."""
+    dims = _rotation_dims(launch_.rotation.layout, arrays)
+    run = functools.partial(_rotation_on_shard, launch_=launch_)
+    return shard_local(run, arrays, dims, dims[:2], shardable=("b", "h", "kh"), sequence="s")
+
+
 @functools.cache
 def _batchable_rotation(launch_: _Launch):
-    """The kernel launch with a vmap rule (jax-triton and pure_callback have none we want)."""
+    """The kernel launch with a vmap rule (jax-triton and the interpreter's FFI call have none we want)."""
     rotate = jax.custom_batching.custom_vmap(functools.partial(_launch_rotation, launch_=launch_))
     rotate.def_vmap(functools.partial(_rotation_vmap_rule, rotate, launch_.rotation.layout))
     return rotate
@@ -128,7 +161,7 @@ def _rotate(q, k, *, cos=None, sin=None, frequencies=None, position_ids=None, of
     arrays = (q, k, cos, sin, frequencies, position_ids, offsets, cu_seqlens)
     rotation = host.plan_rotation(arrays, tuple(map(operand, arrays)), offset=offset, layout=layout,
                                   interleaved=interleaved, max_seqlen=max_seqlen, read=read)
-    backend = resolve_backend(backend, use_triton, platform_of(q))
+    backend = resolve_backend(backend, use_triton, "rope", q)
     if backend == "xla":
         return fallback.rope_rotate(JaxOps, q, k, cos=cos, sin=sin, frequencies=frequencies,
                                     position_ids=position_ids, offsets=offsets, cu_seqlens=cu_seqlens,
@@ -185,7 +218,7 @@ def rope_cos_sin(inv_freq, seq_len: int, *, offset: int = 0, dtype=jnp.float32,
     host.check_offset(offset)
     frequencies = _frequencies(inv_freq, attention_factor)
     dtype = jnp.dtype(float_dtype_name(dtype))
-    backend = resolve_backend(backend, use_triton, platform_of(None))
+    backend = resolve_backend(backend, use_triton, "rope")
     if backend == "xla":
         return fallback.rope_table(JaxOps, frequencies, seq_len, offset, dtype, interleaved)
     call = rope_table_call(seq_len, 2 * frequencies.shape[1], dtype_name(dtype), position_offset=offset,
@@ -281,7 +314,7 @@ class FastRoPEPositionEmbedding(RoPEMethods, nnx.Module):
                  use_triton: bool = True, *, backend: str = "auto", layout: str = "bshd",
                  interleaved: bool = False, rope_config: RopeConfig | None = None):
         self.spec = RopeSpec.of(dim, max_position_embeddings, base, rope_config, layout, interleaved)
-        resolve_backend(backend, use_triton, "gpu")
+        resolve_backend(backend, use_triton, "rope", platform="gpu")
         self.dim, self.max_position_embeddings, self.base = dim, max_position_embeddings, base
         self.use_triton, self.backend = use_triton, backend
         self.layout, self.interleaved, self.rope_config = layout, interleaved, rope_config

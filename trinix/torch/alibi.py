@@ -151,7 +151,7 @@ def alibi_slopes(num_heads: int, *, max_bias: float = 8.0, head_offset: int = 0,
     Triton backends."""
     spec = AlibiSpec.of(num_heads, max_bias=max_bias, head_offset=head_offset, total_heads=total_heads)
     device = torch.device(device) if device is not None else torch.get_default_device()
-    backend = resolve_backend(backend, use_triton, device)
+    backend = resolve_backend(backend, use_triton, device, "alibi")
     if backend == "torch":
         return torch.from_numpy(spec.slopes()).to(device=device, dtype=torch.float32)
     max_bias = torch.full((1,), float(max_bias), dtype=torch.float32, device=device)
@@ -175,7 +175,7 @@ def alibi_bias(slopes: Tensor, seq_len: int, key_len: int | None = None, *, caus
                           dtype=dtype_name(dtype), available_bytes=None if compiling else
                           _device_memory_bytes(slopes.device))
     _check_constant(slopes)
-    backend = resolve_backend(backend, use_triton, slopes.device)
+    backend = resolve_backend(backend, use_triton, slopes.device, "alibi")
     (slopes,), placed = sharding.place(("slopes",), (slopes,), sharding.bias_axes)
     try:
         if backend == "torch":
@@ -225,7 +225,7 @@ def alibi_softmax(scores: Tensor, slopes: Tensor, *, scale: float = 1.0, causal:
 
 
 def _run_scores(scores, slopes, plan: ScoresPlan, backend, use_triton, inplace):
-    backend = resolve_backend(backend, use_triton, scores.device)
+    backend = resolve_backend(backend, use_triton, scores.device, "alibi")
     arrays, placed = sharding.place(("scores", "slopes"), (scores, slopes.to(scores.device)), sharding.scores_axes)
     if backend != "torch":
         return _AlibiScores.apply(*arrays, plan, backend == "interpret", inplace)
@@ -251,8 +251,9 @@ class FastALiBiPositionEmbedding(torch.nn.Module):
 
     Args: those of `trinix.alibi.AlibiSpec.of` (the module's `spec`), and
         use_triton: False runs plain torch ops (the "torch" backend).
-        backend: "auto" (Triton for CUDA tensors, torch ops otherwise), "triton", "interpret"
-            (the Triton kernels on the CPU through Triton's interpreter) or "torch".
+        backend: "auto" (for CUDA tensors trinix.backend.AUTO's choice, Triton; torch ops
+            otherwise), "triton", "interpret" (the Triton kernels on the CPU through Triton's
+            interpreter) or "torch".
         dtype: dtype of the bias `forward` returns (float32; float16/bfloat16 lose the
             difference between neighbouring keys at long context).
         device: where the slopes (and so the biases) live; moves with the module.
@@ -266,7 +267,7 @@ class FastALiBiPositionEmbedding(torch.nn.Module):
                  device=None):
         super().__init__()
         self.spec = AlibiSpec.of(num_heads, max_seq_len, causal, max_bias, head_offset, total_heads)
-        resolve_backend(backend, use_triton, torch.device("cuda"))
+        resolve_backend(backend, use_triton, torch.device("cuda"), "alibi")
         _check_dtype(dtype)
         self.use_triton, self.backend, self.dtype = use_triton, backend, dtype
         self.register_buffer("slopes", self._slopes(device), persistent=False)

@@ -111,12 +111,12 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, alibi=None, causal: bool = Fal
     causal=True the causal one -m (p_i - j) and masks the keys after each query (also without
     slopes). `scale` defaults to head_dim ** -0.5. Packed ("thd"): int32 cu_seqlens_q and
     cu_seqlens_k (n_seqs + 1,) and the longest sequences max_seqlen_q, max_seqlen_k.
-    `backend`: "auto" (Triton on CUDA, else torch), "triton", "interpret" or "torch".
+    `backend`: "auto" (on CUDA trinix.backend.AUTO's choice, Triton; else torch), "triton", "interpret" or "torch".
     Gradients flow to q, k and v; slopes are constants.
     """
     arrays, options = planned(q, k, v, alibi, cu_seqlens_q, cu_seqlens_k, causal=causal, scale=scale,
                               q_offset=q_offset, layout=layout, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k)
-    backend = resolve_backend(backend, True, q.device)
+    backend = resolve_backend(backend, True, q.device, "attention")
     arrays, placed = sharding.place(ARGUMENTS, tuple(arrays.values()), sharding.attention_axes, layout,
                                     hint="; over the sequence, use context_parallel_attention")
     if backend == "torch":

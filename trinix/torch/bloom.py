@@ -24,7 +24,7 @@ def use_trinix_attention(model: torch.nn.Module, *, backend: str = "auto") -> to
     output_attentions have no trinix counterpart and are refused too."""
     from transformers.models.bloom.modeling_bloom import BloomAttention
 
-    resolve_backend(backend, True, torch.device("cuda"))
+    resolve_backend(backend, True, torch.device("cuda"), "attention")
     layers = [module for module in model.modules() if isinstance(module, BloomAttention)]
     if not layers:
         raise ValueError(f"model ({type(model).__name__}) has no BloomAttention layer")

@@ -20,7 +20,7 @@ from torch import Tensor
 from trinix import attention as planner
 from trinix import fallback
 from trinix.attention import ARGUMENTS, INPUTS, SEQ_AXIS, Options
-from trinix.rope import split_bshd
+from trinix.rope import check_int, split_bshd
 from trinix.torch.attention import _launch_bwd, _launch_fwd, planned
 from trinix.torch import sharding
 from trinix.torch.launcher import TorchOps, resolve_backend
@@ -62,7 +62,7 @@ class _Transfer(NamedTuple):
 def _forward(arrays: dict, options: Options, backend: str):
     """(o, lse) of one pair of chunks."""
     if backend == "torch":
-        return fallback.attention_with_lse(TorchOps, *(arrays[name] for name in INPUTS), options)
+        return fallback.attention(TorchOps, *(arrays[name] for name in INPUTS), options, with_lse=True)
     return _launch_fwd(arrays, options, backend == "interpret")
 
 
@@ -170,7 +170,7 @@ def context_parallel_attention(q: Tensor, k: Tensor, v: Tensor, *, group=None, a
     q, k, v: this rank's shard of the sequence, (batch, seq, heads, head_dim) in layout "bshd",
     (batch, heads, seq, head_dim) in "bhsd", the same seq on every rank. Rank r holds tokens
     r * seq .. (r + 1) * seq - 1 or, with `zigzag`, chunks r and 2n - 1 - r of the sequence cut
-    into 2n (n ranks; see zigzag_permute), which evens out the work under a causal mask. Or
+    into 2n (n ranks; see zigzag_order), which evens out the work under a causal mask. Or
     DTensors sharded over the sequence on one mesh dim (the ring, whose group is taken from the
     mesh) and over batch or heads on others, in zigzag order if `zigzag`: o is then a DTensor
     placed like q, and slopes of the model's heads are split with the heads. Queries and keys
@@ -193,7 +193,7 @@ def context_parallel_attention(q: Tensor, k: Tensor, v: Tensor, *, group=None, a
                          f"and k {tuple(k.shape)} in layout {layout!r}")
     if not isinstance(zigzag, bool):
         raise TypeError(f"zigzag must be a bool, got {type(zigzag).__name__}")
-    backend = resolve_backend(backend, True, q.device)
+    backend = resolve_backend(backend, True, q.device, "attention")
     arrays, placed = sharding.place(ARGUMENTS, tuple(arrays.values()), sharding.ring_axes, layout)
     if placed is not None:
         if group is not None or placed.mesh_axes.count("seq") != 1:
@@ -209,26 +209,27 @@ def context_parallel_attention(q: Tensor, k: Tensor, v: Tensor, *, group=None, a
     return sharding.run(placed, by_ring, arrays)
 
 
-def _zigzag_chunks(x: Tensor, world_size: int, dim: int) -> tuple[Tensor, ...]:
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
-    if x.shape[dim] % (2 * world_size):
-        raise ValueError(f"zigzag cuts the sequence into 2 * world_size = {2 * world_size} equal chunks: dim {dim} "
-                         f"of x (size {x.shape[dim]}) must be a multiple of {2 * world_size}")
-    return x.chunk(2 * world_size, dim)
+def _zigzag(x: Tensor, parts: int, axis: int, order) -> Tensor:
+    """x with its 2 * parts chunks along `axis` taken in `order`."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    check_int("parts", parts, 1)
+    if x.shape[axis] % (2 * parts):
+        raise ValueError(f"x's sequence (dim {axis}, {x.shape[axis]} positions) must split into 2 * parts = "
+                         f"{2 * parts} equal chunks")
+    chunks = x.chunk(2 * parts, axis)
+    return torch.cat([chunks[i] for i in order], axis)
 
 
-def zigzag_permute(x: Tensor, world_size: int, *, dim: int = 1) -> Tensor:
-    """x, a whole sequence along `dim`, in zigzag order: cut into 2 * world_size chunks, ordered
-    0, 2n-1, 1, 2n-2, ..., so that x.chunk(world_size, dim)[r] is rank r's shard for
-    context_parallel_attention(zigzag=True). dim: 1 for "bshd", 2 for "bhsd"."""
-    chunks = _zigzag_chunks(x, world_size, dim)
-    return torch.cat([chunks[i] for i in planner.zigzag_order(world_size)], dim)
+def zigzag_order(x: Tensor, parts: int, *, axis: int = 1) -> Tensor:
+    """x, a whole sequence along `axis`, cut into 2 * parts chunks and reordered so that its
+    `parts` equal shards hold chunks i and 2 * parts - 1 - i: the order of zigzag=True (rank r's
+    shard is x.chunk(parts, axis)[r]). Axis 1 for "bshd", 2 for "bhsd"."""
+    return _zigzag(x, parts, axis, planner.zigzag_chunks(parts))
 
 
-def zigzag_unpermute(x: Tensor, world_size: int, *, dim: int = 1) -> Tensor:
-    """The sequence order of x in zigzag order (zigzag_permute's inverse), e.g. of the outputs of
-    every rank concatenated along `dim`."""
-    chunks = _zigzag_chunks(x, world_size, dim)
-    order = planner.zigzag_order(world_size)
-    return torch.cat([chunks[order.index(i)] for i in range(2 * world_size)], dim)
+def zigzag_restore(x: Tensor, parts: int, *, axis: int = 1) -> Tensor:
+    """The inverse of `zigzag_order`: the sequence back in its order (e.g. of the outputs of
+    every rank concatenated along `axis`)."""
+    order = planner.zigzag_chunks(parts)
+    return _zigzag(x, parts, axis, [order.index(i) for i in range(2 * parts)])

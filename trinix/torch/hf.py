@@ -20,7 +20,8 @@ def apply_rotary_pos_emb(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, unsquee
     unsqueeze_dim=1, or (batch, seq, heads, head_dim) with unsqueeze_dim=2; cos and sin
     (batch, seq, rotary_dim), already at each token's position, rotary_dim <= head_dim (the
     columns past it pass through). Returns (q_embed, k_embed). `backend` as everywhere in
-    trinix ("auto": Triton on CUDA tensors, torch ops elsewhere); cos and sin are constants to
+    trinix ("auto": trinix.backend.AUTO's choice on CUDA tensors, Triton eager and torch ops
+    under torch.compile; torch ops elsewhere); cos and sin are constants to
     autograd, as transformers makes them."""
     if isinstance(unsqueeze_dim, bool) or not isinstance(unsqueeze_dim, numbers.Integral):
         raise TypeError(f"unsqueeze_dim must be an int, got {type(unsqueeze_dim).__name__}")

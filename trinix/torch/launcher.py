@@ -56,10 +56,13 @@ def through_ops(tensor: torch.Tensor) -> bool:
     return torch.compiler.is_compiling() or is_dtensor(tensor)
 
 
-def resolve_backend(backend: str, use_triton: bool, device: torch.device) -> str:
-    """The backend a call on tensors on `device` runs on: "triton", "interpret" or "torch"."""
-    return backend_rule.resolve_backend(backend, use_triton, fallback="torch", on_gpu=device.type == "cuda",
-                                        where=str(device))
+def resolve_backend(backend: str, use_triton: bool, device: torch.device, op: str) -> str:
+    """The backend a call of `op` ("rope", "alibi", "attention") on tensors on `device` runs on:
+    "triton", "interpret" or "torch"; "auto" by trinix.backend.AUTO, in the context "compile"
+    while torch.compile traces, else "eager"."""
+    context = "compile" if torch.compiler.is_compiling() else "eager"
+    return backend_rule.resolve_backend(backend, use_triton, framework="torch", context=context, op=op,
+                                        on_gpu=device.type == "cuda", where=str(device))
 
 
 def read(tensor: torch.Tensor | None, bounds: bool = False):

@@ -138,7 +138,7 @@ def _rotate(q, k, *, cos=None, sin=None, frequencies=None, position_ids=None, of
     operands = tuple(map(operand, tensors))
     rotation = host.plan_rotation(tensors, operands, offset=offset, layout=layout, interleaved=interleaved,
                                   max_seqlen=max_seqlen, read=read, cache=not torch.compiler.is_compiling())
-    backend = resolve_backend(backend, use_triton, q.device)
+    backend = resolve_backend(backend, use_triton, q.device, "rope")
     tensors, placed = sharding.place(host.ROTATION_INPUTS, tensors, sharding.rotation_axes, layout)
     if backend == "torch":
         def rotate(q, k, cos, sin, frequencies, position_ids, offsets, cu_seqlens):
@@ -215,7 +215,7 @@ def _cos_sin(frequencies, seq_len, offset, dtype, interleaved, backend, use_trit
     host.check_offset(offset)
     if dtype not in DTYPES.values():
         raise TypeError(f"dtype must be one of {list(DTYPES.values())}, got {dtype}")
-    backend = resolve_backend(backend, use_triton, frequencies.device)
+    backend = resolve_backend(backend, use_triton, frequencies.device, "rope")
     if backend == "torch":
         return fallback.rope_table(TorchOps, frequencies, seq_len, offset, dtype, interleaved)
     call = cached(rope_table_call)(seq_len, 2 * frequencies.shape[1], dtype_name(dtype), position_offset=offset,
@@ -248,7 +248,8 @@ class FastRoPEPositionEmbedding(torch.nn.Module):
 
     Args: those of `trinix.rope.RopeSpec.of` (the module's `spec`), and
         use_triton: False runs plain torch ops (the "torch" backend).
-        backend: "auto" (Triton for CUDA tensors, torch ops otherwise), "triton",
+        backend: "auto" (for CUDA tensors trinix.backend.AUTO's choice: Triton eager,
+            torch ops under torch.compile, which fuses them; torch ops otherwise), "triton",
             "interpret" (the Triton kernel on the CPU through Triton's interpreter) or "torch".
     """
 
@@ -257,7 +258,7 @@ class FastRoPEPositionEmbedding(torch.nn.Module):
                  interleaved: bool = False, rope_config: RopeConfig | None = None):
         super().__init__()
         self.spec = RopeSpec.of(dim, max_position_embeddings, base, rope_config, layout, interleaved)
-        resolve_backend(backend, use_triton, torch.device("cuda"))
+        resolve_backend(backend, use_triton, torch.device("cuda"), "rope")
         self.dim, self.max_position_embeddings, self.base = dim, max_position_embeddings, base
         self.use_triton, self.backend = use_triton, backend
         self.inv_freq, self.attention_factor = self.spec.inv_freq_and_scale()
