@@ -115,3 +115,35 @@ def run_backward(calls: tuple[KernelCall, KernelCall, KernelCall], arrays: dict,
     arrays = dict(arrays, delta=delta)
     dk, dv = run(dkdv, arrays)
     return (*run(dq, arrays), dk, dv)
+
+
+# Context parallelism: the sequence split over the ranks of a ring, each holding the queries,
+# keys and values of its tokens; the keys and values pass around the ring.
+
+def ring_chunks(rank: int, world_size: int, seq_len: int, zigzag: bool) -> tuple[tuple[int, int, int], ...]:
+    """The chunks of rank's shard of seq_len tokens, as (start in the shard, start in the whole
+    sequence, length): the shard is tokens rank * seq_len onwards, or with zigzag its halves are
+    chunks rank and 2 * world_size - 1 - rank of the sequence cut into 2 * world_size, so that
+    under a causal mask every rank has as many visible keys (see `zigzag_chunks`)."""
+    if not zigzag:
+        return ((0, rank * seq_len, seq_len),)
+    if seq_len % 2:
+        raise ValueError(f"zigzag splits each shard into two halves: the shard's seq_len must be even, got {seq_len}")
+    half = seq_len // 2
+    return (0, rank * half, half), (half, (2 * world_size - 1 - rank) * half, half)
+
+
+def zigzag_chunks(parts: int) -> list[int]:
+    """The order of the 2 * parts chunks of a sequence whose consecutive pairs are the shards
+    of `parts` ranks under zigzag: 0, 2n-1, 1, 2n-2, ..."""
+    return [chunk for rank in range(parts) for chunk in (rank, 2 * parts - 1 - rank)]
+
+
+def chunk_offset(q_chunk: tuple[int, int, int], k_chunk: tuple[int, int, int], causal: bool) -> int | None:
+    """The kernels' q_offset for the queries of q_chunk against the keys of k_chunk (chunks of
+    `ring_chunks`): the key position of query 0 counted from the key chunk's first key. None
+    where a causal mask hides every key of k_chunk from every query of q_chunk: nothing to run."""
+    offset = q_chunk[1] - k_chunk[1]
+    if causal and offset + q_chunk[2] - 1 < 0:
+        return None
+    return offset

@@ -240,11 +240,10 @@ def _attention_positions(rows_q, rows_k, slopes, cu_seqlens_q, cu_seqlens_k, opt
     return distance, visible, m
 
 
-def attention(xp, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options, with_lse: bool = False):
-    """softmax(scale q k^T + bias) v like q, by scores and bias materialized in float32 (float64
-    for float64); a row with no visible key gives zeros, as the kernel does. with_lse (layouts
-    "bshd" and "bhsd", xp with logsumexp(x, axis)): also the log-sum-exp (batch, heads,
-    seqlen_q), -inf for a row with no visible key, as the kernel's."""
+def _scores(xp, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options):
+    """(scale q k^T + bias (batch, heads, seqlen_q, seqlen_k), -inf for a hidden key; the keys
+    each query sees (None: all); q, k, v as "bshd" in the compute dtype, k and v repeated to
+    q's heads)."""
     compute = compute_dtype(xp, q.dtype)
     q4, k4, v4 = (xp.cast(_as_bshd(xp, x, options.layout), compute) for x in (q, k, v))
     heads = q4.shape[2]
@@ -255,8 +254,18 @@ def attention(xp, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options, with_lse
     if m is not None:
         s = s + xp.cast(m, compute) * (xp.cast(d, compute) if options.causal else -xp.abs(xp.cast(d, compute)))
     if visible is not None:
-        # Filling a row with no visible key with 0 before softmax keeps its gradient finite.
         s = xp.where(visible, s, -math.inf)
+    return s, visible, (q4, k4, v4)
+
+
+def attention(xp, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options, with_lse: bool = False):
+    """softmax(scale q k^T + bias) v like q, by scores and bias materialized in float32 (float64
+    for float64); a row with no visible key gives zeros, as the kernel does. with_lse (layouts
+    "bshd" and "bhsd", xp with logsumexp(x, axis)): also the log-sum-exp (batch, heads,
+    seqlen_q), -inf for a row with no visible key, as the kernel's."""
+    s, visible, (_, _, v4) = _scores(xp, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options)
+    if visible is not None:
+        # Filling a row with no visible key with 0 before softmax keeps its gradient finite.
         s = xp.where(visible.any(axis=-1, keepdims=True), s, 0.0)
     p = xp.softmax(s, axis=-1)
     if visible is not None:
@@ -266,3 +275,27 @@ def attention(xp, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options, with_lse
         return o
     lse = xp.logsumexp(s, axis=-1)
     return o, lse if visible is None else xp.where(visible.any(axis=-1), lse, -math.inf)
+
+
+def attention_backward(xp, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, o, lse, do, options):
+    """(dq, dk, dv) of attention (layouts "bshd" and "bhsd"; xp with exp) from the forward's o and
+    lse (batch, heads, seqlen_q), as the backward kernels compute them: probabilities
+    exp(s - lse), so that o and lse may come from more keys than k holds (a chunk of a longer
+    sequence, whose softmax the given lse normalizes)."""
+    compute = compute_dtype(xp, q.dtype)
+    s, _, (q4, k4, v4) = _scores(xp, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options)
+    o4, do4 = (xp.cast(_as_bshd(xp, x, options.layout), compute) for x in (o, do))
+    lse = xp.cast(lse, compute)
+    p = xp.exp(s - xp.where(lse == -math.inf, math.inf, lse)[..., None])  # no visible key: p = 0
+    dp = xp.einsum("bqhd,bkhd->bhqk", do4, v4)
+    delta = xp.swapaxes((do4 * o4).sum(axis=-1), 1, 2)  # (batch, heads, seqlen_q)
+    ds = p * (dp - delta[..., None])
+    dq = options.scale * xp.einsum("bhqk,bkhd->bqhd", ds, k4)
+    batch, seqlen_k, kv_heads, head_dim = _as_bshd(xp, k, options.layout).shape
+
+    def per_kv_head(x):  # the sum over the query heads that share a key head
+        return x.reshape(batch, seqlen_k, kv_heads, -1, head_dim).sum(axis=3)
+
+    dk = per_kv_head(options.scale * xp.einsum("bhqk,bqhd->bkhd", ds, q4))
+    dv = per_kv_head(xp.einsum("bhqk,bqhd->bkhd", p, do4))
+    return tuple(_from_bshd(xp, xp.cast(g, x.dtype), options.layout) for g, x in ((dq, q), (dk, k), (dv, v)))

@@ -296,10 +296,12 @@ ROTATION_INPUTS = ("q", "k", "cos", "sin", "frequencies", "position_ids", "offse
 
 class Rotation(NamedTuple):
     """The plan of one kernel rotation, derived on the host: hashable, so it can be a static
-    argument (custom_vjp, torch.library op options, autograd context)."""
+    argument (custom_vjp, torch.library op options, autograd context). The offset comes first:
+    DTensor keys its cached sharding of a torch.library op by the arguments from the first int
+    on, and that sharding depends on the layout."""
 
-    layout: str
     offset: int
+    layout: str
     interleaved: bool
     max_seqlen: int
 
@@ -334,7 +336,7 @@ def plan_rotation(arrays: tuple, operands: tuple, *, offset: int, layout: str, i
     max_seqlen = 0 if cu_seqlens is None else packed_max_seqlen(read(arrays[7]), q.shape[0], max_seqlen)
     if cos is not None and positions is None:
         check_table_rows(cos.shape[-2], max_seqlen)
-    return Rotation(layout, int(offset), interleaved, max_seqlen)
+    return Rotation(int(offset), layout, interleaved, max_seqlen)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -18,7 +18,8 @@ from trinix import alibi as host
 from trinix import fallback
 from trinix.alibi import AlibiSpec, BiasPlan, ScoresPlan
 from trinix.kernels.alibi import alibi_slopes_call
-from trinix.torch.launcher import DTYPES, TorchOps, cached, dtype_name, launch, operand, resolve_backend
+from trinix.torch import sharding
+from trinix.torch.launcher import DTYPES, TorchOps, cached, dtype_name, launch, operand, resolve_backend, through_ops
 
 
 def _launch_slopes(max_bias, num_heads, head_offset, total_heads, interpret, traceable=False):
@@ -65,10 +66,16 @@ def _softmax_op(scores: Tensor, slopes: Tensor, scale: float, q_offset: int, cau
     return _launch_scores(scores, slopes, ScoresPlan(q_offset, causal, scale), interpret, traceable=True)
 
 
+sharding.register("alibi_slopes", sharding.slopes_axes, 1)
+sharding.register("alibi_bias", sharding.bias_axes, 1)
+sharding.register("alibi_add", sharding.scores_axes, 2)
+sharding.register("alibi_add_", sharding.scores_axes, 2)
+sharding.register("alibi_softmax", sharding.scores_axes, 2)
+
+
 def _scores_by_kernel(scores, slopes, plan: ScoresPlan, interpret: bool, inplace: bool):
-    """The kernel launched directly when eager; under torch.compile the torch.library op,
-    which the compiler traces (its dispatch costs tens of microseconds per eager call)."""
-    if not torch.compiler.is_compiling():
+    """The kernel, through the torch.library ops or launched directly (see `through_ops`)."""
+    if not through_ops(scores):
         return _launch_scores(scores, slopes, plan, interpret, inplace)
     if plan.scale is not None:
         return _softmax_op(scores, slopes, plan.scale, plan.q_offset, plan.causal, interpret)
@@ -169,10 +176,12 @@ def alibi_bias(slopes: Tensor, seq_len: int, key_len: int | None = None, *, caus
                           _device_memory_bytes(slopes.device))
     _check_constant(slopes)
     backend = resolve_backend(backend, use_triton, slopes.device, "alibi")
+    (slopes,), placed = sharding.place(("slopes",), (slopes,), sharding.bias_axes)
     try:
         if backend == "torch":
-            return fallback.alibi_bias(TorchOps, slopes, plan.seqlen_q, plan.seqlen_k, plan.q_offset, causal, dtype)
-        if compiling:
+            return sharding.run(placed, lambda slopes: fallback.alibi_bias(
+                TorchOps, slopes, plan.seqlen_q, plan.seqlen_k, plan.q_offset, causal, dtype), (slopes,))
+        if through_ops(slopes):
             return _bias_op(slopes, plan.seqlen_q, plan.seqlen_k, plan.q_offset, plan.causal, dtype,
                             backend == "interpret")
         return _launch_bias(slopes, plan, backend == "interpret")
@@ -217,13 +226,17 @@ def alibi_softmax(scores: Tensor, slopes: Tensor, *, scale: float = 1.0, causal:
 
 def _run_scores(scores, slopes, plan: ScoresPlan, backend, use_triton, inplace):
     backend = resolve_backend(backend, use_triton, scores.device, "alibi")
-    slopes = slopes.to(scores.device)
+    arrays, placed = sharding.place(("scores", "slopes"), (scores, slopes.to(scores.device)), sharding.scores_axes)
     if backend != "torch":
-        return _AlibiScores.apply(scores, slopes, plan, backend == "interpret", inplace)
-    if plan.scale is not None:
-        return fallback.alibi_softmax(TorchOps, scores, slopes, plan.scale, plan.q_offset, plan.causal)
-    added = fallback.alibi_add(TorchOps, scores, slopes, plan.q_offset, plan.causal)
-    return scores.copy_(added) if inplace else added
+        return _AlibiScores.apply(*arrays, plan, backend == "interpret", inplace)
+
+    def by_torch(scores, slopes):
+        if plan.scale is not None:
+            return fallback.alibi_softmax(TorchOps, scores, slopes, plan.scale, plan.q_offset, plan.causal)
+        return fallback.alibi_add(TorchOps, scores, slopes, plan.q_offset, plan.causal)
+
+    out = sharding.run(placed, by_torch, arrays)
+    return scores.copy_(out) if inplace else out
 
 
 class FastALiBiPositionEmbedding(torch.nn.Module):

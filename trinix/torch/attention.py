@@ -18,7 +18,8 @@ from trinix import attention as planner
 from trinix.attention import ARGUMENTS, INPUTS, Options
 from trinix.kernels.attention import attention_bwd_calls, attention_fwd_calls
 from trinix import fallback
-from trinix.torch.launcher import TorchOps, cached, launch, operand, resolve_backend
+from trinix.torch import sharding
+from trinix.torch.launcher import TorchOps, cached, launch, operand, resolve_backend, through_ops
 
 
 def _operands(arrays: dict) -> dict:
@@ -57,15 +58,18 @@ def _bwd_op(q: Tensor, k: Tensor, v: Tensor, slopes: Optional[Tensor], cu_seqlen
     return _launch_bwd(arrays, options, interpret, traceable=True)
 
 
+sharding.register("attention_fwd", sharding.attention_axes, len(INPUTS), layout_at=10)
+sharding.register("attention_bwd", sharding.attention_axes, len(INPUTS) + 3, layout_at=13)
+
+
 class _Attention(torch.autograd.Function):
     """o by the forward kernel; dq, dk, dv by the three backward kernels from (q, k, v, o, lse).
-    Eager launches go straight to the kernels; under torch.compile through the torch.library
-    ops, which the compiler traces (their dispatch costs tens of microseconds per eager call)."""
+    Through the torch.library ops or launched directly (see `through_ops`)."""
 
     @staticmethod
     def forward(ctx, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options, interpret):
         arrays = (q, k, v, slopes, cu_seqlens_q, cu_seqlens_k)
-        if torch.compiler.is_compiling():
+        if through_ops(q):
             o, lse = _fwd_op(*arrays, *options, interpret)
         else:
             o, lse = _launch_fwd(dict(zip(INPUTS, arrays)), options, interpret)
@@ -76,12 +80,24 @@ class _Attention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         *arrays, o, lse = ctx.saved_tensors
-        if torch.compiler.is_compiling():
+        if through_ops(do):
             dq, dk, dv = _bwd_op(*arrays, o, lse, do, *ctx.options, ctx.interpret)
         else:
             named = dict(zip(INPUTS, arrays), o=o, lse=lse, do=do)
             dq, dk, dv = _launch_bwd(named, ctx.options, ctx.interpret)
         return dq, dk, dv, None, None, None, None, None
+
+
+def planned(q, k, v, alibi, cu_seqlens_q, cu_seqlens_k, **options) -> tuple[dict, Options]:
+    """The arrays of `INPUTS` (slopes from `alibi`, constants on q's device) and the checked
+    Options (trinix.attention.plan's keyword arguments) of an attention call."""
+    arrays = dict(zip(INPUTS, (q, k, v, planner.slopes_of(alibi), cu_seqlens_q, cu_seqlens_k)))
+    for name, array in zip(ARGUMENTS, arrays.values()):
+        if array is not None and not isinstance(array, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(array).__name__}")
+    if arrays["slopes"] is not None:
+        arrays["slopes"] = arrays["slopes"].detach().to(q.device)
+    return arrays, planner.plan(_operands(arrays), builder=cached(attention_fwd_calls), **options)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, alibi=None, causal: bool = False, scale: float | None = None,
@@ -98,19 +114,14 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, alibi=None, causal: bool = Fal
     `backend`: "auto" (on CUDA trinix.backend.AUTO's choice, Triton; else torch), "triton", "interpret" or "torch".
     Gradients flow to q, k and v; slopes are constants.
     """
-    arrays = dict(zip(INPUTS, (q, k, v, planner.slopes_of(alibi), cu_seqlens_q, cu_seqlens_k)))
-    for name, array in zip(ARGUMENTS, arrays.values()):
-        if array is not None and not isinstance(array, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(array).__name__}")
-    if arrays["slopes"] is not None:
-        arrays["slopes"] = arrays["slopes"].detach().to(q.device)
-    options = planner.plan(_operands(arrays), causal=causal, scale=scale, q_offset=q_offset, layout=layout,
-                           max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
-                           builder=cached(attention_fwd_calls))
+    arrays, options = planned(q, k, v, alibi, cu_seqlens_q, cu_seqlens_k, causal=causal, scale=scale,
+                              q_offset=q_offset, layout=layout, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k)
     backend = resolve_backend(backend, True, q.device, "attention")
+    arrays, placed = sharding.place(ARGUMENTS, tuple(arrays.values()), sharding.attention_axes, layout,
+                                    hint="; over the sequence, use context_parallel_attention")
     if backend == "torch":
-        return fallback.attention(TorchOps, *arrays.values(), options)
-    return _Attention.apply(*arrays.values(), options, backend == "interpret")
+        return sharding.run(placed, lambda *arrays: fallback.attention(TorchOps, *arrays, options), arrays)
+    return _Attention.apply(*arrays, options, backend == "interpret")
 
 
 def alibi_attention(module, q: Tensor, k: Tensor, v: Tensor, *, causal: bool | None = None,

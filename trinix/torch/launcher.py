@@ -5,12 +5,14 @@ import threading
 from typing import Any
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.library import wrap_triton
 
 from trinix import backend as backend_rule
 from trinix.kernels import triton_compat
 from trinix.kernels.call import KernelCall, Operand
 from trinix.rope import FLOAT_DTYPES
+from trinix.torch.sharding import is_dtensor
 
 DTYPES = {name: getattr(torch, name) for name in FLOAT_DTYPES}
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
@@ -46,6 +48,14 @@ def may_synchronize(device: torch.device) -> bool:
     return not (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
+def through_ops(tensor: torch.Tensor) -> bool:
+    """Whether a launch on `tensor` goes through trinix's torch.library ops: under torch.compile,
+    which traces them, and for a DTensor, whose dispatch runs them on each rank's shard by their
+    registered sharding strategies. Other eager launches go straight to the kernels (an op's
+    dispatch costs tens of microseconds)."""
+    return torch.compiler.is_compiling() or is_dtensor(tensor)
+
+
 def resolve_backend(backend: str, use_triton: bool, device: torch.device, op: str) -> str:
     """The backend a call of `op` ("rope", "alibi", "attention") on tensors on `device` runs on:
     "triton", "interpret" or "torch"; "auto" by trinix.backend.AUTO, in the context "compile"
@@ -57,9 +67,12 @@ def resolve_backend(backend: str, use_triton: bool, device: torch.device, op: st
 
 def read(tensor: torch.Tensor | None, bounds: bool = False):
     """The values of `tensor` as numpy, or only its (min, max) if `bounds` (a smaller copy);
-    None where reading them is not allowed now."""
+    None where reading them is not allowed now. A DTensor's are its global values: a check of
+    positions or a plan by the longest one holds for every shard alike."""
     if tensor is None or not may_synchronize(tensor.device):
         return None
+    if is_dtensor(tensor):
+        tensor = tensor.full_tensor()
     if bounds and tensor.numel():
         tensor = torch.stack(torch.aminmax(tensor))
     return tensor.detach().cpu().numpy()
@@ -71,7 +84,7 @@ class TorchOps:
     where, floor, cos, sin, abs = torch.where, torch.floor, torch.cos, torch.sin, torch.abs
     clip, maximum, stack, concatenate = torch.clip, torch.maximum, torch.stack, torch.concatenate
     broadcast_to, searchsorted, softmax = torch.broadcast_to, torch.searchsorted, torch.softmax
-    einsum, swapaxes = torch.einsum, torch.swapaxes
+    einsum, swapaxes, exp, logsumexp = torch.einsum, torch.swapaxes, torch.exp, torch.logsumexp
     float32, float64 = torch.float32, torch.float64
 
     @staticmethod
@@ -120,7 +133,9 @@ def launch(call: KernelCall, arrays: dict[str, torch.Tensor | None], *, interpre
         arrays[out.alias] if out.alias else torch.empty(out.shape, dtype=DTYPES[out.dtype], device=device)
         for out in call.outputs
     ]
-    if 0 in call.grid:  # an empty tensor: nothing to launch
+    # Nothing to launch for an empty tensor, nor through the interpreter for fake tensors (shapes
+    # only, as DTensor propagates a strategy's): it would read them.
+    if 0 in call.grid or (interpret and isinstance(outputs[0], FakeTensor)):
         return tuple(outputs)
     if interpret:
         with _INTERPRETER_LOCK:  # Python ints: the interpreter refuses numpy integers

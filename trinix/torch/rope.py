@@ -17,7 +17,9 @@ from trinix import rope as host
 from trinix.kernels.rope import rope_table_call
 from trinix.rope import Rotation, RopeSpec
 from trinix.rope_scaling import RopeConfig
-from trinix.torch.launcher import DTYPES, TorchOps, cached, dtype_name, launch, operand, read, resolve_backend
+from trinix.torch import sharding
+from trinix.torch.launcher import (DTYPES, TorchOps, cached, dtype_name, launch, operand, read, resolve_backend,
+                                     through_ops)
 
 
 def _launch_rotation(tensors, rotation: Rotation, conjugate, interpret, inplace, traceable=False,
@@ -32,10 +34,10 @@ def _launch_rotation(tensors, rotation: Rotation, conjugate, interpret, inplace,
 def _rope_apply_op(
     q: Tensor, k: Tensor, cos: Tensor | None, sin: Tensor | None, frequencies: Tensor | None,
     positions: Tensor | None, offsets: Tensor | None, cu_seqlens: Tensor | None,
-    layout: str, offset: int, interleaved: bool, max_seqlen: int, conjugate: bool, interpret: bool,
+    offset: int, layout: str, interleaved: bool, max_seqlen: int, conjugate: bool, interpret: bool,
 ) -> tuple[Tensor, Tensor]:
     tensors = (q, k, cos, sin, frequencies, positions, offsets, cu_seqlens)
-    return _launch_rotation(tensors, Rotation(layout, offset, interleaved, max_seqlen), conjugate,
+    return _launch_rotation(tensors, Rotation(offset, layout, interleaved, max_seqlen), conjugate,
                             interpret, inplace=False, traceable=True)
 
 
@@ -43,18 +45,21 @@ def _rope_apply_op(
 def _rope_apply_inplace_op(
     q: Tensor, k: Tensor, cos: Tensor | None, sin: Tensor | None, frequencies: Tensor | None,
     positions: Tensor | None, offsets: Tensor | None, cu_seqlens: Tensor | None,
-    layout: str, offset: int, interleaved: bool, max_seqlen: int, interpret: bool,
+    offset: int, layout: str, interleaved: bool, max_seqlen: int, interpret: bool,
 ) -> None:
     tensors = (q, k, cos, sin, frequencies, positions, offsets, cu_seqlens)
-    _launch_rotation(tensors, Rotation(layout, offset, interleaved, max_seqlen), False, interpret,
+    _launch_rotation(tensors, Rotation(offset, layout, interleaved, max_seqlen), False, interpret,
                      inplace=True, traceable=True)
 
 
+sharding.register("rope_apply", sharding.rotation_axes, len(host.ROTATION_INPUTS), layout_at=9)
+sharding.register("rope_apply_", sharding.rotation_axes, len(host.ROTATION_INPUTS), layout_at=9)
+
+
 def _rotate_by_kernel(tensors, rotation: Rotation, interpret: bool, inplace: bool, operands=None):
-    """The forward rotation: launched directly when eager, through the torch.library ops under
-    torch.compile, which the compiler can trace (their dispatch costs tens of microseconds per
-    eager call)."""
-    traced = torch.compiler.is_compiling()
+    """The forward rotation, through the torch.library ops or launched directly (see
+    `through_ops`)."""
+    traced = through_ops(tensors[0])
     if inplace:
         if traced:
             _rope_apply_inplace_op(*tensors, *rotation, interpret)
@@ -83,7 +88,7 @@ class _RopeApply(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_q, grad_k):
         tensors = (grad_q, grad_k, *ctx.saved_tensors)
-        if torch.compiler.is_compiling():
+        if through_ops(grad_q):
             grad_q, grad_k = _rope_apply_op(*tensors, *ctx.rotation, True, ctx.interpret)
         else:
             grad_q, grad_k = _launch_rotation(tensors, ctx.rotation, True, ctx.interpret, inplace=False)
@@ -94,6 +99,16 @@ def _check_tensors(**tensors):
     for name, value in tensors.items():
         if value is not None and not isinstance(value, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def _global_positions(q, offset: int, offsets, layout: str) -> Tensor:
+    """Position ids (1, seq) of the tokens of q sharded over its sequence: their global
+    positions, which a shard's rotation cannot tell from its local indices."""
+    if offsets is not None:
+        raise ValueError("offset must be an int when q is sharded over the sequence: fold per-sequence "
+                         "offsets into position_ids")
+    seq = host.split_bshd(q.shape, layout)[1]
+    return torch.arange(offset, offset + seq, device=q.device)[None]
 
 
 def _rotate(q, k, *, cos=None, sin=None, frequencies=None, position_ids=None, offset=0,
@@ -118,14 +133,20 @@ def _rotate(q, k, *, cos=None, sin=None, frequencies=None, position_ids=None, of
     if cu_seqlens is not None and not cu_seqlens.is_contiguous():
         cu_seqlens = cu_seqlens.contiguous()  # the kernel reads it at unit stride
         tensors = (*tensors[:-1], cu_seqlens)
+    if position_ids is None and sharding.sharded_over(q, "seq", layout):
+        tensors, offset = (*tensors[:5], _global_positions(q, offset, offsets, layout), *tensors[6:]), 0
     operands = tuple(map(operand, tensors))
     rotation = host.plan_rotation(tensors, operands, offset=offset, layout=layout, interleaved=interleaved,
                                   max_seqlen=max_seqlen, read=read, cache=not torch.compiler.is_compiling())
     backend = resolve_backend(backend, use_triton, q.device, "rope")
+    tensors, placed = sharding.place(host.ROTATION_INPUTS, tensors, sharding.rotation_axes, layout)
     if backend == "torch":
-        q_rot, k_rot = fallback.rope_rotate(TorchOps, q, k, cos=cos, sin=sin, frequencies=frequencies,
-                                            position_ids=position_ids, offsets=offsets, cu_seqlens=cu_seqlens,
-                                            offset=offset, layout=layout, interleaved=interleaved)
+        def rotate(q, k, cos, sin, frequencies, position_ids, offsets, cu_seqlens):
+            return fallback.rope_rotate(TorchOps, q, k, cos=cos, sin=sin, frequencies=frequencies,
+                                        position_ids=position_ids, offsets=offsets, cu_seqlens=cu_seqlens,
+                                        offset=offset, layout=layout, interleaved=interleaved)
+
+        q_rot, k_rot = sharding.run(placed, rotate, tensors)
         return (q.copy_(q_rot), k.copy_(k_rot)) if inplace else (q_rot, k_rot)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
         return _RopeApply.apply(*tensors, rotation, backend == "interpret", inplace)

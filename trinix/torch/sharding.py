@@ -1,0 +1,254 @@
+"""DTensor inputs of trinix's ops: which dims of each op's tensors may be sharded, in one rule per
+op, that serves both as the op's registered DTensor sharding strategy and as the public functions'
+check of the placements they are given.
+
+Each rank runs the kernel on its own shard, planned from the local shapes; no op gathers. The
+axes an op may shard are batch and heads, and a rotation's sequence where position ids come
+sharded with it. Positions stay global: ALiBi slopes shard with the heads they belong to, and a
+rotation of a sharded sequence reads the global position of each token from its ids.
+
+A rule takes an op's tensor arguments (tensors, or the DTensorSpecs DTensor gives a strategy,
+read by shape only; None where not given) and its layout, and returns `Axes`: for each of them
+and each output, the dim of each axis it carries. A tensor without an axis is replicated where
+that axis is sharded.
+"""
+
+from typing import Callable, NamedTuple
+
+import torch
+
+if torch.distributed.is_available():
+    from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor.experimental import register_sharding
+else:  # a torch without torch.distributed: no DTensor can reach trinix
+    DTensor = None
+
+_SEQUENCE_DIMS = {"bshd": dict(batch=0, seq=1, heads=2), "bhsd": dict(batch=0, heads=1, seq=2),
+                  "thd": dict(heads=1)}  # packed tokens belong to sequences that a shard would cut
+
+
+class Axes(NamedTuple):
+    inputs: tuple[dict[str, int] | None, ...]
+    outputs: tuple[dict[str, int], ...]
+
+
+def is_dtensor(tensor) -> bool:
+    return DTensor is not None and isinstance(tensor, DTensor)
+
+
+def _batch_dim(shape, batch: int | None) -> dict[str, int]:
+    """{"batch": 0} for a per-sequence tensor of `batch` rows; {} for a broadcast one (1 row)."""
+    return {"batch": 0} if batch is not None and batch > 1 and shape[0] == batch else {}
+
+
+def rotation_axes(arrays: tuple, layout: str) -> Axes:
+    """trinix::rope_apply and rope_apply_ (arrays: those of trinix.rope.ROTATION_INPUTS): q and k
+    over batch and heads, and over the sequence where position ids give each token its global
+    position."""
+    q, k, cos, sin, frequencies, positions, offsets, cu_seqlens = arrays
+    dims = dict(_SEQUENCE_DIMS[layout])
+    if positions is None:
+        dims.pop("seq", None)
+    batch = q.shape[0] if "batch" in dims else None
+
+    def shared(array):  # the same for every shard
+        return None if array is None else {}
+
+    def per_sequence(array):  # (batch or 1, ...): sharded with a batch of more than one
+        return None if array is None else _batch_dim(array.shape, batch)
+
+    tables = per_sequence if cos is not None and len(cos.shape) == 3 else shared
+    ids = shared(positions) if layout == "thd" else per_sequence(positions)
+    if "seq" in dims:
+        ids["seq"] = 1
+    inputs = (dims, dims, tables(cos), tables(sin), shared(frequencies), ids, per_sequence(offsets), shared(cu_seqlens))
+    return Axes(inputs, (dims, dims))
+
+
+def _slopes_dims(slopes, batch: int | None) -> dict[str, int] | None:
+    """(heads,), (1, heads) or (batch, heads) slopes: sharded with the heads (and batch)."""
+    if slopes is None:
+        return None
+    if len(slopes.shape) == 1:
+        return dict(heads=0)
+    return dict(_batch_dim(slopes.shape, batch), heads=1)
+
+
+def scores_axes(arrays: tuple, layout: None = None) -> Axes:
+    """trinix::alibi_add, alibi_add_ and alibi_softmax (arrays: scores, slopes): scores (batch,
+    heads, seqlen_q, seqlen_k) over batch and heads; softmax and the query positions need whole
+    rows and columns."""
+    scores, slopes = arrays
+    dims = dict(batch=0, heads=1)
+    return Axes((dims, _slopes_dims(slopes, scores.shape[0])), (dims,))
+
+
+def bias_axes(arrays: tuple, layout: None = None) -> Axes:
+    """trinix::alibi_bias (arrays: slopes): a bias (heads, seqlen_q, seqlen_k) sharded with its
+    slopes."""
+    return Axes((dict(heads=0),), (dict(heads=0),))
+
+
+def slopes_axes(arrays: tuple, layout: None = None) -> Axes:
+    """trinix::alibi_slopes (arrays: max_bias): computed whole from its head range, replicated."""
+    return Axes(({},), ({},))
+
+
+def attention_axes(arrays: tuple, layout: str) -> Axes:
+    """trinix::attention_fwd (arrays: those of trinix.attention.INPUTS), outputs (o, lse), and
+    trinix::attention_bwd (arrays: those and o, lse, do), outputs (dq, dk, dv): over batch and
+    heads. A query needs every key: context_parallel_attention shards the sequence."""
+    q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, *backward = arrays
+    dims = dict(_SEQUENCE_DIMS[layout])
+    dims.pop("seq", None)
+    lse = dict(heads=0) if layout == "thd" else dict(batch=0, heads=1)  # (heads, tokens) or (batch, heads, seqlen_q)
+    batch = q.shape[0] if "batch" in dims else None
+    packed = tuple(None if cu is None else {} for cu in (cu_seqlens_q, cu_seqlens_k))  # read whole
+    inputs = (dims, dims, dims, _slopes_dims(slopes, batch), *packed)
+    if backward:
+        return Axes(inputs + (dims, lse, dims), (dims, dims, dims))
+    return Axes(inputs, (dims, lse))
+
+
+def ring_axes(arrays: tuple, layout: str) -> Axes:
+    """context_parallel_attention on DTensors (arrays: those of trinix.attention.INPUTS): the
+    axes of attention, and the sequence of q, k and v, which one mesh dim splits into the ring's
+    shards. Not an op's: the ring runs its kernels on local tensors."""
+    axes = attention_axes(arrays, layout)
+    dims = dict(axes.inputs[0], seq=_SEQUENCE_DIMS[layout]["seq"])
+    return Axes((dims, dims, dims, *axes.inputs[3:]), (dims,))
+
+
+def _placements(dims_of: tuple, axis: str | None) -> list:
+    """The placement of each tensor of `dims_of` on a mesh dim sharding `axis` (None: replicated)."""
+    return [None if dims is None else Shard(dims[axis]) if axis in dims else Replicate() for dims in dims_of]
+
+
+def register(name: str, rule: Callable[..., Axes], n_arrays: int, layout_at: int | None = None) -> None:
+    """Register `rule` as the DTensor sharding strategy of the op trinix::`name`, whose first
+    `n_arrays` arguments are the rule's arrays and argument `layout_at` its layout: on each mesh
+    dim every tensor replicated, or one of the axes of the op's first tensor sharded."""
+    if DTensor is None:
+        return
+
+    op = getattr(torch.ops.trinix, name).default
+    returns = len(op._schema.returns)  # none for an op in place
+
+    @register_sharding(op)
+    def strategies(*args):
+        axes = rule(args[:n_arrays], None if layout_at is None else args[layout_at])
+        return [(_placements(axes.outputs[:returns], axis),
+                 _placements(axes.inputs, axis) + [None] * (len(args) - n_arrays)) for axis in (None, *axes.inputs[0])]
+
+
+class Sharding(NamedTuple):
+    """How a public function's arguments are sharded: the axis each mesh dim shards (None:
+    replicated) and the rule's axes of its arguments and outputs."""
+
+    mesh: object
+    mesh_axes: tuple[str | None, ...]
+    axes: Axes
+
+    def placements(self, dims: dict[str, int]) -> list:
+        return [Replicate() if axis is None or axis not in dims else Shard(dims[axis]) for axis in self.mesh_axes]
+
+    def sharded(self, tensor, dims: dict[str, int]):
+        """`tensor` as a DTensor placed by the rule: a plain tensor split here (each rank keeps
+        its part, no communication), a replicated DTensor likewise."""
+        placements = self.placements(dims)
+        if not is_dtensor(tensor):
+            return distribute_tensor(tensor, self.mesh, placements, src_data_rank=None)
+        return tensor if list(tensor.placements) == placements else tensor.redistribute(self.mesh, placements)
+
+    def place(self, arrays: tuple) -> tuple:
+        """`arrays` (the rule's inputs, in order) as DTensors placed by the rule."""
+        return tuple(None if array is None else self.sharded(array, dims)
+                     for array, dims in zip(arrays, self.axes.inputs))
+
+    def run_local(self, function: Callable, arrays: tuple):
+        """function(*local shards of `arrays`) on this rank, its outputs (one tensor or a tuple)
+        as DTensors placed by the rule: how the torch fallbacks and the ring of
+        context_parallel_attention run on DTensors. `arrays`: from `place`; gradients flow
+        through to_local and from_local."""
+        local = function(*(None if array is None else array.to_local() for array in arrays))
+        outputs = local if isinstance(local, tuple) else (local,)
+        wrapped = tuple(DTensor.from_local(out, self.mesh, self.placements(dims))
+                        for out, dims in zip(outputs, self.axes.outputs))
+        return wrapped if isinstance(local, tuple) else wrapped[0]
+
+
+def place(names: tuple[str, ...], arrays: tuple, rule: Callable[..., Axes], layout: str | None = None,
+          hint: str = "") -> tuple[tuple, Sharding | None]:
+    """(arrays, None) when none of `arrays` is a DTensor; else `arrays` as DTensors placed by
+    `rule` and their `sharding`."""
+    placed = sharding(names, arrays, rule, layout, hint)
+    return (arrays, None) if placed is None else (placed.place(arrays), placed)
+
+
+def run(placed: Sharding | None, function: Callable, arrays: tuple):
+    """function(*arrays), on each rank's shards if `placed` (see Sharding.run_local)."""
+    return function(*arrays) if placed is None else placed.run_local(function, arrays)
+
+
+def sharding(names: tuple[str, ...], arrays: tuple, rule: Callable[..., Axes], layout: str | None = None,
+             hint: str = "") -> Sharding | None:
+    """The sharding of a public function's `arrays` (by argument `names`; the rule's arrays, in
+    order), checked against `rule` (of `layout`); None when none is a DTensor. Raises ValueError,
+    naming the argument, for a placement the op cannot run shard-local (with `hint`, what to do
+    instead): a sharded dim the rule does not allow, two axes on one mesh dim, a partial tensor,
+    meshes that differ, or a dim that does not split evenly."""
+    dtensors = [(name, array) for name, array in zip(names, arrays) if is_dtensor(array)]
+    if not dtensors:
+        return None
+    axes = rule(arrays, layout)
+    dims_of = dict(zip(names, axes.inputs))
+    mesh = dtensors[0][1].device_mesh
+    mesh_axes = []
+    for mesh_dim in range(mesh.ndim):
+        chosen = None
+        for name, array in dtensors:
+            if array.device_mesh != mesh:
+                raise ValueError(f"{name} lives on device mesh {array.device_mesh}, {dtensors[0][0]} on {mesh}: "
+                                 "trinix's ops take DTensors of one mesh")
+            placement = array.placements[mesh_dim]
+            if placement.is_replicate():
+                continue
+            axis = next((axis for axis, dim in dims_of[name].items()
+                         if placement.is_shard(dim)), None) if placement.is_shard() else None
+            if axis is None:
+                allowed = ", ".join(f"{axis} (dim {dim})" for axis, dim in dims_of[name].items())
+                raise ValueError(f"{name} has placement {placement} on mesh dim {mesh_dim}: trinix shards {name} "
+                                 f"of shape {tuple(array.shape)} " + (f"over {allowed} only (Shard or Replicate)"
+                                                                     if allowed else "over no dim (Replicate it)")
+                                 + hint)
+            if chosen not in (None, axis):
+                raise ValueError(f"{name} is sharded over {axis} on mesh dim {mesh_dim}, where another argument "
+                                 f"is sharded over {chosen}: one mesh dim shards one axis")
+            chosen = axis
+        mesh_axes.append(chosen)
+    plan = Sharding(mesh, tuple(mesh_axes), axes)
+    for name, array in zip(names, arrays):
+        if array is not None and dims_of[name]:
+            _check_even(name, array.shape, plan.placements(dims_of[name]), mesh)
+    return plan
+
+
+def _check_even(name: str, shape, placements, mesh) -> None:
+    """A sharded dim must split evenly: the kernels of heads-sharded attention pair query heads
+    with key heads by their local counts, and the outputs are rebuilt from equal shards."""
+    shards = [1] * len(shape)
+    for mesh_dim, placement in enumerate(placements):
+        if placement.is_shard():
+            shards[placement.dim] *= mesh.size(mesh_dim)
+    for dim, count in enumerate(shards):
+        if shape[dim] % count:
+            raise ValueError(f"{name} of shape {tuple(shape)} is sharded over dim {dim} into {count} parts: "
+                             f"its size {shape[dim]} must be a multiple of {count}")
+
+
+def sharded_over(tensor, axis: str, layout: str) -> bool:
+    """Whether `tensor` (in `layout`) is a DTensor sharded over `axis`."""
+    if not is_dtensor(tensor) or not isinstance(layout, str):  # a layout the plan checks later
+        return False
+    dim = _SEQUENCE_DIMS.get(layout, {}).get(axis)
+    return dim is not None and any(placement.is_shard(dim) for placement in tensor.placements)
