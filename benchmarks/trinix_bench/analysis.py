@@ -3,7 +3,7 @@ numbers and names as the report writes them. Every ratio is of two rows of the s
 
 import math
 
-from .schema import METHODS, PROVIDERS
+from .schema import METHODS, PROVIDERS, providers_of
 
 
 class Rows:
@@ -24,7 +24,8 @@ class Rows:
         return self.get(method, config, op, provider, "note")
 
     def roofline(self, method, config, op) -> float | None:
-        return self.get(method, config, op, "pytorch", "roofline_ms")
+        """The op's roofline, which each provider's row carries."""
+        return self.get(method, config, op, next(iter(providers_of(method))), "roofline_ms")
 
     def speedup(self, method, config, op, provider) -> float | None:
         """PyTorch's time / the provider's."""

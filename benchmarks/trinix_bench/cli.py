@@ -8,7 +8,7 @@ from pathlib import Path
 from .harness import MIN_ITERS, ROW_BUDGET_S
 from .report import console_table, write_outputs
 from .run import run_benchmark
-from .schema import CONFIGS, DTYPE_BYTES, FRAMEWORK_PROVIDERS, METHODS, PROVIDERS, Config
+from .schema import CONFIGS, DTYPE_BYTES, FRAMEWORK_PROVIDERS, METHODS, Config, every_provider
 
 QUICK_WARMUP, QUICK_ITERS = 3, 10
 CUSTOM_DEFAULTS = (32, 128, 2048, 1)  # heads, head_dim, seq_len, batch of a custom configuration
@@ -28,14 +28,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "custom configuration", "any of these runs one configuration named 'custom' instead of the "
         "original four per method (unset ones: heads %d, head_dim %d, seq_len %d, batch %d)" % CUSTOM_DEFAULTS)
     shape.add_argument("--num_heads", type=_positive_int)
-    shape.add_argument("--head_dim", type=_positive_int, help="RoPE only; even")
+    shape.add_argument("--head_dim", type=_positive_int, help="RoPE and attention; even")
     shape.add_argument("--seq_len", type=_positive_int)
     shape.add_argument("--batch", type=_positive_int)
     parser.add_argument("--dtype", choices=list(DTYPE_BYTES), default="float16")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                        help="alibi_attention: attention with ALiBi, a section of its own")
     parser.add_argument("--frameworks", nargs="+", choices=list(FRAMEWORK_PROVIDERS),
                         default=list(FRAMEWORK_PROVIDERS))
-    parser.add_argument("--providers", nargs="+", choices=list(PROVIDERS), default=list(PROVIDERS),
+    parser.add_argument("--providers", nargs="+", choices=every_provider(), default=every_provider(),
                         help="run only these providers (the others still get rows, with a note)")
     parser.add_argument("--warmup", type=_positive_int,
                         help=f"untimed calls per row (default 10; {QUICK_WARMUP} with --quick)")
@@ -60,7 +61,7 @@ def selected_configs(args: argparse.Namespace) -> dict[str, list[Config]]:
     custom = (args.num_heads, args.head_dim, args.seq_len, args.batch)
     if any(value is not None for value in custom):
         heads, head_dim, seq_len, batch = (given or default for given, default in zip(custom, CUSTOM_DEFAULTS))
-        return {method: [Config("custom", heads, seq_len, batch, head_dim if method == "rope" else None)]
+        return {method: [Config("custom", heads, seq_len, batch, None if method == "alibi" else head_dim)]
                 for method in args.methods}
     return {method: CONFIGS[method][:1] if args.quick else CONFIGS[method] for method in args.methods}
 

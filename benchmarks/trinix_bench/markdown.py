@@ -4,8 +4,9 @@ and the fixed text)."""
 
 from . import sections
 from .analysis import Rows, fmt_ms, fmt_x
+from .attention_section import attention_section
 from .plots import PLOTS
-from .schema import METHODS, on_gpu
+from .schema import ATTENTION, METHODS, on_gpu, original_methods
 
 
 def render_markdown(results: dict, configs: dict, run_info: dict, plot_note: str | None,
@@ -15,12 +16,16 @@ def render_markdown(results: dict, configs: dict, run_info: dict, plot_note: str
     json_link: latest.json's path relative to the report."""
     rows = Rows(results)
     gpu = on_gpu(rows.meta)
-    variants = sections.variants_section(rows, configs)
-    parts = [_header(gpu, json_link), _environment(rows, run_info, gpu), sections.summary(rows, configs),
-             *(sections.method_section(rows, method, cs) for method, cs in configs.items()),
-             *([variants] if variants else []), sections.insights(rows, configs), _recommendations(rows, configs),
-             sections.guidelines(rows, configs), sections.scaling(rows, configs, plot_note),
-             sections.memory(rows, configs, gpu), _details(), _reproduce(run_info), _footer(rows, json_link)]
+    original = original_methods(configs)
+    variants = sections.variants_section(rows, original)
+    measured = [sections.summary(rows, original),
+                *(sections.method_section(rows, method, cs) for method, cs in original.items()),
+                *([variants] if variants else []), sections.insights(rows, original), _recommendations(rows, original),
+                sections.guidelines(rows, original), sections.scaling(rows, original, plot_note),
+                sections.memory(rows, original, gpu)] if original else []
+    attention = attention_section(rows, configs.get(ATTENTION, []))
+    parts = [_header(gpu, json_link), _environment(rows, run_info, gpu), *measured, *([attention] if attention else []),
+             _details(), _reproduce(run_info), _footer(rows, json_link)]
     return "\n\n---\n\n".join(parts) + "\n"
 
 
@@ -189,7 +194,9 @@ def _reproduce(run_info: dict) -> str:
         "# Quick run: the small configurations, a minute or two on a CPU",
         "python benchmarks/benchmark_embeddings.py --quick", "",
         "# Custom configuration",
-        "python benchmarks/benchmark_embeddings.py --num_heads 64 --head_dim 128 --seq_len 8192", "```", "",
+        "python benchmarks/benchmark_embeddings.py --num_heads 64 --head_dim 128 --seq_len 8192", "",
+        "# Attention with ALiBi alone",
+        "python benchmarks/benchmark_embeddings.py --methods alibi_attention", "```", "",
         f"This report: `{run_info['command']}`",
     ])
 

@@ -50,9 +50,10 @@ def console_table(results: dict) -> str:
     median time in ms, and what "—" and a CPU run mean."""
     rows = Rows(results)
     keys = dict.fromkeys((r["method"], r["config"], r["op"]) for r in results["rows"])
-    header = ["method", "config", "op", "roofline ms", *(f"{p} ms" for p in PROVIDERS)]
+    providers = list(dict.fromkeys(r["provider"] for r in results["rows"]))
+    header = ["method", "config", "op", "roofline ms", *(f"{p} ms" for p in providers)]
     lines = [[method, config, op, fmt_ms(rows.roofline(method, config, op)),
-              *(fmt_ms(rows.ms(method, config, op, p)) for p in PROVIDERS)] for method, config, op in keys]
+              *(fmt_ms(rows.ms(method, config, op, p)) for p in providers)] for method, config, op in keys]
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
 
     def text(cells):

@@ -3,7 +3,8 @@
 A row is one (method, configuration, op, provider). Before a provider is timed, the run checks
 that it can run here (else its rows say why: no GPU, not installed, not selected) and that the
 op fits in memory (else the row says how much it needs); a provider that fails is a row with
-its error, not a crash.
+its error, not a crash. The rows of attention with ALiBi come from attention.py, after each
+framework's others.
 """
 
 import argparse
@@ -15,13 +16,14 @@ import platform
 
 import torch
 
+from . import attention
 from .harness import Harness, copy_gbps, release_memory, runnable
 from .jax_providers import JaxInputs, OriginalJax, TrinixJax
 from .progress import Progress
 from .providers import Inputs, Provider, Unavailable
 from .roofline import free_bytes, gb, op_bytes, op_footprint
-from .schema import (FRAMEWORK_PROVIDERS, METHODS, PROVIDERS, ROPE_VARIANTS, VARIANT_CONFIG, VARIANT_PROVIDERS,
-                     Config, row, row_order, validate_results)
+from .schema import (ATTENTION, FRAMEWORK_PROVIDERS, METHODS, PROVIDERS, ROPE_VARIANTS, VARIANT_CONFIG,
+                     VARIANT_PROVIDERS, Config, original_methods, row, row_order, validate_results)
 from .torch_providers import CompiledTorch, Liger, OriginalTorch, TorchInputs, TrinixTorch
 from .variants import variant_rows
 
@@ -77,12 +79,15 @@ def run_benchmark(args: argparse.Namespace, configs: dict[str, list[Config]]) ->
     variant_base = next((c for c in configs.get("rope", []) if c.name == VARIANT_CONFIG), None)
     if "torch" not in args.frameworks:
         variant_base = None
-    progress = Progress(sum(len(METHODS[m]["ops"]) * len(cs) for m, cs in configs.items()) * len(PROVIDERS)
-                        + (len(ROPE_VARIANTS) * len(VARIANT_PROVIDERS) if variant_base else 0))
+    original = original_methods(configs)
+    attention_configs = configs.get(ATTENTION, [])
+    progress = Progress(sum(len(METHODS[m]["ops"]) * len(cs) for m, cs in original.items()) * len(PROVIDERS)
+                        + (len(ROPE_VARIANTS) * len(VARIANT_PROVIDERS) if variant_base else 0)
+                        + attention.row_count(attention_configs))
     rows = []
     for framework, names in FRAMEWORK_PROVIDERS.items():
         framework_note = _framework_note(framework, args.frameworks)
-        for method, method_configs in configs.items():
+        for method, method_configs in original.items():
             for config in method_configs:
                 x = None if framework_note else _inputs(framework, config, args.dtype, device)
                 for name in names:
@@ -98,6 +103,8 @@ def run_benchmark(args: argparse.Namespace, configs: dict[str, list[Config]]) ->
                 release_memory()
         if framework == "torch" and variant_base:
             rows += variant_rows(harness, bandwidth, variant_base, args.providers, progress)
+        rows += attention.attention_rows(harness, framework, attention_configs, args.dtype, args.providers, bandwidth,
+                                         framework_note, progress)
     progress.close()
     results = {"meta": {"gpu": _device_name(), "dtype": args.dtype,
                         "date": datetime.date.today().isoformat(), "copy_gbps": round(bandwidth, 1),

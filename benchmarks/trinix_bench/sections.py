@@ -4,7 +4,7 @@ the RoPE variants, insights, guidelines, scaling and memory, each made from the 
 from .analysis import (Rows, crossover, dims, fastest, fastest_peer, fmt_amount, fmt_ms, fmt_x, geomean, label,
                        row_label, speedups, table, why_not)
 from .plots import PLOTS
-from .schema import METHODS, PROVIDERS, ROPE_VARIANTS, VARIANT_CONFIG, variant_config
+from .schema import METHODS, PROVIDERS, ROPE_VARIANTS, VARIANT_CONFIG, providers_of, variant_config
 
 _TITLES = {("rope", "large"): "Large Configuration (LLaMA 3 70B)", "xl": "XL Configuration (Long Context)"}
 _USE_CASES = {"small": "Small Models", "medium": "Training, 2k context", "large": "Large models, 8k context",
@@ -45,9 +45,9 @@ def summary(rows: Rows, configs: dict) -> str:
 def _notes(rows: Rows, method: str, configs: list, config: str | None = None) -> list[str]:
     """Lines "- **Provider**, ops: note". Without `config`, the notes every configuration
     shares; with it, that configuration's others."""
-    ops, names = METHODS[method]["ops"], [c.name for c in configs]
+    ops, names, providers = METHODS[method]["ops"], [c.name for c in configs], providers_of(method)
     lines = []
-    for provider in PROVIDERS:
+    for provider in providers:
         ops_by_note = {}
         for op in ops:
             text = rows.note(method, config or names[0], op, provider)
@@ -56,7 +56,7 @@ def _notes(rows: Rows, method: str, configs: list, config: str | None = None) ->
                 ops_by_note.setdefault(text, []).append(op)
         for text, noted in ops_by_note.items():
             where = "" if noted == ops else ", " + ", ".join(label(method, op) for op in noted)
-            lines.append(f"- **{PROVIDERS[provider]}**{where}: {text}")
+            lines.append(f"- **{providers[provider]}**{where}: {text}")
     return lines
 
 
