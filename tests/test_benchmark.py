@@ -583,6 +583,12 @@ def test_trinix_is_checked_against_the_bias_in_float32(framework, interpreted, m
     with pytest.raises(RuntimeError, match=f"through {framework} disagrees with .* at tiny: fwd o: max"):
         attention.check_trinix(framework, TINY_ATTENTION[0], "float32", CPU)
 
+    def fails(self, causal):
+        raise ValueError("unsupported")
+
+    monkeypatch.setattr(cls, "attend", fails)  # its rows will say so; the run goes on
+    attention.check_trinix(framework, TINY_ATTENTION[0], "float32", CPU)
+
 
 def test_attention_rows_on_the_cpu(interpreted, monkeypatch):
     """Every provider's rows at each configuration: timed where it runs here, a note where not;
