@@ -2,7 +2,7 @@
 FlexAttention, SDPA and jax.nn.dot_product_attention.
 
 q (batch, seq_q, heads, head_dim), k and v (batch, seq_k, heads, head_dim), slopes float32
-(heads,) as trinix computes them. Query i sits at key position p_i = seq_k - seq_q + i
+(heads,) 2 ** (-8 i / heads), the paper's for a power-of-two head count. Query i sits at key position p_i = seq_k - seq_q + i
 (bottom-right). Ops: "fwd" and "fwd_bwd" add the symmetric bias -m |p_i - j|; "fwd_causal" and
 "fwd_bwd_causal" add -m (p_i - j) and mask the keys after p_i. A decoding configuration (one
 query over cached keys) has "fwd_causal" only.
@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trinix.alibi import alibi_slopes
-
+from . import original
 from .harness import Call, Harness, release_memory, runnable
 from .jax_providers import require_jax_gpu, require_jax_triton
 from .progress import Progress
@@ -165,20 +164,18 @@ def torch_arrays(config: Config, dtype: str, device: torch.device) -> Arrays:
         return torch.randn(config.batch, queries, config.heads, config.head_dim, dtype=getattr(torch, dtype),
                            device=device)
 
-    slopes = torch.from_numpy(alibi_slopes(config.heads)).float().to(device)
     return Arrays(config, randn(seq_q(config)), randn(config.seq_len), randn(config.seq_len), randn(seq_q(config)),
-                  slopes)
+                  original.torch_alibi_slopes(config.heads, device))
 
 
 def jax_arrays(config: Config, dtype: str) -> Arrays:
     import jax
-    import jax.numpy as jnp
 
     keys = jax.random.split(jax.random.key(0), 4)
     shapes = [(config.batch, n, config.heads, config.head_dim)
               for n in (seq_q(config), config.seq_len, config.seq_len, seq_q(config))]
     q, k, v, do = (jax.random.normal(key, shape, dtype) for key, shape in zip(keys, shapes))
-    return Arrays(config, q, k, v, do, jnp.asarray(alibi_slopes(config.heads), jnp.float32))
+    return Arrays(config, q, k, v, do, original.jax_alibi_slopes(config.heads))
 
 
 def arrays(framework: str, config: Config, dtype: str, device: torch.device) -> Arrays:

@@ -33,7 +33,7 @@ def _method(rows: Rows) -> list[str]:
     dtype = rows.meta["dtype"]
     return [
         f"Attention with ALiBi inside the kernel, {dtype}: q (batch, queries, heads, head_dim), k and v (batch, "
-        "keys, heads, head_dim), the slopes m per head as trinix computes them. *Forward* and *Forward + "
+        "keys, heads, head_dim), head i (1 .. heads) with the slope m = 2^(-8i/heads). *Forward* and *Forward + "
         "backward* add the symmetric bias -m·\\|i - j\\|; the causal ops add -m·(i - j) and mask the keys after "
         "each query. Query i sits at key position keys - queries + i (bottom-right), so a decoding query sees "
         "every cached key.", "",
