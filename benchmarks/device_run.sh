@@ -24,7 +24,10 @@
 #   and num_warps; "--causal" for the causal rows alone), stopped after PROBE_LIMIT (300 s).
 # bench: the benchmark, written to $OUT/bench in the committed layout (EMBEDDINGS.md, plots,
 #   results/latest.json: copy it into benchmarks/ to commit it), with $BENCH_ARGS (e.g. "--methods
-#   llama_block bloom_block": the blocks alone). ~4 min.
+#   llama_block bloom_block": the blocks alone; "--methods alibi_attention": attention with ALiBi
+#   alone; "--methods rope alibi alibi_attention": all but the blocks). ~4 min without the blocks
+#   and attention with ALiBi. Two runs' latest.json make one report on any machine:
+#   python3 benchmarks/benchmark_embeddings.py --render-from A/results/latest.json B/results/latest.json
 # TESTS_LIMIT, PROPERTIES_LIMIT, BENCH_LIMIT, SANITIZE_LIMIT (seconds) stop a step early, so that later steps
 # still run and the logs come back.
 set -uo pipefail
@@ -73,7 +76,8 @@ for step in ${steps[*]}; do
       timeout "${PROBE_LIMIT:-300}" python3 benchmarks/probe_alibi.py ${PROBE_ALIBI_ARGS:-} 2>&1 | tee "$OUT/probe_alibi.log" | tail -n 80
       status=$((status | ${PIPESTATUS[0]})) ;;
     bench)
-      timeout "${BENCH_LIMIT:-600}" python3 benchmarks/benchmark_embeddings.py ${BENCH_ARGS:-} --output "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -n 60
+      timeout "${BENCH_LIMIT:-600}" python3 benchmarks/benchmark_embeddings.py ${BENCH_ARGS:-} --output "$OUT/bench" 2>&1 \
+        | tee "$OUT/bench.log" | tail -n 60
       status=$((status | ${PIPESTATUS[0]})) ;;
   esac
 done

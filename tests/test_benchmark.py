@@ -15,12 +15,15 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from trinix_bench import analysis, cli, jax_providers, plots, providers, report, roofline, run, schema  # noqa: E402
-from trinix_bench import blocks, jax_blocks, torch_blocks, torch_providers, variants  # noqa: E402
+import numpy as np  # noqa: E402
+from trinix_bench import analysis, attention, blocks, cli, jax_blocks, jax_providers, plots, providers  # noqa: E402
+from trinix_bench import harness as harness_module, report, roofline, run, schema, torch_blocks  # noqa: E402
+from trinix_bench import torch_providers, variants  # noqa: E402
 from trinix_bench.harness import BURST_MS, MIN_BURSTS, Harness, Run  # noqa: E402
 from trinix_bench.progress import Progress  # noqa: E402
 
 XL_ALIBI = schema.CONFIGS["alibi"][-1]
+OPERATION_CONFIGS = schema.operation_configs(schema.CONFIGS)
 
 
 # --- CLI ----------------------------------------------------------------------------------
@@ -29,8 +32,10 @@ XL_ALIBI = schema.CONFIGS["alibi"][-1]
 def test_defaults_are_the_original_reports():
     args = cli.parse_args([])
     assert (args.warmup, args.iters, args.dtype) == (10, 100, "float16")
-    assert args.methods == ["rope", "alibi", "llama_block", "bloom_block"] and args.frameworks == ["torch", "jax"]
-    assert args.providers == list(schema.PROVIDERS)
+    assert args.methods == ["rope", "alibi", "alibi_attention", "llama_block", "bloom_block"]
+    assert args.frameworks == ["torch", "jax"]
+    assert args.providers == [*schema.PROVIDERS, "flex", "sdpa_no_bias", "sdpa_bias", "jax_cudnn_bias",
+                              "jax_xla_bias"]
     configs = cli.selected_configs(args)
     assert [(c.name, c.heads, c.head_dim, c.seq_len, c.batch) for c in configs["rope"]] == [
         ("small", 32, 64, 512, 4), ("medium", 64, 128, 2048, 2), ("large", 64, 128, 8192, 1),
@@ -40,13 +45,16 @@ def test_defaults_are_the_original_reports():
     assert [(c.name, c.heads, c.head_dim, c.seq_len, c.batch) for c in configs["llama_block"]] == [
         ("s8192b1", 32, 128, 8192, 1), ("s2048b8", 32, 128, 2048, 8)]
     assert [(c.name, c.seq_len, c.batch) for c in configs["bloom_block"]] == [("s2048b1", 2048, 1), ("s8192b1", 8192, 1)]
+    assert [(c.name, c.batch, c.heads, c.seq_q, c.seq_len, c.head_dim) for c in configs["alibi_attention"]] == [
+        ("decode", 16, 64, 1, 8192, 128), ("medium", 2, 64, None, 2048, 128), ("large", 1, 128, None, 8192, 128),
+        ("xl", 1, 128, None, 32768, 128)]
 
 
 def test_the_blocks_run_alone_or_not_at_all():
     """--methods picks the blocks alone; a custom configuration runs no block; --quick runs the first."""
     alone = cli.selected_configs(cli.parse_args(["--methods", "llama_block", "bloom_block"]))
     assert alone == {m: schema.BLOCK_CONFIGS[m] for m in ("llama_block", "bloom_block")}
-    assert set(cli.selected_configs(cli.parse_args(["--seq_len", "64"]))) == {"rope", "alibi"}
+    assert set(cli.selected_configs(cli.parse_args(["--seq_len", "64"]))) == {"rope", "alibi", "alibi_attention"}
     quick = cli.selected_configs(cli.parse_args(["--quick", "--methods", "bloom_block"]))
     assert quick == {"bloom_block": schema.BLOCK_CONFIGS["bloom_block"][:1]}
 
@@ -69,6 +77,8 @@ def test_custom_configuration_from_the_original_flags():
     configs = cli.selected_configs(args)
     assert configs["rope"] == [schema.Config("custom", 64, 8192, 1, 128)]
     assert configs["alibi"] == [schema.Config("custom", 64, 8192, 1)]
+    assert cli.selected_configs(cli.parse_args(["--seq_len", "64", "--methods", "alibi_attention"])) == {
+        "alibi_attention": [schema.Config("custom", 32, 64, 1, 128)]}
     assert args.dtype == "bfloat16"
 
 
@@ -393,10 +403,10 @@ def test_block_rows_are_checked_by_the_schema(edit, message):
 
 
 def fake_results(on_gpu: bool = True) -> dict:
-    """Rows for every configuration, op and provider: Triton slower than PyTorch at small,
-    faster above; the ALiBi xl bias and scores too big, as on an H200."""
+    """Rows for every configuration, op and provider of RoPE and ALiBi: Triton slower than PyTorch
+    at small, faster above; the ALiBi xl bias and scores too big, as on an H200."""
     rows = []
-    for method, configs in schema.CONFIGS.items():
+    for method, configs in OPERATION_CONFIGS.items():
         for size, config in enumerate(configs):
             for op in schema.METHODS[method]["ops"]:
                 for provider in schema.PROVIDERS:
@@ -482,12 +492,12 @@ def test_ratios_are_of_rows_of_the_same_run():
     assert rows.over_roofline("rope", "large-gqa", "apply", "pytorch") == pytest.approx(2.5)
     assert rows.speedup("rope", "large-gqa", "apply", "triton") == pytest.approx(2.0)
     # JAX Triton's ms / Triton's burst_ms (1.25 x its ms, both 1.5 or 0.5 x the base time)
-    for method, configs in schema.CONFIGS.items():
+    for method, configs in OPERATION_CONFIGS.items():
         for config in configs:
             for op in schema.METHODS[method]["ops"]:
                 expected = None if by_key[method, config.name, op, "jax_triton"]["ms"] is None else 0.8
                 assert rows.jax_over_torch(method, config.name, op) == pytest.approx(expected)
-    measured = analysis.speedups(rows, schema.CONFIGS)
+    measured = analysis.speedups(rows, OPERATION_CONFIGS)
     assert {(m, c, op) for m, c, op, _ in measured} == {
         key[:3] for key, row in by_key.items() if key[3] == "triton" and row["ms"] is not None
         and not key[1].startswith("large-")}
@@ -495,9 +505,9 @@ def test_ratios_are_of_rows_of_the_same_run():
 
 def test_a_cpu_run_has_no_kernel_ratios():
     rows = analysis.Rows(fake_results(on_gpu=False))
-    assert analysis.speedups(rows, schema.CONFIGS) == []
+    assert analysis.speedups(rows, OPERATION_CONFIGS) == []
     assert all(rows.jax_over_torch(m, c.name, op) is None
-               for m, cs in schema.CONFIGS.items() for c in cs for op in schema.METHODS[m]["ops"])
+               for m, cs in OPERATION_CONFIGS.items() for c in cs for op in schema.METHODS[m]["ops"])
     assert analysis.why_not(rows, "rope", schema.CONFIGS["rope"], "total", "triton") == providers.NEEDS_GPU
 
 
@@ -517,7 +527,7 @@ def test_report_tables_carry_every_rows_numbers(on_gpu):
     rows = analysis.Rows(results)
     text = report.render_markdown(results, schema.CONFIGS, RUN_INFO, None, "results/latest.json")
     assert "TBD" not in text
-    for method, configs in schema.CONFIGS.items():
+    for method, configs in OPERATION_CONFIGS.items():
         tables = _section_tables(text, method)
         assert len(tables) == len(configs)
         for config, lines in zip(configs, tables):
@@ -605,31 +615,386 @@ def test_progress_counts_on_stderr_without_tqdm(monkeypatch, capsys):
 def test_tiny_quick_run_on_the_cpu(tmp_path):
     command = [sys.executable, str(BENCHMARKS / "benchmark_embeddings.py"), "--quick",
                "--num_heads", "2", "--head_dim", "8", "--seq_len", "16", "--batch", "1",
-               "--providers", "pytorch", "triton", "jax_xla", "--warmup", "1", "--iters", "2",
-               "--output", str(tmp_path)]
+               "--providers", "pytorch", "triton", "jax_xla", "sdpa_no_bias", "--warmup", "1",
+               "--iters", "2", "--output", str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(report.layout(tmp_path, torch.cuda.is_available()).json.read_text())
     schema.validate_results(results)
-    assert len(results["rows"]) == (4 + 5) * len(schema.PROVIDERS)
+    assert len(results["rows"]) == (4 + 5) * len(schema.PROVIDERS) + 4 * len(schema.ATTENTION_PROVIDERS)
     by_provider = {}
     for row in results["rows"]:
         by_provider.setdefault(row["provider"], []).append(row)
     assert all(row["ms"] > 0 and row["roofline_ms"] > 0 for row in by_provider["pytorch"] + by_provider["jax_xla"])
-    assert all(row["note"] == "not selected (--providers)" for row in by_provider["torch_compile"])
+    unselected = by_provider["torch_compile"] + by_provider["flex"]
+    assert all(row["note"] == "not selected (--providers)" for row in unselected)
     if not torch.cuda.is_available():
         assert all(row["ms"] is None and "CUDA GPU" in row["note"] for row in by_provider["triton"])
+    for row in by_provider["sdpa_no_bias"]:  # attention, timed on any device
+        assert row["ms"] > 0 and row["tflops"] > 0 and row["roofline_ms"] is None, row
     text = (tmp_path / "EMBEDDINGS.md").read_text()
     custom = schema.Config("custom", 2, 16, 1, 8)
     assert "TBD" not in text and f"**{analysis.dims('rope', custom)}**" in text
+    assert "## Attention with ALiBi" in text
+    assert "### Custom: (batch, heads, queries, keys, head_dim) = (1, 2, 16, 16, 8)" in text
     assert "This report: `python benchmarks/benchmark_embeddings.py --quick --num_heads 2" in text
     assert str(tmp_path) not in text
     # The console table: a column per provider with its unit, a line per (method, config, op).
     lines = done.stdout.splitlines()
     header = next(line.split("  ") for line in lines if line.startswith("method"))
-    assert {"roofline ms", *(f"{p} ms" for p in schema.PROVIDERS)} <= {cell.strip() for cell in header}
-    table = [line.split() for line in lines if line.split()[:2] in (["rope", "custom"], ["alibi", "custom"])]
-    assert [cells[2] for cells in table] == schema.METHODS["rope"]["ops"] + schema.METHODS["alibi"]["ops"]
+    assert {"roofline ms", *(f"{p} ms" for p in schema.every_provider())} <= {cell.strip() for cell in header}
+    table = [line.split() for line in lines if line.split()[:2] in (["rope", "custom"], ["alibi", "custom"],
+                                                                     ["alibi_attention", "custom"])]
+    assert [cells[2] for cells in table] == [op for method in schema.METHODS for op in schema.METHODS[method]["ops"]]
     assert any(line.startswith("—:") for line in lines)
     if not torch.cuda.is_available():
         assert any(line.startswith("CPU run:") for line in lines)
+
+
+# --- attention with ALiBi -------------------------------------------------------------------
+
+ATTENTION = schema.ATTENTION
+ATTENTION_CONFIGS = {c.name: c for c in schema.CONFIGS[ATTENTION]}
+# Tiny shapes for the interpreter (a few programs a launch): a square one and one decoding query.
+TINY_ATTENTION = [schema.Config("tiny", 2, 32, 1, 16), schema.Config("tiny-decode", 2, 32, 2, 16, seq_q=1)]
+CPU = torch.device("cpu")
+
+
+def test_only_attention_can_be_selected():
+    assert cli.selected_configs(cli.parse_args(["--methods", "alibi_attention"])) == {
+        ATTENTION: schema.CONFIGS[ATTENTION]}
+    assert cli.selected_configs(cli.parse_args(["--methods", "alibi_attention", "--quick"])) == {
+        ATTENTION: [ATTENTION_CONFIGS["decode"]]}
+    assert cli.parse_args(["--providers", "flex", "sdpa_no_bias"]).providers == ["flex", "sdpa_no_bias"]
+
+
+def test_attention_flops_tflops_and_roofline():
+    medium, decode = ATTENTION_CONFIGS["medium"], ATTENTION_CONFIGS["decode"]
+    pairs = 2048 * 2048
+    assert attention.attention_flops(medium, "fwd") == 4 * 2 * 64 * pairs * 128
+    causal = pairs - 2048 * 2047 // 2  # the diagonal and below: 2048 * 2049 / 2
+    assert attention.attention_flops(medium, "fwd_causal") == 4 * 2 * 64 * causal * 128
+    assert attention.attention_flops(medium, "fwd_bwd_causal") == 3.5 * 4 * 2 * 64 * causal * 128
+    assert attention.attention_flops(decode, "fwd_causal") == 4 * 16 * 64 * 8192 * 128  # one query, every key
+    assert attention.tflops(medium, "fwd", 0.5) == pytest.approx(4 * 2 * 64 * pairs * 128 / 0.5e-3 / 1e12)
+    assert attention.tflops(medium, "fwd", None) is None
+    kv = 2 * 16 * 8192 * 64 * 128 * 2
+    assert attention.kv_bytes(decode, "float16") == kv
+    assert attention.roofline_ms(decode, "float16", 3000.0) == pytest.approx(kv / 3000e9 * 1e3)
+    assert attention.roofline_ms(medium, "float16", 3000.0) is None
+    assert attention.ops_at(decode) == ["fwd_causal"]
+    assert attention.ops_at(medium) == schema.METHODS[ATTENTION]["ops"]
+
+
+def _attention_row(op="fwd", provider="triton", **fields):
+    return schema.row(ATTENTION, "medium", op, provider, **{"ms": 1.0, "tflops": 500.0, **fields})
+
+
+@pytest.mark.parametrize("row, message", [
+    (_attention_row(), None),
+    (_attention_row("fwd_bwd_causal", "jax_cudnn_bias", ms=None, tflops=None, note="failed: out of memory"), None),
+    ({k: v for k, v in _attention_row().items() if k != "tflops"}, "exactly the keys"),
+    ({**_attention_row(), "tflops": "500"}, "tflops"),
+    (_attention_row(provider="pytorch"), "provider"),
+    (_attention_row(op="apply"), "not an op"),
+    (schema.row("rope", "large", "apply", "flex", ms=1.0), "provider"),
+    (schema.row("rope", "large", "apply", "triton", ms=1.0, tflops=1.0), "exactly the keys"),
+])
+def test_the_schema_takes_attention_rows(row, message):
+    results = {"meta": fake_results()["meta"], "rows": [row]}
+    if message is None:
+        schema.validate_results(results)
+    else:
+        with pytest.raises(ValueError, match=message):
+            schema.validate_results(results)
+
+
+@pytest.mark.parametrize("config", TINY_ATTENTION, ids=lambda c: c.name)
+def test_materialized_biases(config):
+    """-m|p_i - j|, or -m(p_i - j) with the later keys masked (torch) or left to is_causal (JAX),
+    p_i = seq_k - seq_q + i."""
+    slopes = torch.tensor([0.5, 0.125])
+    positions = np.arange(attention.seq_q(config)) + config.seq_len - attention.seq_q(config)
+    distance = positions[:, None] - np.arange(config.seq_len)[None, :]
+    for causal in (False, True):
+        unmasked = (-slopes.numpy()[:, None, None] * (distance if causal else np.abs(distance))).astype(np.float32)
+        masked = np.where(distance < 0, -np.inf, unmasked) if causal else unmasked
+        got = attention.torch_bias(slopes, config, causal, torch.float32)
+        assert got.shape == attention.bias_shape(config)
+        np.testing.assert_array_equal(got[0].numpy(), masked)
+        np.testing.assert_array_equal(np.asarray(attention.jax_bias(slopes.numpy(), config, causal, "float32"))[0],
+                                      unmasked)
+
+
+def _outputs(provider, op):
+    call = provider.call(op)
+    return attention._results(call.fn(*call.args))
+
+
+@pytest.mark.parametrize("config", TINY_ATTENTION, ids=lambda c: c.name)
+def test_flex_score_mod_and_sdpa_agree_with_the_bias(config, monkeypatch):
+    """Flex's score_mod and block mask (eager, forward: Flex has no backward on a CPU) give
+    SDPA's attention with the materialized bias; SDPA without a bias is other attention."""
+    monkeypatch.setattr(attention.Flex, "compiled", False)
+    x = attention.torch_arrays(config, "float32", CPU)
+    flex, biased, plain = attention.Flex(x), attention.SdpaBias(x), attention.SdpaNoBias(x)
+    for op in ("fwd", "fwd_causal"):
+        if op in attention.ops_at(config):
+            (want,) = _outputs(biased, op)
+            np.testing.assert_allclose(_outputs(flex, op)[0], want, atol=1e-5)
+            assert np.abs(_outputs(plain, op)[0] - want).max() > 1e-2
+
+
+@pytest.fixture
+def interpreted(monkeypatch):
+    """trinix's providers through Triton's interpreter, Flex eager."""
+    monkeypatch.setattr(attention.TrinixAttention, "backend", "interpret")
+    monkeypatch.setattr(attention.TrinixJaxAttention, "backend", "interpret")
+    monkeypatch.setattr(attention.Flex, "compiled", False)
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_trinix_is_checked_against_the_bias_in_float32(framework, interpreted, monkeypatch):
+    for config in TINY_ATTENTION:
+        attention.check_trinix(framework, config, "float32", CPU)
+    cls = attention.TRINIX[framework]
+    right = cls.attend
+    monkeypatch.setattr(cls, "attend", lambda self, causal: right(self, not causal))  # the other form
+    with pytest.raises(RuntimeError, match=f"through {framework} disagrees with .* at tiny: fwd o: max"):
+        attention.check_trinix(framework, TINY_ATTENTION[0], "float32", CPU)
+
+    def fails(self, causal):
+        raise ValueError("unsupported")
+
+    monkeypatch.setattr(cls, "attend", fails)  # its rows will say so; the run goes on
+    attention.check_trinix(framework, TINY_ATTENTION[0], "float32", CPU)
+
+
+def test_attention_rows_on_the_cpu(interpreted, monkeypatch):
+    """Every provider's rows at each configuration: timed where it runs here, a note where not;
+    trinix checked first; TFLOP/s from the time, a roofline for the decoding step."""
+    checked = []
+    monkeypatch.setattr(attention, "check_trinix", lambda *args: checked.append(args))
+    harness = Harness(CPU, warmup=1, iters=1)
+    progress = Progress(attention.row_count(TINY_ATTENTION))
+    rows = []
+    for framework in ("torch", "jax"):
+        rows += attention.attention_rows(harness, framework, TINY_ATTENTION, "float32", schema.every_provider(),
+                                         100.0, progress=progress, check_config=TINY_ATTENTION[0])
+    assert progress.done == len(rows) == attention.row_count(TINY_ATTENTION) == 5 * len(schema.ATTENTION_PROVIDERS)
+    assert [(framework, config.name) for framework, config, *_ in checked] == [("torch", "tiny"), ("jax", "tiny")]
+    schema.validate_results({"meta": fake_results()["meta"], "rows": rows})
+    by_key = {(r["config"], r["op"], r["provider"]): r for r in rows}
+    for (config_name, op, provider), row in by_key.items():
+        config = next(c for c in TINY_ATTENTION if c.name == config_name)
+        if provider == "jax_cudnn_bias":
+            assert row["ms"] is None and row["note"] == providers.NEEDS_GPU
+        elif provider == "flex" and "bwd" in op:
+            assert row["ms"] is None and row["note"].startswith("failed: NotImplementedError"), row
+        else:
+            assert row["ms"] > 0 and row["tflops"] == pytest.approx(attention.tflops(config, op, row["ms"]), rel=1e-4)
+        expected_roofline = attention.roofline_ms(config, "float32", 100.0)
+        assert row["roofline_ms"] == (None if expected_roofline is None else pytest.approx(expected_roofline, rel=1e-4))
+    assert by_key["tiny-decode", "fwd_causal", "triton"]["roofline_ms"] > 0
+    assert by_key["tiny", "fwd_bwd", "sdpa_bias"]["note"] == attention.SdpaBias.note
+
+
+def test_untimed_rows_a_bias_too_big_and_a_failure_are_rows_with_notes(monkeypatch):
+    xl = ATTENTION_CONFIGS["xl"]
+    empty = torch.empty(0, dtype=torch.float16)
+    x = attention.Arrays(xl, empty, empty, empty, empty, torch.ones(128))
+    harness = Harness(CPU, warmup=1, iters=1)
+    ms, burst_ms, peak, note = attention.measure(harness, attention.SdpaBias(x), "fwd")
+    assert (ms, burst_ms, peak) == (None, None, None)
+    assert note.startswith("does not fit: the bias (1, 128, 32768, 32768) float16 alone is 275 GB")
+
+    monkeypatch.setattr(attention.Flex, "compiled", False)
+    ms, _, _, note = attention.measure(harness, attention.Flex(x), "fwd_bwd_causal")
+    assert ms is None and note.startswith("not timed at this size")
+
+    class OutOfMemory(attention.SdpaNoBias):
+        def attend(self, causal):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 17.18 GiB.\nmore lines")
+
+    ms, _, _, note = attention.measure(harness, OutOfMemory(x), "fwd_bwd")
+    # harness.failure_note, the one rule for every section's failed call: running out of memory does not fit
+    assert ms is None and note == ("does not fit: out of memory (OutOfMemoryError: CUDA out of memory. "
+                                   "Tried to allocate 17.18 GiB.)")
+
+    class Unsupported(attention.SdpaNoBias):
+        def attend(self, causal):
+            raise RuntimeError("no kernel for this shape\nmore lines")
+
+    ms, _, _, note = attention.measure(harness, Unsupported(x), "fwd_bwd")
+    assert ms is None and note == "failed: RuntimeError: no kernel for this shape"
+
+
+def test_a_capped_harness_makes_few_calls_of_a_long_row():
+    harness = Harness(CPU, warmup=10, iters=100).capped(0.1)
+    calls = []
+
+    def start():
+        time.sleep(0.04)
+        calls.append(1)
+
+    ms = harness.median_ms("torch", Run(start, lambda out: out))
+    # warm-up: the first call, then until 0.1 s (3 calls); one estimate; 3 timed calls
+    assert 1 + 3 + 1 + harness_module.CAPPED_MIN_ITERS <= len(calls) <= 10 and ms >= 40
+    assert Harness(CPU, warmup=1, iters=100).cap_s is None  # uncapped unless asked
+
+
+def _fake_attention_rows() -> list[dict]:
+    """Every attention row, as on an H100: the bias too big at xl, cuDNN failing at large."""
+    rows = []
+    for config in schema.CONFIGS[ATTENTION]:
+        for op in attention.ops_at(config):
+            for i, provider in enumerate(schema.ATTENTION_PROVIDERS):
+                ms, note = 0.5 * (i + 1) * 4.0 ** list(ATTENTION_CONFIGS).index(config.name), None
+                if config.name == "xl" and provider in ("sdpa_bias", "jax_cudnn_bias", "jax_xla_bias"):
+                    ms, note = None, "does not fit: the bias (1, 128, 32768, 32768) float16 alone is 275 GB, 79 GB free"
+                if config.name == "large" and provider == "jax_cudnn_bias":
+                    ms, note = None, "failed: XlaRuntimeError: RESOURCE_EXHAUSTED: out of memory"
+                rows.append(schema.row(
+                    ATTENTION, config.name, op, provider, ms=ms, note=note, tflops=attention.tflops(config, op, ms),
+                    burst_ms=0.8 * ms if provider == "triton" else None, peak_mb=None if ms is None else 100.0 + i,
+                    roofline_ms=attention.roofline_ms(config, "float16", 3000.0)))
+    return rows
+
+
+def test_the_attention_section_is_written_from_its_rows():
+    results = fake_results()
+    results["rows"] += _fake_attention_rows()
+    schema.validate_results(results)
+    rows = analysis.Rows(results)
+    text = report.render_markdown(results, schema.CONFIGS, RUN_INFO, None, "results/latest.json")
+    tables = _section_tables(text + "\n## end", ATTENTION)
+    names = ["medium", "large", "xl", "decode"]  # the decoding step last
+    assert [chunk.split(":")[0] for chunk in text.split("\n### ") if chunk.split(":")[0].lower() in names] == [
+        "Medium", "Large", "XL", "Decode"]
+    label = analysis.label
+    for name, lines in zip(names, tables):
+        for op in attention.ops_at(ATTENTION_CONFIGS[name]):
+            ms = {p: rows.ms(ATTENTION, name, op, p) for p in schema.ATTENTION_PROVIDERS}
+            if name == "decode":
+                roofline = rows.roofline(ATTENTION, name, op)
+                cells = [analysis.fmt_ms(roofline), *("—" if m is None else
+                         f"{analysis.fmt_ms(m)} ({analysis.fmt_x(m / roofline)})" for m in ms.values())]
+            else:
+                cells = ["—" if m is None else f"{analysis.fmt_ms(m)} "
+                         f"({analysis.fmt_amount(rows.get(ATTENTION, name, op, p, 'tflops'))})" for p, m in ms.items()]
+            assert [label(ATTENTION, op), *cells] in lines, (name, op)
+            flex_over_trinix = analysis.fmt_x(ms["flex"] / ms["triton"])
+            trinix_over_sdpa = analysis.fmt_x(ms["triton"] / ms["sdpa_no_bias"])
+            jax_over_torch = analysis.fmt_x(ms["jax_triton"] / (0.8 * ms["triton"]))
+            cudnn = "—" if ms["jax_cudnn_bias"] is None else analysis.fmt_x(ms["jax_cudnn_bias"] / ms["jax_triton"])
+            assert [label(ATTENTION, op), flex_over_trinix, trinix_over_sdpa, jax_over_torch, cudnn] in lines
+            peaks = [analysis.fmt_amount(rows.get(ATTENTION, name, op, p, "peak_mb")) for p in ms]
+            assert [label(ATTENTION, op), *peaks] in lines
+    for row in results["rows"]:
+        if row["ms"] is None:
+            assert row["note"] in text, row
+
+
+def test_no_attention_section_without_its_rows():
+    text = report.render_markdown(fake_results(), schema.CONFIGS, RUN_INFO, None, "results/latest.json")
+    assert "## Attention with ALiBi" not in text
+    results = fake_results()
+    results["rows"] = _fake_attention_rows()  # attention alone: no RoPE or ALiBi sections, no plots
+    text = report.render_markdown(results, {ATTENTION: schema.CONFIGS[ATTENTION]}, RUN_INFO,
+                                  plots.write_plots(results, {ATTENTION: []}, Path("."))[1], "results/latest.json")
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert "## Attention with ALiBi" in headings and "## Summary" not in headings
+    assert f"## {schema.METHODS['rope']['title']}" not in headings
+
+
+# --- every section in one report, and one report from several runs --------------------------
+
+
+def _headings(text: str) -> list[str]:
+    return [line[3:] for line in text.splitlines() if line.startswith("## ")]
+
+
+def _order(text: str) -> list[str]:
+    """The report's kinds of sections, in order."""
+    kinds = {"What a model gains": "blocks", "Test Environment": "environment", "Summary": "operations",
+             schema.METHODS["rope"]["title"]: "operations", schema.METHODS["alibi"]["title"]: "operations",
+             schema.METHODS[ATTENTION]["title"]: "attention", "Implementation Details": "rest",
+             "Reproduce These Results": "rest"}
+    return list(dict.fromkeys(kinds[h] for h in _headings(text) if h in kinds))
+
+
+def test_the_three_kinds_of_sections_make_one_report_in_order():
+    results = fake_results()
+    results["rows"] += _fake_attention_rows() + fake_block_rows()
+    results["rows"].sort(key=schema.row_order({**schema.CONFIGS, **schema.BLOCK_CONFIGS}))
+    schema.validate_results(results)  # one schema for the rows of every method
+    configs = cli.selected_configs(cli.parse_args([]))
+    assert list(configs) == schema.every_method()
+    text = report.render_markdown(results, configs, RUN_INFO, None, "results/latest.json")
+    assert _order(text) == ["blocks", "environment", "operations", "attention", "rest"]
+    console = report.console_table(results)
+    assert "alibi_attention" in console and "Blocks:" in console and "flex ms" in console
+
+
+def _run_file(tmp_path: Path, name: str, results: dict) -> Path:
+    path = tmp_path / name / "latest.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(results))
+    return path
+
+
+def test_two_runs_render_one_report(tmp_path):
+    blocks_run = {"meta": {**fake_results()["meta"], "date": "2026-12-01", "copy_gbps": 3000.0,
+                           "run": {"command": "python benchmarks/benchmark_embeddings.py --methods llama_block "
+                                              "bloom_block", "warmup": 10, "iters": 100}},
+                  "rows": fake_block_rows()}
+    rest = fake_results()
+    rest["rows"] += _fake_attention_rows()
+    rest["meta"]["run"] = {"command": "python benchmarks/benchmark_embeddings.py --methods rope alibi "
+                                      "alibi_attention", "warmup": 10, "iters": 100}
+    rest["rows"] += [dict(r, ms=999.0, note=None) for r in fake_block_rows() if r["ms"]]  # the first file's win
+    a, b = _run_file(tmp_path, "blocks", blocks_run), _run_file(tmp_path, "rest", rest)
+    assert cli.main(["--render-from", str(a), str(b), "--output", str(tmp_path / "out")]) == 0
+    merged = json.loads((tmp_path / "out" / "results" / "latest.json").read_text())
+    schema.validate_results(merged)
+    assert {k: v for k, v in merged["meta"].items() if k != "runs"} == blocks_run["meta"]  # the first file's
+    assert [(r["methods"], r["date"], r["copy_gbps"]) for r in merged["meta"]["runs"]] == [
+        (["llama_block", "bloom_block"], "2026-12-01", 3000.0), (["rope", "alibi", ATTENTION], "2026-11-29", 4249.0)]
+    assert merged["meta"]["runs"][1]["command"] == rest["meta"]["run"]["command"]
+    key = schema.row_order({**schema.CONFIGS, **schema.BLOCK_CONFIGS})
+    assert merged["rows"] == sorted(fake_block_rows() + [r for r in rest["rows"] if r["method"] not in schema.BLOCKS],
+                                    key=key)
+    # Each method's GB/s at the copy bandwidth of its own run, whose rooflines its rows carry.
+    rows = analysis.Rows(merged)
+    assert rows.copy_gbps("rope") == 4249.0 and rows.copy_gbps("llama_block") == 3000.0
+    text = (tmp_path / "out" / "EMBEDDINGS.md").read_text()
+    assert _order(text) == ["blocks", "environment", "operations", "attention", "rest"]
+    header = text[:text.index("## What a model gains")]
+    assert "come from separate runs" in header and "2026-12-01" in header and "3,000 GB/s" in header
+    assert "- **Runs**: the sections come from separate runs" in text
+    assert f"This report: `python benchmarks/benchmark_embeddings.py --render-from {a} {b}`" in text
+    # One run's file renders alone, as that run wrote it: no runs in its meta.
+    assert cli.main(["--render-from", str(b), "--output", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "results" / "latest.json").read_text())
+    assert one["meta"] == rest["meta"] and "separate runs" not in (tmp_path / "one" / "EMBEDDINGS.md").read_text()
+
+
+def test_render_from_without_matplotlib_and_what_it_refuses(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # the import fails: no plots, a note
+    blocks_run = {"meta": fake_results()["meta"], "rows": fake_block_rows()}
+    rest = fake_results()
+    a, b = _run_file(tmp_path, "blocks", blocks_run), _run_file(tmp_path, "rest", rest)
+    written = report.render_from([a, b], tmp_path / "out", "python benchmarks/benchmark_embeddings.py --render-from")
+    assert [p.name for p in written] == ["EMBEDDINGS.md", "latest.json"]
+    text = (tmp_path / "out" / "EMBEDDINGS.md").read_text()
+    assert "## Summary" in text and "Plots: [time" not in text and "(not recorded)" in text
+    bf16 = {"meta": {**rest["meta"], "dtype": "bfloat16"}, "rows": rest["rows"][:1]}
+    with pytest.raises(ValueError, match="different dtypes"):
+        report.merge_results([blocks_run, {"meta": rest["meta"], "rows": []}, bf16, rest])
+    custom = {"meta": rest["meta"], "rows": [dict(rest["rows"][0], config="custom")]}
+    with pytest.raises(ValueError, match="custom configuration"):
+        report.merge_results([custom])
+    broken = {"meta": {**rest["meta"], "runs": [{"methods": ["alibi"], "date": "2026-11-29", "gpu": "x",
+                                                  "copy_gbps": 1.0, "command": None}]}, "rows": rest["rows"]}
+    with pytest.raises(ValueError, match="in none of meta.runs"):
+        schema.validate_results(broken)

@@ -6,6 +6,8 @@ roofline     the bytes each op must move, and whether a row fits in memory
 harness      timing (CUDA events after an L2 flush, bursts for JAX, the wall clock on a CPU)
 providers    what a provider is; torch_providers and jax_providers are the implementations
 variants     RoPE variants (GQA, BHSD, dtypes, partial and interleaved rotation)
+attention    attention with ALiBi: its providers, trinix's check, its rows (attention_section: its
+             part of EMBEDDINGS.md)
 blocks       whole Llama- and BLOOM-style blocks, checked then timed (torch_blocks and jax_blocks
              build them)
 run          every row of one run, measured (progress: its progress bar)

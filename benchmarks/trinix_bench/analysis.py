@@ -3,7 +3,7 @@ numbers and names as the report writes them. Every ratio is of two rows of the s
 
 import math
 
-from .schema import METHODS, PROVIDERS
+from .schema import METHODS, PROVIDERS, providers_of
 
 
 class Rows:
@@ -24,7 +24,8 @@ class Rows:
         return self.get(method, config, op, provider, "note")
 
     def roofline(self, method, config, op) -> float | None:
-        return self.get(method, config, op, "pytorch", "roofline_ms")
+        """The op's roofline, which each provider's row carries."""
+        return self.get(method, config, op, next(iter(providers_of(method))), "roofline_ms")
 
     def speedup(self, method, config, op, provider) -> float | None:
         """PyTorch's time / the provider's."""
@@ -43,10 +44,16 @@ class Rows:
         jax_ms, torch_ms = self.ms(method, config, op, "jax_triton"), self.get(method, config, op, "triton", "burst_ms")
         return jax_ms / torch_ms if jax_ms and torch_ms else None
 
+    def copy_gbps(self, method) -> float:
+        """The copy bandwidth of the run that measured `method`'s rows (meta.runs of a report
+        merged from several runs), at which its rooflines are."""
+        return next((run["copy_gbps"] for run in self.meta.get("runs", []) if method in run["methods"]),
+                    self.meta["copy_gbps"])
+
     def gbps(self, method, config, op, provider) -> float | None:
         """Bytes moved / time: the roofline is those bytes at the copy bandwidth."""
         ratio = self.over_roofline(method, config, op, provider)
-        return self.meta["copy_gbps"] / ratio if ratio else None
+        return self.copy_gbps(method) / ratio if ratio else None
 
 
 def _fmt(value: float | None, formats: tuple, suffix: str = "") -> str:

@@ -7,6 +7,7 @@ whose stream torch's events cannot see, by the wall time of bursts of back-to-ba
 CPU, each call by the wall clock.
 """
 
+import copy
 import gc
 import math
 import statistics
@@ -18,6 +19,7 @@ import torch
 FLUSH_BYTES = 256 * 2**20  # larger than any L2 cache
 ROW_BUDGET_S = 2.0  # timed iterations of one row are cut to fit this (by default), but never below MIN_ITERS
 MIN_ITERS = 10
+CAPPED_MIN_ITERS = 3  # the timed calls of a row under a cap (Harness.capped), at least
 # A burst of JAX calls lasts about this long (and at least one call): its first dispatch and
 # its last wait, which no other call overlaps, are then a small part of it.
 BURST_MS = 10.0
@@ -48,6 +50,15 @@ class Harness:
         self.cuda = device.type == "cuda"
         self.warmup, self.iters, self.row_budget_s = warmup, iters, row_budget_s
         self.flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device=device) if self.cuda else None
+        self.cap_s = None
+
+    def capped(self, seconds: float) -> "Harness":
+        """This harness for rows of long calls (up to a second each): after the first warm-up
+        call (compilation), warm-up stops once it has taken `seconds`; the estimate takes one
+        call; the timed calls fit `seconds`, at least CAPPED_MIN_ITERS of them."""
+        harness = copy.copy(self)
+        harness.cap_s = harness.row_budget_s = seconds
+        return harness
 
     def _torch_gpu_ms(self, run: Run, iters: int) -> list[float]:
         """Per-call GPU times as triton.testing.do_bench takes them: before each call the L2 is
@@ -94,21 +105,29 @@ class Harness:
 
     def median_ms(self, framework: str, run: Run, bursts: bool = False) -> float:
         """Median time of one call, after `warmup` calls (compilation included). On a GPU, torch
-        calls by CUDA events, JAX calls (and torch's with `bursts`) by bursts."""
-        for _ in range(self.warmup):
+        calls by CUDA events, JAX calls (and torch's with `bursts`) by bursts. Fewer calls under
+        a cap (`capped`)."""
+        for i in range(self.warmup):
             run.wait(run.start())
+            if i == 0:
+                begin = time.perf_counter()  # after the first call, which compiles
+            elif self.cap_s is not None and time.perf_counter() - begin > self.cap_s:
+                break
+        estimates = 3 if self.cap_s is None else 1
         if self.cuda and (framework != "torch" or bursts):
-            estimate = statistics.median(self._burst_ms(run, 3, calls=3))
+            estimate = statistics.median(self._burst_ms(run, estimates, calls=estimates))
             calls = max(1, math.ceil(BURST_MS / max(estimate, 1e-6)))
             return statistics.median(self._burst_ms(run, max(self._iters(estimate), MIN_BURSTS * calls), calls))
         timed = self._torch_gpu_ms if self.cuda else self._wall_ms
-        estimate = statistics.median(timed(run, 3))
+        estimate = statistics.median(timed(run, estimates))
         return statistics.median(timed(run, self._iters(estimate)))
 
     def _iters(self, estimate_ms: float) -> int:
-        """Timed calls of a row: `iters`, fewer where they would take over `row_budget_s`."""
+        """Timed calls of a row: `iters`, fewer where they would take over `row_budget_s` (but at
+        least MIN_ITERS, or CAPPED_MIN_ITERS under a cap)."""
+        least = MIN_ITERS if self.cap_s is None else CAPPED_MIN_ITERS
         estimate_ms = max(estimate_ms, 1e-6)
-        return max(min(self.iters, MIN_ITERS), min(self.iters, int(self.row_budget_s * 1e3 / estimate_ms)))
+        return max(min(self.iters, least), min(self.iters, int(self.row_budget_s * 1e3 / estimate_ms)))
 
     def peak_mb(self, framework: str, call: Call, run: Run) -> float | None:
         """Memory one call needs beyond its inputs (its outputs and temporaries), in MB.

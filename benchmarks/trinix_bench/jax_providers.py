@@ -51,6 +51,24 @@ def jax_fwd_bwd(apply, x: JaxInputs) -> Call:
     return Call(jax.jit(fwd_bwd), (x.q, x.k, *x.tables, x.grads))
 
 
+def require_jax_gpu() -> None:
+    """Raise Unavailable unless JAX runs on a CUDA GPU."""
+    import jax
+
+    if jax.default_backend() not in ("gpu", "cuda"):
+        raise Unavailable(NEEDS_GPU if not torch.cuda.is_available()
+                          else f"needs JAX on a CUDA GPU; JAX here runs on {jax.default_backend()}")
+
+
+def require_jax_triton() -> None:
+    """Raise Unavailable unless trinix's kernels can launch from JAX (a GPU and jax_triton)."""
+    require_jax_gpu()
+    try:  # through trinix, which keeps jax_triton's import from unsetting Triton's cache dir
+        import_module("trinix.jax.launcher").jax_triton()
+    except ImportError as error:
+        raise Unavailable(f"jax_triton cannot be imported ({error})") from None
+
+
 def _jit(fn, *static_argnums):
     import jax
 
@@ -112,17 +130,9 @@ class TrinixJax(Provider):
              "alibi_add_to_scores": "add_to_scores in place: the scores are donated to the jit"}
 
     def __init__(self, x: JaxInputs, method: str):
-        import jax
-
         super().__init__(x, method)
         if self.backend == "triton":
-            if jax.default_backend() not in ("gpu", "cuda"):
-                raise Unavailable(NEEDS_GPU if not torch.cuda.is_available()
-                                  else f"needs JAX on a CUDA GPU; JAX here runs on {jax.default_backend()}")
-            try:  # through trinix, which keeps jax_triton's import from unsetting Triton's cache dir
-                import_module("trinix.jax.launcher").jax_triton()
-            except ImportError as error:
-                raise Unavailable(f"jax_triton cannot be imported ({error})") from None
+            require_jax_triton()
         # module: trinix.jax.rope or .alibi; encoding: its FastRoPE- or FastALiBiPositionEmbedding
         self.module, self.encoding = trinix_encoding("jax", method, self.config, self.backend)
 

@@ -4,8 +4,9 @@ and the fixed text)."""
 
 from . import sections
 from .analysis import Rows, fmt_ms, fmt_x
+from .attention_section import attention_section
 from .plots import PLOTS
-from .schema import METHODS, on_gpu, operation_configs
+from .schema import ATTENTION, BLOCKS, METHODS, on_gpu, operation_configs
 
 
 def render_markdown(results: dict, configs: dict, run_info: dict, plot_note: str | None,
@@ -15,21 +16,34 @@ def render_markdown(results: dict, configs: dict, run_info: dict, plot_note: str
     json_link: latest.json's path relative to the report."""
     rows = Rows(results)
     gpu = on_gpu(rows.meta)
-    configs = operation_configs(configs)  # the blocks' section is written from their rows alone
+    # Header, what a model gains (the blocks, from their rows alone), environment, the operations'
+    # sections, attention with ALiBi, then the rest.
+    operations = operation_configs(configs)
     blocks = sections.blocks_section(rows)
-    parts = [_header(gpu, json_link), *([blocks] if blocks else []), _environment(rows, run_info, gpu)]
-    if configs:
-        variants = sections.variants_section(rows, configs)
-        parts += [sections.summary(rows, configs),
-                  *(sections.method_section(rows, method, cs) for method, cs in configs.items()),
-                  *([variants] if variants else []), sections.insights(rows, configs),
-                  _recommendations(rows, configs), sections.guidelines(rows, configs),
-                  sections.scaling(rows, configs, plot_note), sections.memory(rows, configs, gpu), _details()]
-    parts += [_reproduce(run_info), _footer(rows, json_link, plots=bool(configs))]
+    parts = [_header(gpu, json_link, rows), *([blocks] if blocks else []), _environment(rows, run_info, gpu)]
+    if operations:
+        variants = sections.variants_section(rows, operations)
+        parts += [sections.summary(rows, operations),
+                  *(sections.method_section(rows, method, cs) for method, cs in operations.items()),
+                  *([variants] if variants else []), sections.insights(rows, operations),
+                  _recommendations(rows, operations), sections.guidelines(rows, operations),
+                  sections.scaling(rows, operations, plot_note), sections.memory(rows, operations, gpu)]
+    attention = attention_section(rows, configs.get(ATTENTION, []))
+    parts += [*([attention] if attention else []), *([_details()] if operations or attention else []),
+              _reproduce(run_info, rows), _footer(rows, json_link, plots=bool(operations) and plot_note is None)]
     return "\n\n---\n\n".join(parts) + "\n"
 
 
-def _header(gpu: bool, json_link: str) -> str:
+def _runs(rows: Rows) -> list[str]:
+    """Lines "- **sections**: date, GPU, copy bandwidth" of each run a report merged from several
+    (latest.json's meta.runs, --render-from); none for one run."""
+    names = {**{m: spec["title"] for m, spec in METHODS.items()}, **{m: spec["title"] for m, spec in BLOCKS.items()}}
+    return [f"- **{', '.join(names[m] for m in run['methods'])}**: {run['date']}, {run['gpu']}, copy bandwidth "
+            f"{run['copy_gbps']:,.0f} GB/s" + (f" (`{run['command']}`)" if run.get("command") else "")
+            for run in rows.meta.get("runs", [])]
+
+
+def _header(gpu: bool, json_link: str, rows: Rows) -> str:
     lines = ["# Position Embeddings Benchmark", "",
              "Performance comparison of position encoding methods: trinix's Triton kernels against the "
              "PyTorch path of the original benchmark report, torch.compile, Liger-Kernel and JAX, in one process "
@@ -39,6 +53,10 @@ def _header(gpu: bool, json_link: str) -> str:
                       "through JAX) and Liger need one: they are empty, and no Triton speedup is measured "
                       "here. The numbers compare the PyTorch, torch.compile and JAX paths on this CPU and "
                       "say nothing about GPU performance."]
+    if runs := _runs(rows):
+        lines += ["", "> **The sections come from separate runs**, their rows merged into one latest.json "
+                      "(each row's times and rooflines are its own run's; the environment below is the first "
+                      "run's):", ">", *(f"> {line}" for line in runs)]
     return "\n".join(lines)
 
 
@@ -76,6 +94,9 @@ def _environment(rows: Rows, run_info: dict, gpu: bool) -> str:
         "over 2 s gets fewer, never fewer than 10)",
         f"- **Copy bandwidth**: {meta['copy_gbps']:,.0f} GB/s (a large {'device' if gpu else 'host'} "
         "copy, bytes read + written, measured in this run)",
+        *(["- **Runs**: the sections come from separate runs, each with its own date, device and copy "
+           "bandwidth (its rooflines and GB/s are at its own):", *(f"  {line}" for line in _runs(rows))]
+          if "runs" in meta else []),
         "", "### Method", "",
         f"- One harness for every provider: warm-up calls (compilation included), then each timed call {timing}.",
         "- Roofline = the bytes an op must move (each input read once, each output written once) at "
@@ -184,7 +205,7 @@ def _details() -> str:
     ])
 
 
-def _reproduce(run_info: dict) -> str:
+def _reproduce(run_info: dict, rows: Rows) -> str:
     return "\n".join([
         "## Reproduce These Results", "",
         "```bash", "# Install dependencies (from a checkout of trinix)", "pip install -e \".[dev]\"", "",
@@ -196,8 +217,16 @@ def _reproduce(run_info: dict) -> str:
         "# Custom configuration",
         "python benchmarks/benchmark_embeddings.py --num_heads 64 --head_dim 128 --seq_len 8192", "",
         "# The blocks alone (a CUDA GPU): What a model gains",
-        "python benchmarks/benchmark_embeddings.py --methods llama_block bloom_block", "```", "",
-        f"This report: `{run_info['command']}`",
+        "python benchmarks/benchmark_embeddings.py --methods llama_block bloom_block", "",
+        "# Attention with ALiBi alone",
+        "python benchmarks/benchmark_embeddings.py --methods alibi_attention", "",
+        "# Everything but the blocks, then one report from both runs' rows (on any machine)",
+        "python benchmarks/benchmark_embeddings.py --methods rope alibi alibi_attention --output /tmp/rest",
+        "python benchmarks/benchmark_embeddings.py --methods llama_block bloom_block --output /tmp/blocks",
+        "python benchmarks/benchmark_embeddings.py --render-from /tmp/blocks/results/latest.json "
+        "/tmp/rest/results/latest.json", "```", "",
+        f"This report: `{run_info['command']}`"
+        + (", from the rows of the runs its header lists" if "runs" in rows.meta else ""),
     ])
 
 

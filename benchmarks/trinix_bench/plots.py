@@ -3,16 +3,18 @@
 from pathlib import Path
 
 from .analysis import Rows, label
-from .schema import METHODS, PROVIDERS
+from .schema import METHODS, PROVIDERS, operation_configs
 
 PLOTS = ("embeddings_time.png", "embeddings_speedup.png")
 
 
 def write_plots(results: dict, configs: dict, output: Path) -> tuple[list[Path], str | None]:
     """Time against roofline, and speedup over PyTorch: a panel per (method, op), a bar per
-    provider and configuration. Returns (the files written, None) or ([], why none)."""
+    provider and configuration, for the operations (OPERATIONS). Returns (the files written, None)
+    or ([], why none)."""
+    configs = operation_configs(configs)
     if not configs:
-        return [], "this run measured no operation"
+        return [], "this run measured no operation (RoPE or ALiBi)"
     try:
         import matplotlib
     except ImportError:

@@ -3,7 +3,8 @@
 A row is one (method, configuration, op, provider). Before a provider is timed, the run checks
 that it can run here (else its rows say why: no GPU, not installed, not selected) and that the
 op fits in memory (else the row says how much it needs); a provider that fails is a row with
-its error, not a crash.
+its error, not a crash. In each framework, the operations' rows (and the RoPE variants') come
+first, then those of attention with ALiBi (attention.py), then the blocks' (blocks.py).
 """
 
 import argparse
@@ -15,14 +16,16 @@ import platform
 
 import torch
 
+from . import attention
 from .blocks import block_harness, block_rows
 from .harness import Harness, copy_gbps, failure_note, release_memory, runnable
 from .jax_providers import JaxInputs, OriginalJax, TrinixJax
 from .progress import Progress
 from .providers import NEEDS_GPU, Inputs, Provider, Unavailable
 from .roofline import free_bytes, gb, op_bytes, op_footprint
-from .schema import (BLOCKS, FRAMEWORK_PROVIDERS, METHODS, ROPE_VARIANTS, VARIANT_CONFIG, VARIANT_PROVIDERS, Config,
-                     operation_configs, ops_of, providers_of, row, row_order, validate_results)
+from .schema import (ATTENTION, BLOCK_OPS, BLOCKS, FRAMEWORK_PROVIDERS, METHODS, PROVIDERS, ROPE_VARIANTS,
+                     VARIANT_CONFIG, VARIANT_PROVIDERS, Config, operation_configs, providers_of, row, row_order,
+                     validate_results)
 from .torch_providers import CompiledTorch, Liger, OriginalTorch, TorchInputs, TrinixTorch
 from .variants import variant_rows
 
@@ -80,8 +83,11 @@ def run_benchmark(args: argparse.Namespace, configs: dict[str, list[Config]]) ->
     variant_base = next((c for c in operations.get("rope", []) if c.name == VARIANT_CONFIG), None)
     if "torch" not in args.frameworks:
         variant_base = None
-    progress = Progress(sum(len(ops_of(m)) * len(cs) * len(providers_of(m)) for m, cs in configs.items())
-                        + (len(ROPE_VARIANTS) * len(VARIANT_PROVIDERS) if variant_base else 0))
+    attention_configs = configs.get(ATTENTION, [])
+    progress = Progress(sum(len(METHODS[m]["ops"]) * len(cs) for m, cs in operations.items()) * len(PROVIDERS)
+                        + (len(ROPE_VARIANTS) * len(VARIANT_PROVIDERS) if variant_base else 0)
+                        + attention.row_count(attention_configs)
+                        + sum(len(BLOCK_OPS) * len(cs) * len(providers_of(m)) for m, cs in blocks.items()))
     rows = []
     for framework, names in FRAMEWORK_PROVIDERS.items():
         framework_note = _framework_note(framework, args.frameworks)
@@ -101,6 +107,8 @@ def run_benchmark(args: argparse.Namespace, configs: dict[str, list[Config]]) ->
                 release_memory()
         if framework == "torch" and variant_base:
             rows += variant_rows(harness, bandwidth, variant_base, args.providers, progress)
+        rows += attention.attention_rows(harness, framework, attention_configs, args.dtype, args.providers, bandwidth,
+                                         framework_note, progress)
         # Blocks at their sizes would take hours on a CPU: a GPU only.
         block_note = framework_note or (None if harness.cuda else NEEDS_GPU)
         for method, method_configs in blocks.items():

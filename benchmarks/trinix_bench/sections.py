@@ -7,7 +7,7 @@ from .analysis import (Rows, crossover, dims, fastest, fastest_peer, fmt_amount,
                        row_label, speedups, table, why_not)
 from .plots import PLOTS
 from .schema import (BLOCK_CONFIGS, BLOCK_DTYPE, BLOCK_OPS, BLOCKS, METHODS, PROVIDERS, ROPE_VARIANTS, VARIANT_CONFIG,
-                     variant_config)
+                     providers_of, variant_config)
 
 _TITLES = {("rope", "large"): "Large Configuration (LLaMA 3 70B)", "xl": "XL Configuration (Long Context)"}
 _USE_CASES = {"small": "Small Models", "medium": "Training, 2k context", "large": "Large models, 8k context",
@@ -92,9 +92,9 @@ def summary(rows: Rows, configs: dict) -> str:
 def _notes(rows: Rows, method: str, configs: list, config: str | None = None) -> list[str]:
     """Lines "- **Provider**, ops: note". Without `config`, the notes every configuration
     shares; with it, that configuration's others."""
-    ops, names = METHODS[method]["ops"], [c.name for c in configs]
+    ops, names, providers = METHODS[method]["ops"], [c.name for c in configs], providers_of(method)
     lines = []
-    for provider in PROVIDERS:
+    for provider in providers:
         ops_by_note = {}
         for op in ops:
             text = rows.note(method, config or names[0], op, provider)
@@ -103,7 +103,7 @@ def _notes(rows: Rows, method: str, configs: list, config: str | None = None) ->
                 ops_by_note.setdefault(text, []).append(op)
         for text, noted in ops_by_note.items():
             where = "" if noted == ops else ", " + ", ".join(label(method, op) for op in noted)
-            lines.append(f"- **{PROVIDERS[provider]}**{where}: {text}")
+            lines.append(f"- **{providers[provider]}**{where}: {text}")
     return lines
 
 
