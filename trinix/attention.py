@@ -10,6 +10,7 @@ kernels name their inputs the same (`INPUTS`), so a binding maps them by name.
 from typing import NamedTuple
 
 from trinix import alibi as host
+from trinix.rope import check_int
 from trinix.kernels.attention import attention_bwd_calls, attention_fwd_calls
 from trinix.kernels.call import KernelCall, Operand
 
@@ -137,6 +138,19 @@ def zigzag_chunks(parts: int) -> list[int]:
     """The order of the 2 * parts chunks of a sequence whose consecutive pairs are the shards
     of `parts` ranks under zigzag: 0, 2n-1, 1, 2n-2, ..."""
     return [chunk for rank in range(parts) for chunk in (rank, 2 * parts - 1 - rank)]
+
+
+def zigzag_reorder(parts: int, length: int, axis: int, restore: bool = False) -> list[int]:
+    """The order in which `zigzag_order` (or, with restore, `zigzag_restore`) of each binding
+    takes the 2 * parts equal chunks of a sequence of `length` positions along dim `axis`:
+    `zigzag_chunks`, or its inverse. TypeError/ValueError for parts not an int >= 1 or a
+    length that does not cut into 2 * parts chunks."""
+    check_int("parts", parts, 1)
+    if length % (2 * parts):
+        raise ValueError(f"x's sequence (dim {axis}, {length} positions) must split into 2 * parts = "
+                         f"{2 * parts} equal chunks")
+    order = zigzag_chunks(parts)
+    return [order.index(chunk) for chunk in range(2 * parts)] if restore else order
 
 
 def chunk_offset(q_chunk: tuple[int, int, int], k_chunk: tuple[int, int, int], causal: bool) -> int | None:

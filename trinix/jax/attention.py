@@ -88,6 +88,19 @@ def _batchable(launch_kernels, options: Options, backend: str):
     return run
 
 
+def forward_launch(options: Options, backend: str):
+    """The forward kernels of `options` on `backend` ("triton" or "interpret") as a function of
+    the arrays of `INPUTS` returning (o, lse), sharded and vmappable: attention's and the
+    context-parallel ring's (trinix.jax.context_parallel)."""
+    return _batchable(_launch_fwd, options, backend)
+
+
+def backward_launch(options: Options, backend: str):
+    """The backward kernels of `options` on `backend`, as `forward_launch`: a function of the
+    arrays of `INPUTS` and o, lse, do returning (dq, dk, dv)."""
+    return _batchable(_launch_bwd, options, backend)
+
+
 def _vmap_rule(run, varlen: bool, axis_size: int, in_batched, *arrays):
     """vmap of a launch: the mapped axis (leading) joins the batch of q, k, v, o, lse and do
     (their first axis) and slopes become (joint batch, heads), so one launch serves all; packed
@@ -121,17 +134,17 @@ def _vmap_rule(run, varlen: bool, axis_size: int, in_batched, *arrays):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
 def _attention(q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options: Options, backend: str):
-    return _batchable(_launch_fwd, options, backend)(q, k, v, slopes, cu_seqlens_q, cu_seqlens_k)[0]
+    return forward_launch(options, backend)(q, k, v, slopes, cu_seqlens_q, cu_seqlens_k)[0]
 
 
 def _attention_fwd(q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options, backend):
     arrays = (q, k, v, slopes, cu_seqlens_q, cu_seqlens_k)
-    o, lse = _batchable(_launch_fwd, options, backend)(*arrays)
+    o, lse = forward_launch(options, backend)(*arrays)
     return o, (*arrays, o, lse)
 
 
 def _attention_bwd(options, backend, residuals, do):
-    dq, dk, dv = _batchable(_launch_bwd, options, backend)(*residuals, do)
+    dq, dk, dv = backward_launch(options, backend)(*residuals, do)
     return dq, dk, dv, None, None, None
 
 

@@ -11,6 +11,8 @@ kernels' backward with the merged log-sum-exp and the final output.
 Causal attention gives the last chunks the most work: with zigzag=True device i holds chunks i
 and 2N - 1 - i of 2N, so that every device has the same work (`zigzag_order` puts a sequence in
 that order, `zigzag_restore` back); a chunk pair whose keys all follow its queries is skipped.
+Where each device's chunks sit in the sequence, and each pair's offset: trinix.attention
+(ring_chunks, chunk_offset, zigzag_chunks), shared with the PyTorch ring.
 """
 
 import functools
@@ -18,36 +20,38 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from trinix import attention as planner
 from trinix import fallback
 from trinix.attention import INPUTS, SEQ_AXIS
-from trinix.jax.attention import _batchable, _launch_bwd, _launch_fwd
+from trinix.jax.attention import backward_launch, forward_launch
 from trinix.jax.launcher import JaxOps, as_arrays, operand, resolve_backend
-from trinix.rope import check_int
 
 
 class _Ring(NamedTuple):
     """Static configuration of one context-parallel attention: the mesh axis and its size, the
-    length of one chunk, the chunk order, the resolved options and the backend."""
+    length of each device's part of the sequence, the chunk order, the resolved options and the
+    backend."""
 
     axis_name: str
     size: int
-    chunk: int
+    seq_len: int
     zigzag: bool
     causal: bool
     scale: float
     layout: str
     backend: str
 
-    def chunks(self, device: int) -> tuple[int, ...]:
-        """The sequence chunks `device` holds, in order."""
-        return (device, 2 * self.size - 1 - device) if self.zigzag else (device,)
+    def chunks(self, device: int) -> tuple[tuple[int, int, int], ...]:
+        """The chunks `device` holds, in order: trinix.attention.ring_chunks, (start in its part,
+        start in the whole sequence, length)."""
+        return planner.ring_chunks(device, self.size, self.seq_len, self.zigzag)
 
     def pieces(self, x: jax.Array, axis: int | None = None) -> list[jax.Array]:
-        """x (q, k, v, o, do or, with axis=-1, lse) split into its chunks."""
-        return jnp.split(x, 2 if self.zigzag else 1, axis=SEQ_AXIS[self.layout] if axis is None else axis)
+        """x (q, k, v, o, do or, with axis=-1, lse) split into its chunks (placed alike in every
+        device's part)."""
+        starts = [start for start, _, _ in self.chunks(0)[1:]]
+        return jnp.split(x, starts, axis=SEQ_AXIS[self.layout] if axis is None else axis)
 
     def join(self, pieces: list[jax.Array], axis: int | None = None) -> jax.Array:
         return jnp.concatenate(pieces, axis=SEQ_AXIS[self.layout] if axis is None else axis)
@@ -60,12 +64,11 @@ class _Ring(NamedTuple):
         """block(q_offset) for query chunk a of this device and key chunk b of the device `step`
         places back along the ring: offsets differ by device, so each distinct one is a branch
         (jax.lax.switch on the device index); a causal pair whose keys all follow its queries
-        is `hidden()`, without a launch."""
-        offsets = [(self.chunks(i)[a] - self.chunks((i - step) % self.size)[b]) * self.chunk
+        (trinix.attention.chunk_offset None) is `hidden()`, without a launch."""
+        offsets = [planner.chunk_offset(self.chunks(i)[a], self.chunks((i - step) % self.size)[b], self.causal)
                    for i in range(self.size)]
-        distinct = sorted(set(offsets))
-        branches = [hidden if self.causal and offset + self.chunk <= 0 else functools.partial(block, offset)
-                    for offset in distinct]
+        distinct = sorted(set(offsets), key=lambda offset: (offset is not None, offset or 0))  # hidden first
+        branches = [hidden if offset is None else functools.partial(block, offset) for offset in distinct]
         if len(branches) == 1:
             return branches[0]()
         index = jnp.asarray([distinct.index(offset) for offset in offsets])[jax.lax.axis_index(self.axis_name)]
@@ -82,13 +85,13 @@ def _block(ring: _Ring, q, k, v, slopes, q_offset: int):
     options = _options(ring, q, k, v, slopes, q_offset)
     if ring.backend == "xla":
         return fallback.attention(JaxOps, q, k, v, slopes, None, None, options, with_lse=True)
-    return _batchable(_launch_fwd, options, ring.backend)(q, k, v, slopes, None, None)
+    return forward_launch(options, ring.backend)(q, k, v, slopes, None, None)
 
 
 def _block_grads(ring: _Ring, q, k, v, slopes, o, lse, do, q_offset: int):
     """(dq, dk, dv) of one chunk pair, by the kernels' backward with the final o and lse."""
     options = _options(ring, q, k, v, slopes, q_offset)
-    return _batchable(_launch_bwd, options, ring.backend)(q, k, v, slopes, None, None, o, lse, do)
+    return backward_launch(options, ring.backend)(q, k, v, slopes, None, None, o, lse, do)
 
 
 def _merge(layout: str, merged, block):
@@ -206,24 +209,17 @@ def context_parallel_attention(q, k, v, *, axis_name: str, alibi=None, causal: b
         slopes = jax.lax.stop_gradient(slopes)
     options = planner.plan(dict(zip(INPUTS, map(operand, (q, k, v, slopes, None, None)))), causal=causal,
                            scale=scale, q_offset=0, layout=layout)
-    ring = _Ring(axis_name, size, seq // (2 if zigzag else 1), zigzag, causal, options.scale, layout,
+    ring = _Ring(axis_name, size, seq, zigzag, causal, options.scale, layout,
                  resolve_backend(backend, True, "attention", q))
     if ring.backend == "xla":  # jax.numpy all through: JAX differentiates the ring itself
         return _forward(q, k, v, slopes, ring)[0]
     return _ring_attention(q, k, v, slopes, ring)
 
 
-def _zigzag_chunks(parts: int) -> list[int]:
-    return [chunk for i in range(parts) for chunk in (i, 2 * parts - 1 - i)]
-
-
-def _reorder(x, parts: int, axis: int, order) -> jax.Array:
+def _reorder(x, parts: int, axis: int, restore: bool) -> jax.Array:
+    """x with its 2 * parts chunks along `axis` taken in the order of trinix.attention.zigzag_reorder."""
     (x,) = as_arrays(x=x)
-    check_int("parts", parts, 1)
-    length = x.shape[axis]
-    if length % (2 * parts):
-        raise ValueError(f"x's sequence (dim {axis}, {length} positions) must split into 2 * parts = "
-                         f"{2 * parts} equal chunks")
+    order = planner.zigzag_reorder(parts, x.shape[axis], axis, restore)
     chunks = jnp.split(x, 2 * parts, axis=axis)
     return jnp.concatenate([chunks[c] for c in order], axis=axis)
 
@@ -232,9 +228,9 @@ def zigzag_order(x, parts: int, *, axis: int = 1) -> jax.Array:
     """x with its sequence (dim `axis`) cut into 2 * parts chunks and reordered so that `parts`
     equal shards of it hold chunks i and 2 * parts - 1 - i: the order of zigzag=True. Reorder
     inputs (and RoPE's position ids) before splitting them over the devices."""
-    return _reorder(x, parts, axis, _zigzag_chunks(parts))
+    return _reorder(x, parts, axis, restore=False)
 
 
 def zigzag_restore(x, parts: int, *, axis: int = 1) -> jax.Array:
     """The inverse of `zigzag_order`: the sequence back in its order."""
-    return _reorder(x, parts, axis, np.argsort(_zigzag_chunks(parts)))
+    return _reorder(x, parts, axis, restore=True)

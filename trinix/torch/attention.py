@@ -26,13 +26,17 @@ def _operands(arrays: dict) -> dict:
     return {name: operand(array) for name, array in arrays.items()}
 
 
-def _launch_fwd(arrays: dict, options: Options, interpret: bool, traceable: bool = False):
+def launch_fwd(arrays: dict, options: Options, interpret: bool, traceable: bool = False):
+    """(o, lse) of `arrays` (by `INPUTS` name) by the forward kernels, launched directly (or,
+    traceable, as the torch.library op's body): attention's and the ring's (context_parallel)."""
     calls = planner.forward_calls(options, _operands(arrays), builder=cached(attention_fwd_calls))
     return planner.run_forward(
         calls, arrays, lambda call, named: launch(call, named, interpret=interpret, traceable=traceable))
 
 
-def _launch_bwd(arrays: dict, options: Options, interpret: bool, traceable: bool = False):
+def launch_bwd(arrays: dict, options: Options, interpret: bool, traceable: bool = False):
+    """(dq, dk, dv) of `arrays` (`INPUTS` and the forward's "o", "lse" and the gradient "do") by
+    the backward kernels, as `launch_fwd`."""
     calls = planner.backward_calls(options, _operands(arrays), builder=cached(attention_bwd_calls))
     return planner.run_backward(
         calls, arrays, lambda call, named: launch(call, named, interpret=interpret, traceable=traceable))
@@ -45,7 +49,7 @@ def _fwd_op(q: Tensor, k: Tensor, v: Tensor, slopes: Optional[Tensor], cu_seqlen
             interpret: bool) -> tuple[Tensor, Tensor]:
     arrays = dict(zip(INPUTS, (q, k, v, slopes, cu_seqlens_q, cu_seqlens_k)))
     options = Options(alibi, causal, scale, q_offset, layout, max_seqlen_q, max_seqlen_k)
-    return _launch_fwd(arrays, options, interpret, traceable=True)
+    return launch_fwd(arrays, options, interpret, traceable=True)
 
 
 @triton_op("trinix::attention_bwd", mutates_args=())
@@ -55,7 +59,7 @@ def _bwd_op(q: Tensor, k: Tensor, v: Tensor, slopes: Optional[Tensor], cu_seqlen
             max_seqlen_k: Optional[int], interpret: bool) -> tuple[Tensor, Tensor, Tensor]:
     arrays = dict(zip(INPUTS, (q, k, v, slopes, cu_seqlens_q, cu_seqlens_k)), o=o, lse=lse, do=do)
     options = Options(alibi, causal, scale, q_offset, layout, max_seqlen_q, max_seqlen_k)
-    return _launch_bwd(arrays, options, interpret, traceable=True)
+    return launch_bwd(arrays, options, interpret, traceable=True)
 
 
 sharding.register("attention_fwd", sharding.attention_axes, len(INPUTS), layout_at=10)
@@ -72,7 +76,7 @@ class _Attention(torch.autograd.Function):
         if through_ops(q):
             o, lse = _fwd_op(*arrays, *options, interpret)
         else:
-            o, lse = _launch_fwd(dict(zip(INPUTS, arrays)), options, interpret)
+            o, lse = launch_fwd(dict(zip(INPUTS, arrays)), options, interpret)
         ctx.save_for_backward(*arrays, o, lse)
         ctx.options, ctx.interpret = options, interpret
         return o
@@ -84,7 +88,7 @@ class _Attention(torch.autograd.Function):
             dq, dk, dv = _bwd_op(*arrays, o, lse, do, *ctx.options, ctx.interpret)
         else:
             named = dict(zip(INPUTS, arrays), o=o, lse=lse, do=do)
-            dq, dk, dv = _launch_bwd(named, ctx.options, ctx.interpret)
+            dq, dk, dv = launch_bwd(named, ctx.options, ctx.interpret)
         return dq, dk, dv, None, None, None, None, None
 
 

@@ -20,8 +20,8 @@ from torch import Tensor
 from trinix import attention as planner
 from trinix import fallback
 from trinix.attention import ARGUMENTS, INPUTS, SEQ_AXIS, Options
-from trinix.rope import check_int, split_bshd
-from trinix.torch.attention import _launch_bwd, _launch_fwd, planned
+from trinix.rope import split_bshd
+from trinix.torch.attention import launch_bwd, launch_fwd, planned
 from trinix.torch import sharding
 from trinix.torch.launcher import TorchOps, resolve_backend
 
@@ -63,14 +63,14 @@ def _forward(arrays: dict, options: Options, backend: str):
     """(o, lse) of one pair of chunks."""
     if backend == "torch":
         return fallback.attention(TorchOps, *(arrays[name] for name in INPUTS), options, with_lse=True)
-    return _launch_fwd(arrays, options, backend == "interpret")
+    return launch_fwd(arrays, options, backend == "interpret")
 
 
 def _backward(arrays: dict, options: Options, backend: str):
     """(dq, dk, dv) of one pair of chunks, from the merged o and lse."""
     if backend == "torch":
         return fallback.attention_backward(TorchOps, *(arrays[name] for name in (*INPUTS, "o", "lse", "do")), options)
-    return _launch_bwd(arrays, options, backend == "interpret")
+    return launch_bwd(arrays, options, backend == "interpret")
 
 
 def _rows(x: Tensor, layout: str) -> Tensor:
@@ -209,14 +209,11 @@ def context_parallel_attention(q: Tensor, k: Tensor, v: Tensor, *, group=None, a
     return sharding.run(placed, by_ring, arrays)
 
 
-def _zigzag(x: Tensor, parts: int, axis: int, order) -> Tensor:
-    """x with its 2 * parts chunks along `axis` taken in `order`."""
+def _zigzag(x: Tensor, parts: int, axis: int, restore: bool) -> Tensor:
+    """x with its 2 * parts chunks along `axis` taken in the order of trinix.attention.zigzag_reorder."""
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    check_int("parts", parts, 1)
-    if x.shape[axis] % (2 * parts):
-        raise ValueError(f"x's sequence (dim {axis}, {x.shape[axis]} positions) must split into 2 * parts = "
-                         f"{2 * parts} equal chunks")
+    order = planner.zigzag_reorder(parts, x.shape[axis], axis, restore)
     chunks = x.chunk(2 * parts, axis)
     return torch.cat([chunks[i] for i in order], axis)
 
@@ -225,11 +222,10 @@ def zigzag_order(x: Tensor, parts: int, *, axis: int = 1) -> Tensor:
     """x, a whole sequence along `axis`, cut into 2 * parts chunks and reordered so that its
     `parts` equal shards hold chunks i and 2 * parts - 1 - i: the order of zigzag=True (rank r's
     shard is x.chunk(parts, axis)[r]). Axis 1 for "bshd", 2 for "bhsd"."""
-    return _zigzag(x, parts, axis, planner.zigzag_chunks(parts))
+    return _zigzag(x, parts, axis, restore=False)
 
 
 def zigzag_restore(x: Tensor, parts: int, *, axis: int = 1) -> Tensor:
     """The inverse of `zigzag_order`: the sequence back in its order (e.g. of the outputs of
     every rank concatenated along `axis`)."""
-    order = planner.zigzag_chunks(parts)
-    return _zigzag(x, parts, axis, [order.index(i) for i in range(2 * parts)])
+    return _zigzag(x, parts, axis, restore=True)
