@@ -15,6 +15,7 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from trinix_bench import analysis, attention, blocks, cli, jax_blocks, jax_providers, plots, providers  # noqa: E402
 from trinix_bench import harness as harness_module, report, roofline, run, schema, torch_blocks  # noqa: E402
@@ -770,6 +771,8 @@ def test_trinix_is_checked_against_the_bias_in_float32(framework, interpreted, m
     attention.check_trinix(framework, TINY_ATTENTION[0], "float32", CPU)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="JAX's arrays would live on its GPU here: the JAX "
+                                                           "providers' rows would not be the CPU's")
 def test_attention_rows_on_the_cpu(interpreted, monkeypatch):
     """Every provider's rows at each configuration: timed where it runs here, a note where not;
     trinix checked first; TFLOP/s from the time, a roofline for the decoding step."""

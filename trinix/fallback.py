@@ -43,7 +43,8 @@ def rotate(xp, q, k, cos, sin, layout: str, interleaved: bool):
             rotated = xp.stack((o1, o2), axis=-1).reshape(*o1.shape[:-1], 2 * half)
         else:
             rotated = xp.concatenate((o1, o2), axis=-1)
-        return xp.concatenate((xp.cast(rotated, x.dtype), x[..., 2 * half:]), axis=-1)
+        rotated = xp.cast(rotated, x.dtype)
+        return rotated if 2 * half == x.shape[-1] else xp.concatenate((rotated, x[..., 2 * half:]), axis=-1)
 
     return rotate_one(q), rotate_one(k)
 
@@ -107,14 +108,12 @@ def cos_sin(xp, frequencies, positions, dtype, interleaved: bool):
 def rope_rotate(xp, q, k, *, cos, sin, frequencies, position_ids, offsets, cu_seqlens, offset: int,
                 layout: str, interleaved: bool):
     """(q_rot, k_rot) by cos/sin tables (rows indexed by position) or by frequencies."""
-    if cos is not None and position_ids is None and offsets is None and layout != "thd":
-        seq_len = split_bshd(q.shape, layout)[1]
-        if 0 <= offset and offset + seq_len <= cos.shape[-2]:
-            # Consecutive positions inside the table: its rows are a slice, read as they lie (a
-            # compiler fuses a slice into the rotation; a gather it would not).
-            cos, sin = (table[..., offset:offset + seq_len, :] for table in (cos, sin))
-            cos, sin = (table if table.ndim == 3 else table[None] for table in (cos, sin))
-            return rotate(xp, q, k, cos, sin, layout, interleaved)
+    if cos is not None and position_ids is None and offsets is None and layout != "thd" and offset == 0 \
+            and cos.shape[-2] == split_bshd(q.shape, layout)[1]:
+        # Positions 0 .. seq_len - 1 of a table of seq_len rows (transformers' per-token cos and
+        # sin): the table itself, with no gather, which a compiler would not fuse.
+        cos, sin = (table if table.ndim == 3 else table[None] for table in (cos, sin))
+        return rotate(xp, q, k, cos, sin, layout, interleaved)
     positions, sequence = token_positions(xp, q, layout, position_ids, offsets, cu_seqlens, offset)
     if cos is None:
         cos, sin = cos_sin(xp, frequencies, positions, compute_dtype(xp, q.dtype), interleaved)
