@@ -553,7 +553,9 @@ def test_the_committed_report_is_written_from_the_committed_rows():
     names = {(r["method"], r["config"]) for r in results["rows"]}
     configs = {m: [c for c in cs if (m, c.name) in names] for m, cs in schema.CONFIGS.items()}
     files = report.layout(BENCHMARKS, schema.on_gpu(results["meta"]))
-    text = report.render_markdown(results, configs, RUN_INFO, None, files.json.relative_to(files.folder).as_posix())
+    run = results["meta"].get("run", {})  # how the first run measured, where it says (--render-from)
+    run_info = dict(RUN_INFO, **{name: run[name] for name in ("warmup", "iters") if name in run})
+    text = report.render_markdown(results, configs, run_info, None, files.json.relative_to(files.folder).as_posix())
     committed = (BENCHMARKS / "EMBEDDINGS.md").read_text()
 
     def tables(markdown):
