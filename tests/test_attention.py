@@ -247,18 +247,21 @@ def test_torch_compile_of_the_triton_path_with_backward():
     _assert_matches_reference(case, run_torch(case, arrays, "triton", "cuda", compiled), _reference(case, arrays))
 
 
+def _on_cuda(arrays: dict):
+    """q, k, v (float16) and slopes of `arrays` on the GPU."""
+    return (*(_torch(arrays[name], "cuda").half() for name in ("q", "k", "v")), _torch(arrays["slopes"], "cuda"))
+
+
 @gpu
 @pytest.mark.parametrize("case", [MEDIUM[0], MEDIUM[3]], ids=["prefill", "decode"])
 def test_forward_is_deterministic_and_the_same_from_jax(case):
     """Two launches give the same bits (no atomics, splits merged in a fixed order), and jax-triton
     launches of the same kernels give them too."""
-    arrays = _inputs(case)
-    q, k, v = (_torch(arrays[name], "cuda").half() for name in ("q", "k", "v"))
-    slopes = _torch(arrays["slopes"], "cuda")
+    q, k, v, slopes = _on_cuda(_inputs(case))
     first, second = (torch_attention.attention(q, k, v, alibi=slopes, causal=True, backend="triton") for _ in "ab")
     assert torch.equal(first, second)
     from_jax = jax_attention.attention(*(jnp.asarray(x.cpu().numpy()) for x in (q, k, v)),
-                                       alibi=jnp.asarray(arrays["slopes"]), causal=True, backend="triton")
+                                       alibi=jnp.asarray(slopes.cpu().numpy()), causal=True, backend="triton")
     np.testing.assert_array_equal(np.asarray(from_jax), first.cpu().numpy())
 
 
@@ -266,9 +269,7 @@ def test_forward_is_deterministic_and_the_same_from_jax(case):
 def test_a_decode_step_is_captured_in_a_cuda_graph():
     """Launches with no host synchronization: a CUDA graph replays the split decode with new q."""
     case = MEDIUM[3]
-    arrays = _inputs(case)
-    q, k, v = (_torch(arrays[name], "cuda").half() for name in ("q", "k", "v"))
-    slopes = _torch(arrays["slopes"], "cuda")
+    q, k, v, slopes = _on_cuda(_inputs(case))
 
     def step():
         return torch_attention.attention(q, k, v, alibi=slopes, causal=True, backend="triton")
@@ -287,9 +288,7 @@ def test_agrees_with_flex_attention_and_an_alibi_score_mod():
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     case = MEDIUM[0]
-    arrays = _inputs(case)
-    q, k, v = (_torch(arrays[name], "cuda").half() for name in ("q", "k", "v"))
-    slopes = _torch(arrays["slopes"], "cuda")
+    q, k, v, slopes = _on_cuda(_inputs(case))
 
     def alibi(score, b, h, q_idx, kv_idx):  # seqlen_q = seqlen_k: query i at key position i
         return score + slopes[h] * (kv_idx - q_idx)
