@@ -167,17 +167,28 @@ def _scores_transposed(k, q_t, slope, n0, query_pos, seqlen_k, SCALE: tl.constex
 
 
 @triton.jit
+def _key_tile(q, k_base, v_base, slope, n0, query_pos, seqlen_k, offs_d, stride_ks, stride_kd, stride_vs, stride_vd,
+              SCALE: tl.constexpr, ALIBI: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+              HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+              COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
+    """(k, v, scores) of the key tile n0 .. n0 + BLOCK_N for a query tile q: what the forward and
+    dq kernels read and compute first for each key tile."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    k = _load_rows(k_base, offs_n, seqlen_k, offs_d, stride_ks, stride_kd, HEAD_DIM, BLOCK_D, MASKED)
+    v = _load_rows(v_base, offs_n, seqlen_k, offs_d, stride_vs, stride_vd, HEAD_DIM, BLOCK_D, MASKED)
+    return k, v, _scores(q, k, slope, n0, query_pos, seqlen_k, SCALE, ALIBI, CAUSAL, MASKED, BLOCK_N, COMPUTE,
+                         PRECISION)
+
+
+@triton.jit
 def _fwd_tile(acc, row_max, row_sum, q, k_base, v_base, slope, n0, query_pos, seqlen_k, offs_d,
               stride_ks, stride_kd, stride_vs, stride_vd,
               SCALE: tl.constexpr, ALIBI: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
               HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
               COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
     """One key tile of the online softmax: the running (acc, row max, row sum), updated."""
-    offs_n = n0 + tl.arange(0, BLOCK_N)
-    k = _load_rows(k_base, offs_n, seqlen_k, offs_d, stride_ks, stride_kd, HEAD_DIM, BLOCK_D, MASKED)
-    v = _load_rows(v_base, offs_n, seqlen_k, offs_d, stride_vs, stride_vd, HEAD_DIM, BLOCK_D, MASKED)
-    s = _scores(q, k, slope, n0, query_pos, seqlen_k, SCALE, ALIBI, CAUSAL, MASKED, BLOCK_N, COMPUTE,
-                PRECISION)
+    k, v, s = _key_tile(q, k_base, v_base, slope, n0, query_pos, seqlen_k, offs_d, stride_ks, stride_kd, stride_vs,
+                        stride_vd, SCALE, ALIBI, CAUSAL, MASKED, HEAD_DIM, BLOCK_N, BLOCK_D, COMPUTE, PRECISION)
     new_max = tl.maximum(row_max, rowwise_max(s))
     shift = _finite(new_max)  # a row with no visible key yet: exp2(-inf - 0) = 0, never NaN
     p = tl.exp2(s - shift[:, None])
@@ -482,11 +493,8 @@ def _dq_tile(dq, q, do, lse, delta, k_base, v_base, slope, n0, query_pos, seqlen
              HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
              COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
     """dq (without the scale) of one query tile, plus the key tile n0 .. n0 + BLOCK_N."""
-    offs_n = n0 + tl.arange(0, BLOCK_N)
-    k = _load_rows(k_base, offs_n, seqlen_k, offs_d, stride_ks, stride_kd, HEAD_DIM, BLOCK_D, MASKED)
-    v = _load_rows(v_base, offs_n, seqlen_k, offs_d, stride_vs, stride_vd, HEAD_DIM, BLOCK_D, MASKED)
-    s = _scores(q, k, slope, n0, query_pos, seqlen_k, SCALE, ALIBI, CAUSAL, MASKED, BLOCK_N, COMPUTE,
-                PRECISION)
+    k, v, s = _key_tile(q, k_base, v_base, slope, n0, query_pos, seqlen_k, offs_d, stride_ks, stride_kd, stride_vs,
+                        stride_vd, SCALE, ALIBI, CAUSAL, MASKED, HEAD_DIM, BLOCK_N, BLOCK_D, COMPUTE, PRECISION)
     # P recomputed from the LSE (rows of no visible key have LSE +inf here, so P = 0);
     # dS = P (dO v^T - delta).
     ds = tl.exp2(s - lse[:, None]) * (dot(do, tl.trans(v), PRECISION, COMPUTE) - delta[:, None])
