@@ -6,6 +6,7 @@ causal, beside the time to read K and V at the copy bandwidth measured here.
 
     python benchmarks/probe_attention.py [--configs medium large decode] [--skip-flex]
     ncu ... python benchmarks/probe_attention.py --once large   # one forward + backward per form
+    ncu ... python benchmarks/probe_attention.py --once large --once-of flex  # Flex's: compiling, then one
 
 fp16, head_dim 128, BSHD. TFLOP/s counts 4·B·H·Sq·Sk·D forward (half when causal) and 3.5x
 that forward + backward.
@@ -71,6 +72,9 @@ def main():
     parser.add_argument("--configs", nargs="+", default=["medium", "large", "decode"])
     parser.add_argument("--skip-flex", action="store_true")
     parser.add_argument("--once", choices=list(CONFIGS), help="one forward + backward per form, for ncu")
+    parser.add_argument("--once-of", choices=("trinix", "flex"), default="trinix",
+                        help="whose forward + backward --once runs: Flex's (static shapes, symmetric ALiBi) runs "
+                             "twice, the first compiling")
     args = parser.parse_args()
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
     torch.manual_seed(0)
@@ -78,8 +82,17 @@ def main():
         b, h, s = CONFIGS[args.once]
         q, k, v, do = (torch.randn(b, s, h, 128, device="cuda", dtype=torch.float16) for _ in range(4))
         slopes = torch.from_numpy(alibi_slopes(h)).float().cuda()
-        for alibi in ("symmetric", "causal"):
-            trinix_fwd_bwd(q, k, v, slopes, alibi, do)
+        if args.once_of == "flex":
+            from torch.nn.attention.flex_attention import flex_attention
+
+            flex = torch.compile(flex_attention, dynamic=False)
+            qt, kt, vt = (x.transpose(1, 2).detach().requires_grad_() for x in (q, k, v))
+            for _ in range(2):
+                o = flex(qt, kt, vt, score_mod=lambda score, bi, hi, qi, ki: score - slopes[hi] * (qi - ki).abs())
+                o.backward(do.transpose(1, 2))
+        else:
+            for alibi in ("symmetric", "causal"):
+                trinix_fwd_bwd(q, k, v, slopes, alibi, do)
         torch.cuda.synchronize()
         return
     b, h, s = CONFIGS["medium"]

@@ -1,12 +1,17 @@
-"""Probe of trinix's sharded code paths on one device: each call on plain tensors beside the same
-call on DTensors of a mesh of one device (the DTensor dispatch and trinix's placement checks
-around the same kernels), and context_parallel_attention on a group of one beside attention.
-Eager, median ms of forward, or forward + backward where marked.
+"""Probe of trinix's sharded code paths on one device: each call on plain arrays beside the same
+call sharded over a mesh of one device, and context_parallel_attention on a ring of one beside
+attention. Forward, or forward + backward where marked.
 
-    python benchmarks/probe_sharding.py [--seq 4096] [--backend auto]
+    python benchmarks/probe_sharding.py [--framework torch|jax] [--seq 4096] [--backend auto]
 
-A process group of one (nccl on a GPU, gloo on the CPU) is made here: run it without torchrun.
-On the CPU "auto" is the torch fallback; give --backend interpret for the kernels (slow).
+torch: eager calls on DTensors (the DTensor dispatch and trinix's placement checks around the
+same kernels); a process group of one (nccl on a GPU, gloo on the CPU) is made here: run it
+without torchrun. Two times per call: "one call", the median wall time of a call waited for
+alone (what the host adds shows here), and "in a row", the mean of 20 calls dispatched back to
+back (what a model whose GPU is busy sees). JAX: jitted calls on arrays placed on one device
+beside the same arrays with a NamedSharding over a mesh of one device (heads split), the ring
+inside shard_map; median ms of bursts of calls. On the CPU "auto" is the framework's fallback;
+give --backend interpret for the kernels (slow).
 """
 
 import argparse
@@ -14,41 +19,48 @@ import statistics
 import tempfile
 import time
 
-import torch
-import torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.tensor import Shard, distribute_tensor
 
-from trinix.torch import FastALiBiPositionEmbedding, FastRoPEPositionEmbedding, context_parallel_attention
-
-
-def median_ms(function, device: str, repeats: int = 20) -> float:
-    """Median wall time of function() in ms, after one warm-up call, synchronized on a GPU."""
-    function()
-    times = []
+def times_ms(function, wait, repeats: int = 20) -> tuple[float, float]:
+    """(median wall ms of one call waited for alone, mean ms of `repeats` calls in a row), after
+    two warm-up calls."""
+    wait(function())
+    wait(function())
+    alone = []
     for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
         start = time.perf_counter()
+        wait(function())
+        alone.append((time.perf_counter() - start) * 1e3)
+    start = time.perf_counter()
+    for _ in range(repeats - 1):
         function()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    wait(function())
+    return statistics.median(alone), (time.perf_counter() - start) * 1e3 / repeats
 
 
-def forward_backward(attend, q, k, v):
-    def step():
-        o = attend(q, k, v)
-        o.backward(torch.ones_like(o))
-    return step
+def print_rows(title: str, rows, wait) -> None:
+    print(title)
+    print("| call | unsharded: one call / in a row, ms | sharded: one call / in a row, ms | ratio in a row |")
+    print("|---|---|---|---|")
+    for name, plain, other in rows:
+        (plain_one, plain_row), (other_one, other_row) = times_ms(plain, wait), times_ms(other, wait)
+        print(f"| {name} | {plain_one:.3f} / {plain_row:.3f} | {other_one:.3f} / {other_row:.3f} | "
+              f"{other_row / plain_row:.2f} |", flush=True)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seq", type=int, default=4096)
-    parser.add_argument("--backend", default="auto")
-    args = parser.parse_args()
+def torch_rows(args):
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from trinix.torch import FastALiBiPositionEmbedding, FastRoPEPositionEmbedding, context_parallel_attention
+
+    def forward_backward(attend, q, k, v):
+        def step():
+            o = attend(q, k, v)
+            o.backward(torch.ones_like(o))
+        return step
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dist.init_process_group("nccl" if device == "cuda" else "gloo", init_method=f"file://{tempfile.mktemp()}",
                             rank=0, world_size=1)
@@ -79,13 +91,71 @@ def main():
         ("context_parallel_attention (1 rank), fwd + bwd", forward_backward(attend, *leaves),
          forward_backward(ring, *leaves)),
     ]
-    print(f"{torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, torch {torch.__version__}, "
-          f"{dtype}, batch {batch}, seq {args.seq}, heads {heads}, head_dim {head_dim}, backend {args.backend}")
-    print("| call | unsharded ms | sharded ms | ratio |\n|---|---|---|---|")
-    for name, plain, other in rows:
-        plain_ms, other_ms = median_ms(plain, device), median_ms(other, device)
-        print(f"| {name} | {plain_ms:.3f} | {other_ms:.3f} | {other_ms / plain_ms:.2f} |")
+    # A DTensor plus an aten op: DTensor's own dispatch cost, beside trinix's.
+    rows.append(("torch.add (an aten op, for scale)", lambda: q + k, lambda: by_heads[0] + by_heads[1]))
+
+    def wait(out):
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    print_rows(f"{torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, torch {torch.__version__}, "
+               f"{dtype}, batch {batch}, seq {args.seq}, heads {heads}, head_dim {head_dim}, backend {args.backend}",
+               rows, wait)
     dist.destroy_process_group()
+
+
+def jax_rows(args):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    from trinix.jax import alibi_add, alibi_slopes, attention, context_parallel_attention, rope_rotate
+
+    device = jax.devices()[0]
+    dtype = jnp.float16 if device.platform == "gpu" else jnp.float32
+    batch, heads, head_dim = 2, 16, 128
+    keys = jax.random.split(jax.random.key(0), 4)
+    q, k, v = (jax.random.normal(key, (batch, args.seq, heads, head_dim), dtype) for key in keys[:3])
+    scores = jax.random.normal(keys[3], (batch, heads, 1024, 1024), dtype)
+    slopes = alibi_slopes(heads)
+    inv_freq = 1.0 / 10000.0 ** (np.arange(0, head_dim, 2) / head_dim)
+    mesh = Mesh(np.array([device]), ("x",))
+    by_heads = NamedSharding(mesh, P(None, None, "x", None))
+    sharded_q, sharded_k, sharded_v = (jax.device_put(x, by_heads) for x in (q, k, v))
+    sharded_scores = jax.device_put(scores, NamedSharding(mesh, P(None, "x", None, None)))
+
+    rotate = jax.jit(lambda q, k: rope_rotate(q, k, inv_freq, backend=args.backend))
+    add = jax.jit(lambda scores: alibi_add(scores, slopes, backend=args.backend))
+
+    def loss(attend):
+        return jax.jit(jax.grad(lambda q, k, v: attend(q, k, v).astype(jnp.float32).sum(), argnums=(0, 1, 2)))
+
+    attend = loss(lambda q, k, v: attention(q, k, v, alibi=slopes, causal=True, backend=args.backend))
+    by_sequence = P(None, "x", None, None)
+    ring = loss(jax.shard_map(
+        lambda q, k, v: context_parallel_attention(q, k, v, axis_name="x", alibi=slopes, causal=True,
+                                                   backend=args.backend),
+        mesh=mesh, in_specs=(by_sequence,) * 3, out_specs=by_sequence))
+    rows = [
+        ("rope_rotate", lambda: rotate(q, k), lambda: rotate(sharded_q, sharded_k)),
+        ("alibi_add (1024 x 1024)", lambda: add(scores), lambda: add(sharded_scores)),
+        ("attention, causal ALiBi, fwd + bwd", lambda: attend(q, k, v),
+         lambda: attend(sharded_q, sharded_k, sharded_v)),
+        ("context_parallel_attention (1 device), fwd + bwd", lambda: attend(q, k, v), lambda: ring(q, k, v)),
+    ]
+    print_rows(f"{device.device_kind}, jax {jax.__version__}, {jnp.dtype(dtype).name}, batch {batch}, "
+               f"seq {args.seq}, heads {heads}, head_dim {head_dim}, backend {args.backend}",
+               rows, jax.block_until_ready)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--framework", choices=("torch", "jax"), default="torch")
+    parser.add_argument("--seq", type=int, default=4096)
+    parser.add_argument("--backend", default="auto")
+    args = parser.parse_args()
+    torch_rows(args) if args.framework == "torch" else jax_rows(args)
 
 
 if __name__ == "__main__":
