@@ -2,7 +2,8 @@
 # On a CUDA machine: install what is missing, run the test suite with compiled kernels, then the
 # benchmark. Logs go to $OUT (default /tmp/trinix-out). Wheels in the checkout's .whl/ folder
 # (git ignores it) are installed first: jax-triton and liger-kernel for a machine without network.
-#   bash benchmarks/device_run.sh [tests] [properties] [memcheck] [racecheck] [probe] [probe-alibi] [bench]
+#   bash benchmarks/device_run.sh [tests] [properties] [memcheck] [racecheck] [probe] [probe-alibi]
+#     [probe-sharding] [probe-blocks] [ncu-attention] [bench]
 # tests: the suite (or the TESTS paths), compiled kernels included, over PYTEST_WORKERS processes
 #   (8); a test running past 150 s fails with its stack (pytest-timeout, installed there). ~3 min.
 # properties: the property tests in their "gpu" profile (compiled kernels, larger shapes), each
@@ -22,6 +23,11 @@
 #   time per tile, variants, timing methods, generate; "--items 4 5" for some of them).
 # probe-alibi: benchmarks/probe_alibi.py $PROBE_ALIBI_ARGS (the ALiBi softmax per row block
 #   and num_warps; "--causal" for the causal rows alone), stopped after PROBE_LIMIT (300 s).
+# probe-sharding: benchmarks/probe_sharding.py in torch and in JAX (one device, sharded beside not).
+# probe-blocks: benchmarks/probe_blocks.py $PROBE_BLOCKS_ARGS (compiled Llama blocks in alternating
+#   rounds; what each program launches goes to $OUT/blocks-programs.tgz), stopped after PROBE_LIMIT.
+# ncu-attention: ncu of trinix's attention kernels and of FlexAttention's at large (one forward +
+#   backward each, benchmarks/probe_attention.py --once large), the full report in $OUT/ncu.log.
 # bench: the benchmark, written to $OUT/bench in the committed layout (EMBEDDINGS.md, plots,
 #   results/latest.json: copy it into benchmarks/ to commit it), with $BENCH_ARGS (e.g. "--methods
 #   llama_block bloom_block": the blocks alone; "--methods alibi_attention": attention with ALiBi
@@ -75,6 +81,30 @@ for step in ${steps[*]}; do
     probe-alibi)
       timeout "${PROBE_LIMIT:-300}" python3 benchmarks/probe_alibi.py ${PROBE_ALIBI_ARGS:-} 2>&1 | tee "$OUT/probe_alibi.log" | tail -n 80
       status=$((status | ${PIPESTATUS[0]})) ;;
+    probe-sharding)
+      for framework in torch jax; do
+        timeout "${PROBE_LIMIT:-300}" python3 benchmarks/probe_sharding.py --framework $framework 2>&1 \
+          | grep -v Warning | tail -n 9 | tee -a "$OUT/probe_sharding.log"
+        status=$((status | ${PIPESTATUS[0]}))
+      done ;;
+    probe-blocks)
+      mkdir -p "$OUT/programs"
+      timeout "${PROBE_LIMIT:-300}" python3 benchmarks/probe_blocks.py ${PROBE_BLOCKS_ARGS:-} --out "$OUT/programs" 2>&1 \
+        | grep -v Warning | tee "$OUT/probe_blocks.log" | tail -n 30
+      status=$((status | ${PIPESTATUS[0]}))
+      tar czf "$OUT/blocks-programs.tgz" -C "$OUT/programs" . && rm -rf "$OUT/programs" ;;
+    ncu-attention)
+      sections=(--section SpeedOfLight --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis
+                --section MemoryWorkloadAnalysis)
+      # Flex's kernels are Inductor templates (triton_tem_*): its second forward and backward, after compiling.
+      for of in trinix flex; do
+        if [[ $of == flex ]]; then kernels=(--kernel-name regex:triton_tem --launch-skip 2 --launch-count 2)
+        else kernels=(--kernel-name regex:_attention --launch-count 4); fi
+        timeout "${PROBE_LIMIT:-300}" ncu --clock-control none "${kernels[@]}" "${sections[@]}" \
+          python3 benchmarks/probe_attention.py --once large --once-of $of >>"$OUT/ncu.log" 2>&1
+        status=$((status | $?))
+      done
+      grep -E "^  [_a-z].*\(|Duration|Registers Per|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Block Size|Grid Size|Dynamic Shared|Executed Ipc A" "$OUT/ncu.log" | head -n 90 ;;
     bench)
       timeout "${BENCH_LIMIT:-600}" python3 benchmarks/benchmark_embeddings.py ${BENCH_ARGS:-} --output "$OUT/bench" 2>&1 \
         | tee "$OUT/bench.log" | tail -n 60
