@@ -4,6 +4,7 @@ the weights), then timed forward and forward + backward with its peak memory. to
 jax_blocks build the blocks; this module runs them.
 """
 
+import statistics
 import sys
 
 import torch
@@ -16,8 +17,8 @@ from .schema import BLOCK_DTYPE, BLOCK_OPS, BLOCKS, Config, row
 
 ROPE_BASE = 500000.0  # Llama 3's
 # A block's timed calls: blocks take milliseconds, and the whole block section should take a few
-# minutes of a GPU, compilation included.
-WARMUP, ITERS, ROW_BUDGET_S = 3, 30, 0.5
+# minutes of a GPU, compilation included. Each round times a row within ROW_BUDGET_S.
+WARMUP, ITERS, ROW_BUDGET_S, ROUNDS = 3, 30, 0.2, 3
 # Largest relative error (norm of the difference / norm of the float32 reference) of a block's
 # output or a gradient: 16-bit blocks round at about 1%; a wrong rotation, slope or mask is tens of
 # percent.
@@ -54,7 +55,11 @@ def block_rows(harness: Harness, method: str, config: Config, framework: str, *,
                backend: str = "auto", providers: list[str] | None = None, progress: Progress | None = None,
                note: str | None = None) -> list[dict]:
     """Rows of `framework`'s providers of one block configuration, each op checked, then timed.
-    providers: those to run (default all; the others get a row saying so); note: why none runs."""
+    providers: those to run (default all; the others get a row saying so); note: why none runs.
+
+    The providers of an op are timed in ROUNDS alternating rounds, each row's time the median of
+    its rounds: the GPU's drift over the seconds between rows then falls on every provider alike,
+    where rows timed one after the other differed by a few percent from run to run."""
     names = framework_providers(method, framework)
     block = reference = None
     if note is None:
@@ -64,50 +69,72 @@ def block_rows(harness: Harness, method: str, config: Config, framework: str, *,
             reference = block.reference()
         except Exception as error:  # a reference that fails leaves its block unchecked: not timed
             note = "not run: its float32 reference " + failure_note(error)
-    rows = []
-    for name in names:
-        for op in BLOCK_OPS:
-            if progress:
-                progress.start(f"{method} {config.name} {op} {name}")
+    results = {}  # (provider, op) -> (ms, peak MB, note)
+    for op in BLOCK_OPS:
+        timed = {}
+        for name in names:
             if note or (providers is not None and name not in providers):
-                ms, peak, row_note = None, None, note or "not selected"
-            else:
-                ms, peak, row_note = _measure(harness, block, reference, name, op, on_gpu=harness.cuda)
-            rows.append(row(method, config.name, op, name, ms=ms, peak_mb=peak, note=row_note))
+                results[name, op] = (None, None, note or "not selected")
+                continue
             if progress:
+                progress.start(f"{method} {config.name} {op} {name} (check)")
+            checked = _checked_run(block, reference, name, op, on_gpu=harness.cuda)
+            if isinstance(checked, str):
+                results[name, op] = (None, None, checked)
+            else:
+                timed[name] = checked
+        times = {name: [] for name in timed}
+        for round_ in range(ROUNDS):
+            for name, (run, _, _) in list(timed.items()):
+                if progress:
+                    progress.start(f"{method} {config.name} {op} {name} (round {round_ + 1} of {ROUNDS})")
+                try:
+                    times[name].append(harness.median_ms(block.framework, run))
+                except Exception as failure:  # a provider that fails or does not fit is a row with why
+                    results[name, op] = (None, None, failure_note(failure))
+                    del timed[name]
+                    release_memory()  # after the except clause, whose traceback held the failed call's arrays
+        for name, (run, call, row_note) in timed.items():
+            try:
+                peak = harness.peak_mb(block.framework, call, run)
+            except Exception as failure:
+                results[name, op] = (None, None, failure_note(failure))
+            else:
+                results[name, op] = (statistics.median(times[name]), peak, row_note)
+        del timed
+        release_memory()
+        if progress:
+            for _ in names:
                 progress.finish_row()
     del block, reference
     if framework == "torch":
         torch.compiler.reset()
     release_memory()
-    return rows
+    return [row(method, config.name, op, name, ms=results[name, op][0], peak_mb=results[name, op][1],
+                note=results[name, op][2]) for name in names for op in BLOCK_OPS]
 
 
-def _measure(harness: Harness, block, reference: tuple, name: str, op: str, on_gpu: bool):
-    """(ms, peak MB, note) of one provider's op: checked against the reference, then timed. The
-    framework's plain block is timed whatever its error (it is the baseline); another that is
-    wrong is not timed, and says so on stderr too."""
+def _checked_run(block, reference: tuple, name: str, op: str, on_gpu: bool):
+    """(run, call, note) of one provider's op, checked against the reference, or the note of a
+    row that is not timed. The framework's plain block is timed whatever its error (it is the
+    baseline); another that is wrong is not timed, and says so on stderr too."""
     tolerance = TOLERANCE[block.dtype]
     plain = framework_providers(block.method, block.framework)[0]
     try:
         call = block.call(name, op)
         error = block.error(call.fn(*call.args), reference if op == "fwd_bwd" else reference[:1])
-        if not error <= tolerance and name != plain:
-            note = f"wrong: relative error {error:.2g} against the float32 reference (tolerance {tolerance:g})"
-            print(f"{block.method} {block.config.name} {op} {name}: {note}", file=sys.stderr)
-            return None, None, note
-        run = runnable(block.framework, call)
-        ms = harness.median_ms(block.framework, run)
-        peak = harness.peak_mb(block.framework, call, run)
     except Exception as failure:  # a provider that fails or does not fit is a row with why, not a crash
         note = failure_note(failure)
-    else:
-        notes = [_trinix_note(block, name, on_gpu), getattr(block, "notes", {}).get(name)]
-        if not error <= tolerance:
-            notes.append(f"relative error {error:.2g} against its own math in float32 (timed: the baseline)")
-        return ms, peak, "; ".join(n for n in notes if n) or None
-    release_memory()  # after the except clause, whose traceback held the failed call's arrays
-    return None, None, note
+        release_memory()  # after the except clause, whose traceback held the failed call's arrays
+        return note
+    if not error <= tolerance and name != plain:
+        note = f"wrong: relative error {error:.2g} against the float32 reference (tolerance {tolerance:g})"
+        print(f"{block.method} {block.config.name} {op} {name}: {note}", file=sys.stderr)
+        return note
+    notes = [_trinix_note(block, name, on_gpu), getattr(block, "notes", {}).get(name)]
+    if not error <= tolerance:
+        notes.append(f"relative error {error:.2g} against its own math in float32 (timed: the baseline)")
+    return runnable(block.framework, call), call, "; ".join(n for n in notes if n) or None
 
 
 def _trinix_note(block, name: str, on_gpu: bool) -> str | None:
