@@ -194,7 +194,8 @@ def context_parallel_attention(q: Tensor, k: Tensor, v: Tensor, *, group=None, a
     if not isinstance(zigzag, bool):
         raise TypeError(f"zigzag must be a bool, got {type(zigzag).__name__}")
     backend = resolve_backend(backend, True, q.device, "attention")
-    arrays, placed = sharding.place(ARGUMENTS, tuple(arrays.values()), sharding.ring_axes, layout)
+    arrays = tuple(arrays.values())
+    placed = sharding.sharding(ARGUMENTS, arrays, sharding.ring_axes, layout)
     if placed is not None:
         if group is not None or placed.mesh_axes.count("seq") != 1:
             raise ValueError(f"DTensors q, k and v must be sharded over the sequence on exactly one mesh dim, the "
@@ -206,7 +207,7 @@ def context_parallel_attention(q: Tensor, k: Tensor, v: Tensor, *, group=None, a
         planner.ring_chunks(ring.rank, ring.size, q.shape[SEQ_AXIS[layout]], zigzag)  # an even shard for zigzag
         return _RingAttention.apply(q, k, v, slopes, options, ring, zigzag, backend)
 
-    return sharding.run(placed, by_ring, arrays)
+    return by_ring(*arrays) if placed is None else placed.run_local(by_ring, arrays)
 
 
 def _zigzag(x: Tensor, parts: int, axis: int, restore: bool) -> Tensor:
