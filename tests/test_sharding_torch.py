@@ -23,6 +23,7 @@ from torch.distributed.tensor.experimental import context_parallel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from trinix.torch import context_parallel as ring_module
 from trinix.torch import (FastALiBiPositionEmbedding, FastRoPEPositionEmbedding, alibi_bias, alibi_slopes,
                           apply_rotary_pos_emb, attention, context_parallel_attention, rope_rotate, zigzag_order,
                           zigzag_restore)
@@ -323,3 +324,35 @@ def test_one_device_mesh_runs_local(one_device_mesh, backend):
             assert isinstance(out, DTensor)
             torch.testing.assert_close(out.to_local(), want)
 
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ring_of_one_rank_is_attention(one_device_mesh, monkeypatch, backend):
+    """context_parallel_attention on a ring of one rank (a group of one, or DTensors of a mesh of
+    one device) is attention on the whole sequence, in or out of zigzag order: values and
+    gradients, without the ring."""
+
+    def no_ring(*args):
+        raise AssertionError("a ring of one rank ran the ring")
+
+    monkeypatch.setattr(ring_module._RingAttention, "apply", no_ring)
+    torch.manual_seed(0)
+    alibi = FastALiBiPositionEmbedding(num_heads=4)
+    q, k, v = torch.randn(2, 8, 4, 16), torch.randn(2, 8, 2, 16), torch.randn(2, 8, 2, 16)
+    do = torch.randn_like(q)
+    for causal, zigzag, dtensors in ((True, True, False), (False, False, False), (True, True, True)):
+        plain = [x.clone().requires_grad_() for x in (q, k, v)]
+        expected = attention(*plain, alibi=alibi, causal=causal, backend=backend)
+        expected.backward(do)
+        if dtensors:
+            shards = [_dtensor(x, one_device_mesh, [Shard(1)]).requires_grad_() for x in (q, k, v)]
+            o = context_parallel_attention(*shards, alibi=alibi, causal=causal, zigzag=zigzag, backend=backend)
+            o.backward(_dtensor(do, one_device_mesh, [Shard(1)]))
+            got = [x.to_local() for x in (o, *(x.grad for x in shards))]
+        else:
+            shards = [x.clone().requires_grad_() for x in (q, k, v)]
+            o = context_parallel_attention(*shards, group=one_device_mesh.get_group(), alibi=alibi, causal=causal,
+                                           zigzag=zigzag, backend=backend)
+            o.backward(do)
+            got = [o, *(x.grad for x in shards)]
+        for out, want in zip(got, (expected, *(x.grad for x in plain))):
+            torch.testing.assert_close(out, want)
