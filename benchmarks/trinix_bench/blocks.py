@@ -58,8 +58,8 @@ def block_rows(harness: Harness, method: str, config: Config, framework: str, *,
     providers: those to run (default all; the others get a row saying so); note: why none runs.
 
     The providers of an op are timed in ROUNDS alternating rounds, each row's time the median of
-    its rounds: the GPU's drift over the seconds between rows then falls on every provider alike,
-    where rows timed one after the other differed by a few percent from run to run."""
+    its rounds, so that the GPU's drift over the seconds between rows falls on every provider
+    alike."""
     names = framework_providers(method, framework)
     block = reference = None
     if note is None:
@@ -90,10 +90,11 @@ def block_rows(harness: Harness, method: str, config: Config, framework: str, *,
                     progress.start(f"{method} {config.name} {op} {name} (round {round_ + 1} of {ROUNDS})")
                 try:
                     times[name].append(harness.median_ms(block.framework, run))
+                    continue
                 except Exception as failure:  # a provider that fails or does not fit is a row with why
                     results[name, op] = (None, None, failure_note(failure))
-                    del timed[name]
-                    release_memory()  # after the except clause, whose traceback held the failed call's arrays
+                del timed[name]
+                release_memory()  # after the except clause, whose traceback held the failed call's arrays
         for name, (run, call, row_note) in timed.items():
             try:
                 peak = harness.peak_mb(block.framework, call, run)
