@@ -42,6 +42,13 @@ def trinix_fwd_bwd(q, k, v, slopes, alibi, do, causal=None):
     return (*launch(dq, arrays, interpret=False), *launch(dkdv, arrays, interpret=False))
 
 
+def alibi_score_mod(slopes, causal: bool):
+    """FlexAttention's score_mod adding the ALiBi bias: -m |i - j|, or -m (i - j) when causal."""
+    def score_mod(score, bi, hi, qi, ki):
+        return score - slopes[hi] * (qi - ki) if causal else score - slopes[hi] * (qi - ki).abs()
+    return score_mod
+
+
 def dense_bias(slopes, seq, alibi):
     """(H, S, S) float32: -m|i - j|, or -m(i - j) with -inf above the diagonal."""
     pos = torch.arange(seq, device=slopes.device, dtype=torch.float32)
@@ -88,7 +95,7 @@ def main():
             flex = torch.compile(flex_attention, dynamic=False)
             qt, kt, vt = (x.transpose(1, 2).detach().requires_grad_() for x in (q, k, v))
             for _ in range(2):
-                o = flex(qt, kt, vt, score_mod=lambda score, bi, hi, qi, ki: score - slopes[hi] * (qi - ki).abs())
+                o = flex(qt, kt, vt, score_mod=alibi_score_mod(slopes, causal=False))
                 o.backward(do.transpose(1, 2))
         else:
             for alibi in ("symmetric", "causal"):
@@ -127,9 +134,7 @@ def main():
                 "sdpa no bias fwd": lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal),
             }
             if not args.skip_flex:
-                def score_mod(score, bi, hi, qi, ki):
-                    return score - slopes[hi] * (qi - ki).abs() if not causal else score - slopes[hi] * (qi - ki)
-
+                score_mod = alibi_score_mod(slopes, causal)
                 mask = create_block_mask(lambda bi, hi, qi, ki: qi >= ki, None, None, s, s) if causal else None
                 rows["flex alibi fwd"] = lambda: flex(qt, kt, vt, score_mod=score_mod, block_mask=mask)
             for row, fn in rows.items():
