@@ -13,6 +13,8 @@ that forward + backward.
 """
 
 import argparse
+import pathlib
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,9 @@ from trinix.alibi import alibi_slopes
 from trinix.attention import run_forward
 from trinix.kernels.attention import attention_bwd_calls, attention_fwd_calls
 from trinix.torch.launcher import launch, operand
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from trinix_bench.attention import alibi_score_mod  # noqa: E402
 
 CONFIGS = {"medium": (2, 64, 2048), "large": (1, 128, 8192), "xl": (1, 128, 32768)}
 DECODE = (16, 64, 8192)  # batch, heads, keys; one query
@@ -40,13 +45,6 @@ def trinix_fwd_bwd(q, k, v, slopes, alibi, do, causal=None):
     (delta,) = launch(preprocess, dict(o=o, do=do), interpret=False)
     arrays = dict(q=q, k=k, v=v, do=do, lse=lse, delta=delta, slopes=slopes)
     return (*launch(dq, arrays, interpret=False), *launch(dkdv, arrays, interpret=False))
-
-
-def alibi_score_mod(slopes, causal: bool):
-    """FlexAttention's score_mod adding the ALiBi bias: -m |i - j|, or -m (i - j) when causal."""
-    def score_mod(score, bi, hi, qi, ki):
-        return score - slopes[hi] * (qi - ki) if causal else score - slopes[hi] * (qi - ki).abs()
-    return score_mod
 
 
 def dense_bias(slopes, seq, alibi):
@@ -95,7 +93,7 @@ def main():
             flex = torch.compile(flex_attention, dynamic=False)
             qt, kt, vt = (x.transpose(1, 2).detach().requires_grad_() for x in (q, k, v))
             for _ in range(2):
-                o = flex(qt, kt, vt, score_mod=alibi_score_mod(slopes, causal=False))
+                o = flex(qt, kt, vt, score_mod=alibi_score_mod(slopes, causal=False, q_offset=0))
                 o.backward(do.transpose(1, 2))
         else:
             for alibi in ("symmetric", "causal"):
@@ -134,7 +132,7 @@ def main():
                 "sdpa no bias fwd": lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal),
             }
             if not args.skip_flex:
-                score_mod = alibi_score_mod(slopes, causal)
+                score_mod = alibi_score_mod(slopes, causal, q_offset=0)
                 mask = create_block_mask(lambda bi, hi, qi, ki: qi >= ki, None, None, s, s) if causal else None
                 rows["flex alibi fwd"] = lambda: flex(qt, kt, vt, score_mod=score_mod, block_mask=mask)
             for row, fn in rows.items():
