@@ -180,6 +180,27 @@ def attention_heads(backend: str) -> None:
         _close(grad, expected, 1e-4, f"d{name} against the reference")
 
 
+def attention_heads_undivided(backend: str) -> None:
+    """Mesh 2 x 4, q's heads split by 4 with 2 KV heads (GQA, 4 query heads each), which a split
+    by 4 cannot share out: the heads are gathered (collectives allowed), forward and backward
+    compile, and both equal the unsharded call."""
+    from jax.sharding import PartitionSpec as P
+    from trinix.jax import alibi_slopes, attention
+
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((2, 8, 8, 16), np.float32)
+    k, v = rng.standard_normal((2, 2, 8, 2, 16), np.float32)
+    slopes = np.asarray(alibi_slopes(8, backend="xla"))
+
+    def attend(q, k, v, slopes):
+        return attention(q, k, v, alibi=slopes, causal=True, backend=backend)
+
+    specs = (P("data", None, "model"), P("data"), P("data"), P("model"))
+    mesh = _mesh((2, 4), ("data", "model"))
+    _same_as_unsharded(attend, (q, k, v, slopes), specs, mesh, 1e-5, allowed=COLLECTIVES)
+    _same_as_unsharded(_loss(attend, (0, 1, 2)), (q, k, v, slopes), specs, mesh, 1e-5, allowed=COLLECTIVES)
+
+
 def context_parallel(backend: str) -> None:
     """Mesh 4 x 2, batch by 4 and the sequence by 2 in zigzag order: context_parallel_attention
     with causal ALiBi inside shard_map, forward and backward; a ring of collective-permutes, no
@@ -233,7 +254,7 @@ def tables(backend: str) -> None:
 
 
 CASES = {case.__name__: case for case in (tables, rope_table_batch, rope_sequence, alibi_heads, attention_heads,
-                                          context_parallel)}
+                                          attention_heads_undivided, context_parallel)}
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
 from tests.sharding_jax_runner import BACKENDS, CASES, DEVICES
-from trinix.jax import context_parallel_attention, zigzag_order, zigzag_restore
+from trinix.jax import alibi_slopes, attention, context_parallel_attention, zigzag_order, zigzag_restore
+from trinix.jax import context_parallel as ring_module
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,34 @@ def test_context_parallel_bad_arguments():
         _one_device_ring(lambda q, k, v: context_parallel_attention(q, k, v, axis_name="seq", layout="thd"))(q, q, q)
     with pytest.raises(ValueError, match="q and k must hold the same part"):
         _one_device_ring(lambda q, k, v: context_parallel_attention(q, k, v, axis_name="seq"))(q, q[:, :4], q[:, :4])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ring_of_one_device_is_attention(monkeypatch, backend):
+    """context_parallel_attention on an axis of one device is attention on the whole sequence, in
+    or out of zigzag order: values and gradients, without the ring."""
+
+    def no_ring(*args):
+        raise AssertionError("a ring of one device ran the ring")
+
+    monkeypatch.setattr(ring_module, "_forward", no_ring)
+    monkeypatch.setattr(ring_module, "_ring_attention", no_ring)
+    keys = jax.random.split(jax.random.key(0), 4)
+    q, do = (jax.random.normal(key, (2, 8, 4, 16)) for key in keys[:2])
+    k, v = (jax.random.normal(key, (2, 8, 2, 16)) for key in keys[2:])
+    slopes = alibi_slopes(4)
+    for causal, zigzag in ((True, True), (False, False)):
+        def loss(attend):
+            return lambda q, k, v: jnp.sum(attend(q, k, v) * do)
+
+        def whole(q, k, v):
+            return attention(q, k, v, alibi=slopes, causal=causal, backend=backend)
+
+        ring = _one_device_ring(lambda q, k, v: context_parallel_attention(
+            q, k, v, axis_name="seq", alibi=slopes, causal=causal, zigzag=zigzag, backend=backend))
+        np.testing.assert_allclose(ring(q, k, v), whole(q, k, v), rtol=1e-6, atol=1e-6)
+        for got, want in zip(jax.grad(loss(ring), (0, 1, 2))(q, k, v), jax.grad(loss(whole), (0, 1, 2))(q, k, v)):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_zigzag_order():

@@ -3,7 +3,8 @@ the sequence, and context-parallel attention, through the interpreter and the to
 forward and backward, against the unsharded result.
 
 The checks run in gloo processes spawned once per world size (starting one costs seconds); each
-rank records which checks failed, and each test reads one check's record.
+rank records which checks failed, and each test reads one check's record. The checks of one rank
+(a mesh of one device, a ring of one rank) run in the suite's own process, in a world of one.
 """
 
 import datetime
@@ -19,7 +20,10 @@ import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.experimental import context_parallel
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
+from trinix.torch import context_parallel as ring_module
 from trinix.torch import (FastALiBiPositionEmbedding, FastRoPEPositionEmbedding, alibi_bias, alibi_slopes,
                           apply_rotary_pos_emb, attention, context_parallel_attention, rope_rotate, zigzag_order,
                           zigzag_restore)
@@ -264,3 +268,91 @@ def failures(tmp_path_factory):
 def test_sharded_equals_unsharded(failures, world_size, check, backend):
     failed = {name: error for name, error in failures(world_size).items() if name.startswith(f"{check}-{backend} ")}
     assert not failed, "\n".join(failed.values())
+
+
+@pytest.fixture(scope="module")
+def one_device_mesh(tmp_path_factory):
+    """A gloo world of this process alone, and its mesh of one device."""
+    store = tmp_path_factory.mktemp("world1") / "store"
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    try:
+        yield init_device_mesh("cpu", (1,))
+    finally:
+        dist.destroy_process_group()
+
+
+class _OpsOnDTensors(TorchDispatchMode):
+    """Records trinix's torch.library ops dispatched with a DTensor among their arguments (a mode
+    sees an op before DTensor's dispatch does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "trinix" and any(isinstance(x, DTensor) for x in tree_leaves((args, kwargs))):
+            self.seen.append(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_device_mesh_runs_local(one_device_mesh, backend):
+    """DTensors of a mesh of one device run the plain path on their local tensors, no trinix op
+    dispatched on a DTensor, with the plain call's values and gradients."""
+    torch.manual_seed(0)
+    rope, alibi = FastRoPEPositionEmbedding(dim=16), FastALiBiPositionEmbedding(num_heads=4)
+    q, k, v, scores = torch.randn(2, 8, 4, 16), torch.randn(2, 8, 2, 16), torch.randn(2, 8, 2, 16), torch.randn(2, 4, 8, 8)
+    calls = [
+        (lambda q, k: rope.rotate(q, k, offset=3, backend=backend), (q, k), Shard(1)),
+        (lambda scores: alibi.add_to_scores(scores, backend=backend), (scores,), Shard(1)),
+        (lambda q, k, v: attention(q, k, v, alibi=alibi, causal=True, backend=backend), (q, k, v), Shard(2)),
+        (lambda q, k, v: context_parallel_attention(q, k, v, alibi=alibi, causal=True, zigzag=True, backend=backend),
+         (q, k, v), Shard(1)),
+    ]
+    for function, arrays, placement in calls:
+        plain = [x.clone().requires_grad_() for x in arrays]
+        expected = function(*plain)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        torch.autograd.backward(expected, [torch.ones_like(out) for out in expected])
+        sharded = [_dtensor(x, one_device_mesh, [placement]).requires_grad_() for x in arrays]
+        with _OpsOnDTensors() as mode:
+            got = function(*sharded)
+            got = got if isinstance(got, tuple) else (got,)
+            torch.autograd.backward(got, [torch.ones_like(out) for out in got])
+        assert not mode.seen, f"trinix ops dispatched on DTensors: {mode.seen}"
+        for out, want in zip((*got, *(x.grad for x in sharded)), (*expected, *(x.grad for x in plain))):
+            assert isinstance(out, DTensor)
+            torch.testing.assert_close(out.to_local(), want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ring_of_one_rank_is_attention(one_device_mesh, monkeypatch, backend):
+    """context_parallel_attention on a ring of one rank (a group of one, or DTensors of a mesh of
+    one device) is attention on the whole sequence, in or out of zigzag order: values and
+    gradients, without the ring."""
+
+    def no_ring(*args):
+        raise AssertionError("a ring of one rank ran the ring")
+
+    monkeypatch.setattr(ring_module._RingAttention, "apply", no_ring)
+    torch.manual_seed(0)
+    alibi = FastALiBiPositionEmbedding(num_heads=4)
+    q, k, v = torch.randn(2, 8, 4, 16), torch.randn(2, 8, 2, 16), torch.randn(2, 8, 2, 16)
+    do = torch.randn_like(q)
+    for causal, zigzag, dtensors in ((True, True, False), (False, False, False), (True, True, True)):
+        plain = [x.clone().requires_grad_() for x in (q, k, v)]
+        expected = attention(*plain, alibi=alibi, causal=causal, backend=backend)
+        expected.backward(do)
+        if dtensors:
+            shards = [_dtensor(x, one_device_mesh, [Shard(1)]).requires_grad_() for x in (q, k, v)]
+            o = context_parallel_attention(*shards, alibi=alibi, causal=causal, zigzag=zigzag, backend=backend)
+            o.backward(_dtensor(do, one_device_mesh, [Shard(1)]))
+            got = [x.to_local() for x in (o, *(x.grad for x in shards))]
+        else:
+            shards = [x.clone().requires_grad_() for x in (q, k, v)]
+            o = context_parallel_attention(*shards, group=one_device_mesh.get_group(), alibi=alibi, causal=causal,
+                                           zigzag=zigzag, backend=backend)
+            o.backward(do)
+            got = [o, *(x.grad for x in shards)]
+        for out, want in zip(got, (expected, *(x.grad for x in plain))):
+            torch.testing.assert_close(out, want)

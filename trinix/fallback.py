@@ -29,21 +29,26 @@ def pairs(x, half: int, interleaved: bool):
 
 
 def rotate(xp, q, k, cos, sin, layout: str, interleaved: bool):
-    """(q_rot, k_rot) by per-token cos and sin; the columns past rotary_dim pass through."""
+    """(q_rot, k_rot) by per-token cos and sin; the columns past rotary_dim pass through.
+
+    Written as x * cos + partner * sin, x first, as transformers writes it (partner: each
+    column's pair member with the rotation's sign): the result then keeps x's memory layout, as
+    torch and Inductor give an elementwise result its first operand's strides. A concatenation
+    of the two rotated halves would be contiguous instead, and attention on a transposed view
+    (q of transformers' (batch, heads, seq, head_dim) views) would copy it once more."""
     compute = compute_dtype(xp, q.dtype)
     head_axis = -3 if layout == "bhsd" else -2  # where cos/sin broadcast over heads
     half = cos.shape[-1] // 2
-    c1, c2 = (xp.expand_dims(c, head_axis) for c in pairs(xp.cast(cos, compute), half, interleaved))
-    s1, s2 = (xp.expand_dims(s, head_axis) for s in pairs(xp.cast(sin, compute), half, interleaved))
+    cos, sin = (xp.expand_dims(xp.cast(table, compute), head_axis) for table in (cos, sin))
 
     def rotate_one(x):
-        x1, x2 = pairs(xp.cast(x, compute), half, interleaved)
-        o1, o2 = x1 * c1 - x2 * s1, x2 * c2 + x1 * s2
+        columns = xp.cast(x[..., :2 * half] if 2 * half < x.shape[-1] else x, compute)
+        x1, x2 = pairs(columns, half, interleaved)
         if interleaved:
-            rotated = xp.stack((o1, o2), axis=-1).reshape(*o1.shape[:-1], 2 * half)
+            partner = xp.stack((-x2, x1), axis=-1).reshape(*x1.shape[:-1], 2 * half)
         else:
-            rotated = xp.concatenate((o1, o2), axis=-1)
-        rotated = xp.cast(rotated, x.dtype)
+            partner = xp.concatenate((-x2, x1), axis=-1)
+        rotated = xp.cast(columns * cos + partner * sin, x.dtype)
         return rotated if 2 * half == x.shape[-1] else xp.concatenate((rotated, x[..., 2 * half:]), axis=-1)
 
     return rotate_one(q), rotate_one(k)

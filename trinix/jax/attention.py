@@ -60,7 +60,7 @@ def _dims(layout: str, arrays) -> tuple[dict[str, str | None], dict]:
                 cu_seqlens_q="nq", cu_seqlens_k="nk", lse=f"{q_heads} s" if layout == "thd" else f"b {q_heads} s")
     dims.update(o=dims["q"], do=dims["q"])
     if q_heads == "(h g)":
-        return dims, dict(shardable=("b", "h"), g=heads // kv_heads)
+        return dims, dict(shardable=("b", "h"))
     return dims, dict(shardable=("b", "h", "g"))
 
 

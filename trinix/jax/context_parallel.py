@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from trinix import attention as planner
 from trinix import fallback
 from trinix.attention import INPUTS, SEQ_AXIS
-from trinix.jax.attention import backward_launch, forward_launch
+from trinix.jax.attention import attention, backward_launch, forward_launch
 from trinix.jax.launcher import JaxOps, as_arrays, operand, resolve_backend
 
 
@@ -194,7 +194,9 @@ def context_parallel_attention(q, k, v, *, axis_name: str, alibi=None, causal: b
     (the devices along the axis), or with zigzag=True chunks i and 2N - 1 - i of 2N, in that
     order (`zigzag_order`). Queries and keys share positions: query j of the whole sequence sits
     at key j. alibi, causal, scale, backend: as in `attention`; slopes (heads,) of this device's
-    heads. Returns this device's part of the output, like q; differentiable in q, k and v.
+    heads. Returns this device's part of the output, like q; differentiable in q, k and v. On an
+    axis of one device, which holds the whole sequence (zigzag's order of one part is the
+    sequence's own), it is `attention` on it, without the ring's steps and merges.
     """
     q, k, v, slopes = as_arrays(q=q, k=k, v=v, alibi=planner.slopes_of(alibi))
     if layout not in SEQ_AXIS:
@@ -209,6 +211,9 @@ def context_parallel_attention(q, k, v, *, axis_name: str, alibi=None, causal: b
         slopes = jax.lax.stop_gradient(slopes)
     options = planner.plan(dict(zip(INPUTS, map(operand, (q, k, v, slopes, None, None)))), causal=causal,
                            scale=scale, q_offset=0, layout=layout)
+    if size == 1:  # the whole sequence here (zigzag's one part in order): plain attention, one call
+        return attention(q, k, v, alibi=slopes, causal=causal, scale=options.scale, layout=layout, q_offset=0,
+                         backend=backend)
     ring = _Ring(axis_name, size, seq, zigzag, causal, options.scale, layout,
                  resolve_backend(backend, True, "attention", q))
     if ring.backend == "xla":  # jax.numpy all through: JAX differentiates the ring itself

@@ -40,8 +40,7 @@ def _all_factors(dims: str) -> list[str]:
 
 def shard_local(fn: Callable, arrays: Sequence[jax.Array | None], dims: Sequence[str | None],
                 out_dims: Sequence[str], *, shardable: tuple[str, ...] = (BATCH, HEADS),
-                sequence: str | None = None, summed: tuple[str, ...] = (),
-                **factor_sizes: int) -> tuple[jax.Array, ...]:
+                sequence: str | None = None, summed: tuple[str, ...] = ()) -> tuple[jax.Array, ...]:
     """fn(*arrays), a tuple of arrays, run on each device's shard of `arrays` under jit.
 
     dims: each array's factors, one word per dim ("b s h d", "(h g)" for a dim that is two
@@ -49,18 +48,21 @@ def shard_local(fn: Callable, arrays: Sequence[jax.Array | None], dims: Sequence
     `shardable` and `sequence` are replicated. With `sequence` sharded, fn also gets `start=`,
     the first position of the shard's tokens (an int32 scalar). summed: factors the op sums
     over; a result without one, where it is split, is summed over its shards (an all-reduce).
-    factor_sizes: sizes of factors that appear only inside a compound dim.
     """
     present = [d for d, array in zip(dims, arrays) if array is not None]
+    # Shardy would shard a compound dim's factors over parts of a mesh axis, which
+    # custom_partitioning cannot hand to `partition`: its rule names such a dim by one factor of
+    # its own, free to be split; `partition` splits the dim along its major factor or not at all.
+    rule = [" ".join("_".join(_factors(word)) for word in _words(d)) for d in (*present, *out_dims)]
     # In order of first appearance, as Shardy wants its special factors.
-    factors = dict.fromkeys(f for d in (*present, *out_dims) for f in _all_factors(d))
-    kept_whole = tuple(factor for factor in factors if factor not in (*shardable, sequence))
+    factors = dict.fromkeys(word for d in rule for word in d.split())
+    kept_whole = tuple(factor for factor in factors if factor not in (*shardable, sequence) and "_" not in factor)
     # custom_partitioning binds its function's signature: a partial's keywords would not bind.
     partitioned = custom_partitioning(lambda *arrays: fn(*arrays))
 
     def split(mesh, arg_shapes):
         """(sizes of the factors, their mesh axes, the sharding of a rule) for these operands."""
-        sizes = dict(factor_sizes)
+        sizes = {}
         for d, arg in zip(dims, arg_shapes):
             for word, size in zip(_words(d or ""), () if arg is None else arg.shape):
                 sizes.setdefault(word, size)
@@ -91,8 +93,9 @@ def shard_local(fn: Callable, arrays: Sequence[jax.Array | None], dims: Sequence
         return (mesh, lower, tuple(sharding(d) for d in out_dims),
                 tuple(None if arg is None else sharding(d) for d, arg in zip(dims, arg_shapes)))
 
-    partitioned.def_partition(partition, infer_sharding_from_operands, sharding_rule=f"{', '.join(present)} -> {', '.join(out_dims)}",
-                              need_replication_factors=kept_whole, **factor_sizes)
+    partitioned.def_partition(partition, infer_sharding_from_operands,
+                              sharding_rule=f"{', '.join(rule[:len(present)])} -> {', '.join(rule[len(present):])}",
+                              need_replication_factors=kept_whole)
     # Inside shard_map the results vary over the manual axes the inputs vary over, which
     # custom_partitioning's results do not say, and shard_map's type check needs.
     varying = frozenset().union(*(_varying(array) for array in arrays if array is not None))

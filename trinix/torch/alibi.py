@@ -75,7 +75,7 @@ sharding.register("alibi_softmax", sharding.scores_axes, 2)
 
 def _scores_by_kernel(scores, slopes, plan: ScoresPlan, interpret: bool, inplace: bool):
     """The kernel, through the torch.library ops or launched directly (see `through_ops`)."""
-    if not through_ops(scores):
+    if not through_ops():
         return _launch_scores(scores, slopes, plan, interpret, inplace)
     if plan.scale is not None:
         return _softmax_op(scores, slopes, plan.scale, plan.q_offset, plan.causal, interpret)
@@ -175,13 +175,16 @@ def alibi_bias(slopes: Tensor, seq_len: int, key_len: int | None = None, *, caus
                           dtype=dtype_name(dtype), available_bytes=None if compiling else
                           _device_memory_bytes(slopes.device))
     _check_constant(slopes)
+    placed = sharding.sharding(("slopes",), (slopes,), sharding.bias_axes)
+    if placed is not None:  # a DTensor: each rank makes the bias of its slopes (trinix.torch.sharding)
+        return placed.run_local(lambda slopes: alibi_bias(slopes, seq_len, key_len, causal=causal, q_offset=q_offset,
+                                                          dtype=dtype, backend=backend, use_triton=use_triton),
+                                (slopes,))
     backend = resolve_backend(backend, use_triton, slopes.device, "alibi")
-    (slopes,), placed = sharding.place(("slopes",), (slopes,), sharding.bias_axes)
     try:
         if backend == "torch":
-            return sharding.run(placed, lambda slopes: fallback.alibi_bias(
-                TorchOps, slopes, plan.seqlen_q, plan.seqlen_k, plan.q_offset, causal, dtype), (slopes,))
-        if through_ops(slopes):
+            return fallback.alibi_bias(TorchOps, slopes, plan.seqlen_q, plan.seqlen_k, plan.q_offset, causal, dtype)
+        if through_ops():
             return _bias_op(slopes, plan.seqlen_q, plan.seqlen_k, plan.q_offset, plan.causal, dtype,
                             backend == "interpret")
         return _launch_bias(slopes, plan, backend == "interpret")
@@ -225,17 +228,21 @@ def alibi_softmax(scores: Tensor, slopes: Tensor, *, scale: float = 1.0, causal:
 
 
 def _run_scores(scores, slopes, plan: ScoresPlan, backend, use_triton, inplace):
+    slopes = slopes.to(scores.device)
+    placed = sharding.sharding(("scores", "slopes"), (scores, slopes), sharding.scores_axes)
+    if placed is not None:  # DTensors: each rank runs on its shards (trinix.torch.sharding)
+        def run(scores, slopes):
+            local = _planned_scores(scores, slopes, plan.q_offset, plan.causal, plan.scale)
+            return _run_scores(scores, slopes, local, backend, use_triton, inplace=False)
+
+        out = placed.run_local(run, (scores, slopes))
+        return scores.copy_(out) if inplace else out
     backend = resolve_backend(backend, use_triton, scores.device, "alibi")
-    arrays, placed = sharding.place(("scores", "slopes"), (scores, slopes.to(scores.device)), sharding.scores_axes)
     if backend != "torch":
-        return _AlibiScores.apply(*arrays, plan, backend == "interpret", inplace)
-
-    def by_torch(scores, slopes):
-        if plan.scale is not None:
-            return fallback.alibi_softmax(TorchOps, scores, slopes, plan.scale, plan.q_offset, plan.causal)
-        return fallback.alibi_add(TorchOps, scores, slopes, plan.q_offset, plan.causal)
-
-    out = sharding.run(placed, by_torch, arrays)
+        return _AlibiScores.apply(scores, slopes, plan, backend == "interpret", inplace)
+    if plan.scale is not None:
+        return fallback.alibi_softmax(TorchOps, scores, slopes, plan.scale, plan.q_offset, plan.causal)
+    out = fallback.alibi_add(TorchOps, scores, slopes, plan.q_offset, plan.causal)
     return scores.copy_(out) if inplace else out
 
 

@@ -73,7 +73,7 @@ class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, slopes, cu_seqlens_q, cu_seqlens_k, options, interpret):
         arrays = (q, k, v, slopes, cu_seqlens_q, cu_seqlens_k)
-        if through_ops(q):
+        if through_ops():
             o, lse = _fwd_op(*arrays, *options, interpret)
         else:
             o, lse = launch_fwd(dict(zip(INPUTS, arrays)), options, interpret)
@@ -84,7 +84,7 @@ class _Attention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         *arrays, o, lse = ctx.saved_tensors
-        if through_ops(do):
+        if through_ops():
             dq, dk, dv = _bwd_op(*arrays, o, lse, do, *ctx.options, ctx.interpret)
         else:
             named = dict(zip(INPUTS, arrays), o=o, lse=lse, do=do)
@@ -120,11 +120,17 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, alibi=None, causal: bool = Fal
     """
     arrays, options = planned(q, k, v, alibi, cu_seqlens_q, cu_seqlens_k, causal=causal, scale=scale,
                               q_offset=q_offset, layout=layout, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k)
+    arrays = tuple(arrays.values())
+    placed = sharding.sharding(ARGUMENTS, arrays, sharding.attention_axes, layout,
+                               hint="; over the sequence, use context_parallel_attention")
+    if placed is not None:  # DTensors: each rank attends on its shards (trinix.torch.sharding)
+        return placed.run_local(lambda q, k, v, slopes, cu_seqlens_q, cu_seqlens_k: attention(
+            q, k, v, alibi=slopes, causal=causal, scale=scale, layout=layout, cu_seqlens_q=cu_seqlens_q,
+            cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, q_offset=q_offset,
+            backend=backend), arrays)
     backend = resolve_backend(backend, True, q.device, "attention")
-    arrays, placed = sharding.place(ARGUMENTS, tuple(arrays.values()), sharding.attention_axes, layout,
-                                    hint="; over the sequence, use context_parallel_attention")
     if backend == "torch":
-        return sharding.run(placed, lambda *arrays: fallback.attention(TorchOps, *arrays, options), arrays)
+        return fallback.attention(TorchOps, *arrays, options)
     return _Attention.apply(*arrays, options, backend == "interpret")
 
 

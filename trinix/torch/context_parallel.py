@@ -21,7 +21,7 @@ from trinix import attention as planner
 from trinix import fallback
 from trinix.attention import ARGUMENTS, INPUTS, SEQ_AXIS, Options
 from trinix.rope import split_bshd
-from trinix.torch.attention import launch_bwd, launch_fwd, planned
+from trinix.torch.attention import attention, launch_bwd, launch_fwd, planned
 from trinix.torch import sharding
 from trinix.torch.launcher import TorchOps, resolve_backend
 
@@ -175,7 +175,9 @@ def context_parallel_attention(q: Tensor, k: Tensor, v: Tensor, *, group=None, a
     mesh) and over batch or heads on others, in zigzag order if `zigzag`: o is then a DTensor
     placed like q, and slopes of the model's heads are split with the heads. Queries and keys
     sit at their global positions, for the causal mask and ALiBi alike; `alibi`, `causal`,
-    `scale` and `backend` as in trinix.torch.attention. Gradients flow to q, k and v.
+    `scale` and `backend` as in trinix.torch.attention. Gradients flow to q, k and v. A ring of
+    one rank holds the whole sequence (zigzag's order of one part is the sequence's own): it runs
+    trinix.torch.attention on it, without the ring's steps and merges.
 
     torch.distributed.tensor.experimental.context_parallel(mesh, buffers=...) shards its buffers
     over the sequence and replaces scaled_dot_product_attention, which trinix does not call.
@@ -194,7 +196,8 @@ def context_parallel_attention(q: Tensor, k: Tensor, v: Tensor, *, group=None, a
     if not isinstance(zigzag, bool):
         raise TypeError(f"zigzag must be a bool, got {type(zigzag).__name__}")
     backend = resolve_backend(backend, True, q.device, "attention")
-    arrays, placed = sharding.place(ARGUMENTS, tuple(arrays.values()), sharding.ring_axes, layout)
+    arrays = tuple(arrays.values())
+    placed = sharding.sharding(ARGUMENTS, arrays, sharding.ring_axes, layout)
     if placed is not None:
         if group is not None or placed.mesh_axes.count("seq") != 1:
             raise ValueError(f"DTensors q, k and v must be sharded over the sequence on exactly one mesh dim, the "
@@ -204,9 +207,12 @@ def context_parallel_attention(q: Tensor, k: Tensor, v: Tensor, *, group=None, a
 
     def by_ring(q, k, v, slopes, *_):
         planner.ring_chunks(ring.rank, ring.size, q.shape[SEQ_AXIS[layout]], zigzag)  # an even shard for zigzag
+        if ring.size == 1:  # the whole sequence here (zigzag's one part in order): plain attention, one call
+            return attention(q, k, v, alibi=slopes, causal=causal, scale=options.scale, layout=layout, q_offset=0,
+                             backend=backend)
         return _RingAttention.apply(q, k, v, slopes, options, ring, zigzag, backend)
 
-    return sharding.run(placed, by_ring, arrays)
+    return by_ring(*arrays) if placed is None else placed.run_local(by_ring, arrays)
 
 
 def _zigzag(x: Tensor, parts: int, axis: int, restore: bool) -> Tensor:

@@ -48,12 +48,11 @@ def may_synchronize(device: torch.device) -> bool:
     return not (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
-def through_ops(tensor: torch.Tensor) -> bool:
-    """Whether a launch on `tensor` goes through trinix's torch.library ops: under torch.compile,
-    which traces them, and for a DTensor, whose dispatch runs them on each rank's shard by their
-    registered sharding strategies. Other eager launches go straight to the kernels (an op's
-    dispatch costs tens of microseconds)."""
-    return torch.compiler.is_compiling() or is_dtensor(tensor)
+def through_ops() -> bool:
+    """Whether a launch goes through trinix's torch.library ops: under torch.compile, which traces
+    them. Eager launches go straight to the kernels (an op's dispatch costs tens of microseconds),
+    DTensors' too: the public functions run on their local shards (trinix.torch.sharding)."""
+    return torch.compiler.is_compiling()
 
 
 def resolve_backend(backend: str, use_triton: bool, device: torch.device, op: str) -> str:

@@ -59,7 +59,7 @@ sharding.register("rope_apply_", sharding.rotation_axes, len(host.ROTATION_INPUT
 def _rotate_by_kernel(tensors, rotation: Rotation, interpret: bool, inplace: bool, operands=None):
     """The forward rotation, through the torch.library ops or launched directly (see
     `through_ops`)."""
-    traced = through_ops(tensors[0])
+    traced = through_ops()
     if inplace:
         if traced:
             _rope_apply_inplace_op(*tensors, *rotation, interpret)
@@ -88,7 +88,7 @@ class _RopeApply(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_q, grad_k):
         tensors = (grad_q, grad_k, *ctx.saved_tensors)
-        if through_ops(grad_q):
+        if through_ops():
             grad_q, grad_k = _rope_apply_op(*tensors, *ctx.rotation, True, ctx.interpret)
         else:
             grad_q, grad_k = _launch_rotation(tensors, ctx.rotation, True, ctx.interpret, inplace=False)
@@ -138,15 +138,20 @@ def _rotate(q, k, *, cos=None, sin=None, frequencies=None, position_ids=None, of
     operands = tuple(map(operand, tensors))
     rotation = host.plan_rotation(tensors, operands, offset=offset, layout=layout, interleaved=interleaved,
                                   max_seqlen=max_seqlen, read=read, cache=not torch.compiler.is_compiling())
-    backend = resolve_backend(backend, use_triton, q.device, "rope")
-    tensors, placed = sharding.place(host.ROTATION_INPUTS, tensors, sharding.rotation_axes, layout)
-    if backend == "torch":
+    placed = sharding.sharding(host.ROTATION_INPUTS, tensors, sharding.rotation_axes, layout)
+    if placed is not None:  # DTensors: each rank rotates its shards (trinix.torch.sharding)
         def rotate(q, k, cos, sin, frequencies, position_ids, offsets, cu_seqlens):
-            return fallback.rope_rotate(TorchOps, q, k, cos=cos, sin=sin, frequencies=frequencies,
-                                        position_ids=position_ids, offsets=offsets, cu_seqlens=cu_seqlens,
-                                        offset=offset, layout=layout, interleaved=interleaved)
+            return _rotate(q, k, cos=cos, sin=sin, frequencies=frequencies, position_ids=position_ids,
+                           offset=offset if offsets is None else offsets, layout=layout, interleaved=interleaved,
+                           cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, backend=backend, use_triton=use_triton)
 
-        q_rot, k_rot = sharding.run(placed, rotate, tensors)
+        q_rot, k_rot = placed.run_local(rotate, tensors)
+        return (q.copy_(q_rot), k.copy_(k_rot)) if inplace else (q_rot, k_rot)
+    backend = resolve_backend(backend, use_triton, q.device, "rope")
+    if backend == "torch":
+        q_rot, k_rot = fallback.rope_rotate(TorchOps, q, k, cos=cos, sin=sin, frequencies=frequencies,
+                                            position_ids=position_ids, offsets=offsets, cu_seqlens=cu_seqlens,
+                                            offset=offset, layout=layout, interleaved=interleaved)
         return (q.copy_(q_rot), k.copy_(k_rot)) if inplace else (q_rot, k_rot)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
         return _RopeApply.apply(*tensors, rotation, backend == "interpret", inplace)

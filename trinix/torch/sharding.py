@@ -2,10 +2,18 @@
 op, that serves both as the op's registered DTensor sharding strategy and as the public functions'
 check of the placements they are given.
 
-Each rank runs the kernel on its own shard, planned from the local shapes; no op gathers. The
-axes an op may shard are batch and heads, and a rotation's sequence where position ids come
-sharded with it. Positions stay global: ALiBi slopes shard with the heads they belong to, and a
-rotation of a sharded sequence reads the global position of each token from its ids.
+Each rank runs the kernel on its own shard; no op gathers. The axes an op may shard are batch
+and heads, and a rotation's sequence where position ids come sharded with it. Positions stay
+global: ALiBi slopes shard with the heads they belong to, and a rotation of a sharded sequence
+reads the global position of each token from its ids.
+
+A public function given a DTensor checks the placements (`sharding`), then runs its plain path
+on each rank's local tensors (`Sharding.run_local`), checked and planned from their shapes like
+any call, and wraps the outputs with DTensor.from_local: every backend, the kernels' and the
+torch fallback's, runs on plain tensors, and no DTensor dispatch runs inside. Plain arguments the
+rule shards (slopes of the model's heads, position ids of the whole sequence) are sliced to this
+rank's part; DTensors placed otherwise than the rule says are redistributed. The registered
+strategies serve torch.ops.trinix.* called on DTensors directly.
 
 A rule takes an op's tensor arguments (tensors, or the DTensorSpecs DTensor gives a strategy,
 read by shape only; None where not given) and its layout, and returns `Axes`: for each of them
@@ -18,7 +26,7 @@ from typing import Callable, NamedTuple
 import torch
 
 if torch.distributed.is_available():
-    from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor import DTensor, Replicate, Shard
     from torch.distributed.tensor.experimental import register_sharding
 else:  # a torch without torch.distributed: no DTensor can reach trinix
     DTensor = None
@@ -152,42 +160,33 @@ class Sharding(NamedTuple):
     def placements(self, dims: dict[str, int]) -> list:
         return [Replicate() if axis is None or axis not in dims else Shard(dims[axis]) for axis in self.mesh_axes]
 
-    def sharded(self, tensor, dims: dict[str, int]):
-        """`tensor` as a DTensor placed by the rule: a plain tensor split here (each rank keeps
-        its part, no communication), a replicated DTensor likewise."""
+    def local(self, array, dims: dict[str, int]):
+        """This rank's part of `array`, placed by the rule (`dims`), as a plain tensor: a DTensor's
+        local shard (redistributed first where placed otherwise), a plain tensor's slice at this
+        rank's mesh coordinate (no communication). Differentiable either way."""
         placements = self.placements(dims)
-        if not is_dtensor(tensor):
-            return distribute_tensor(tensor, self.mesh, placements, src_data_rank=None)
-        return tensor if list(tensor.placements) == placements else tensor.redistribute(self.mesh, placements)
-
-    def place(self, arrays: tuple) -> tuple:
-        """`arrays` (the rule's inputs, in order) as DTensors placed by the rule."""
-        return tuple(None if array is None else self.sharded(array, dims)
-                     for array, dims in zip(arrays, self.axes.inputs))
+        if is_dtensor(array):
+            if list(array.placements) != placements:
+                array = array.redistribute(self.mesh, placements)
+            return array.to_local()
+        coordinate = self.mesh.get_coordinate()
+        for mesh_dim, placement in enumerate(placements):  # mesh dims in order, as DTensor splits
+            if placement.is_shard():
+                size = array.shape[placement.dim] // self.mesh.size(mesh_dim)
+                array = array.narrow(placement.dim, coordinate[mesh_dim] * size, size)
+        return array
 
     def run_local(self, function: Callable, arrays: tuple):
-        """function(*local shards of `arrays`) on this rank, its outputs (one tensor or a tuple)
-        as DTensors placed by the rule: how the torch fallbacks and the ring of
-        context_parallel_attention run on DTensors. `arrays`: from `place`; gradients flow
-        through to_local and from_local."""
-        local = function(*(None if array is None else array.to_local() for array in arrays))
+        """function(*this rank's parts of `arrays`) (the rule's inputs, in order; see `local`),
+        its outputs (one tensor or a tuple) as DTensors placed by the rule: how every public
+        function runs on DTensors, the function being its plain path on plain tensors. Gradients
+        flow through to_local and from_local."""
+        local = function(*(None if array is None else self.local(array, dims)
+                           for array, dims in zip(arrays, self.axes.inputs)))
         outputs = local if isinstance(local, tuple) else (local,)
         wrapped = tuple(DTensor.from_local(out, self.mesh, self.placements(dims))
                         for out, dims in zip(outputs, self.axes.outputs))
         return wrapped if isinstance(local, tuple) else wrapped[0]
-
-
-def place(names: tuple[str, ...], arrays: tuple, rule: Callable[..., Axes], layout: str | None = None,
-          hint: str = "") -> tuple[tuple, Sharding | None]:
-    """(arrays, None) when none of `arrays` is a DTensor; else `arrays` as DTensors placed by
-    `rule` and their `sharding`."""
-    placed = sharding(names, arrays, rule, layout, hint)
-    return (arrays, None) if placed is None else (placed.place(arrays), placed)
-
-
-def run(placed: Sharding | None, function: Callable, arrays: tuple):
-    """function(*arrays), on each rank's shards if `placed` (see Sharding.run_local)."""
-    return function(*arrays) if placed is None else placed.run_local(function, arrays)
 
 
 def sharding(names: tuple[str, ...], arrays: tuple, rule: Callable[..., Axes], layout: str | None = None,
