@@ -57,9 +57,13 @@ property_pids=()
 for step in ${steps[*]}; do
   case "$step" in
     tests)
-      timeout "${TESTS_LIMIT:-600}" python3 -m pytest -q -rfEs -p no:benchmark -n "${PYTEST_WORKERS:-8}" --timeout 150 --durations 15 \
-        ${TESTS:-tests} 2>&1 | tee "$OUT/pytest.log" | tail -n 40
-      status=$((status | ${PIPESTATUS[0]})) ;;
+      # -v: each test's outcome is logged as it ends, so a run cut by TESTS_LIMIT still names its
+      # failures (pytest's summary comes only at the end); they are printed after the tail.
+      timeout "${TESTS_LIMIT:-600}" python3 -m pytest -v -rfEs -p no:benchmark -n "${PYTEST_WORKERS:-8}" --timeout 150 \
+        --durations 15 ${TESTS:-tests} >"$OUT/pytest.log" 2>&1
+      status=$((status | $?))
+      grep -v -E "(PASSED|SKIPPED|XFAIL|XPASS) " "$OUT/pytest.log" | tail -n 40
+      grep -E "^\[gw[0-9]+\].* (FAILED|ERROR) " "$OUT/pytest.log" | head -n 60 ;;
     properties)
       for test in $(python3 -m pytest -q -p no:benchmark --collect-only tests/test_properties.py | grep '::' | grep -e "${PROPERTIES_MATCH:-::}"); do
         test_timeout=${PROPERTIES_TEST_TIMEOUT:-360}
