@@ -2,9 +2,9 @@
 against SDPA with the ALiBi bias materialized (medium), then forward and forward + backward
 times beside FlexAttention with an ALiBi score_mod and SDPA without a bias, and trinix without
 ALiBi (the same kernels, alibi "none"). "trinix fwd+bwd" runs the backward as the tile table
-says (dk/dv then dq), "trinix fwd+bwd 1 launch" dk, dv and dq in one launch on
-ONE_LAUNCH_TILES. Config "decode": one query per sequence over 8192 keys, causal, beside the
-time to read K and V at the copy bandwidth measured here.
+says (dk, dv and dq in one launch at head_dim 128), "trinix fwd+bwd 2 launches" as dk/dv then
+dq. Config "decode": one query per sequence over 8192 keys, causal, beside the time to read K
+and V at the copy bandwidth measured here.
 
     python benchmarks/probe_attention.py [--configs medium large decode] [--skip-flex]
     ncu ... python benchmarks/probe_attention.py --once large   # one forward + backward per form
@@ -27,7 +27,6 @@ from trinix.torch.launcher import launch, operand
 
 CONFIGS = {"medium": (2, 64, 2048), "large": (1, 128, 8192), "xl": (1, 128, 32768)}
 DECODE = (16, 64, 8192)  # batch, heads, keys; one query
-ONE_LAUNCH_TILES = (64, 128, 8, 3, 2)  # head_dim 128: dk/dv's and dq's tiles, dk/dv's loops 2 stages
 
 
 def trinix_fwd(q, k, v, slopes, alibi, causal=None):
@@ -36,12 +35,12 @@ def trinix_fwd(q, k, v, slopes, alibi, causal=None):
                        lambda call, named: launch(call, named, interpret=False))
 
 
-def trinix_fwd_bwd(q, k, v, slopes, alibi, do, causal=None, one_launch=None, tiles=None):
+def trinix_fwd_bwd(q, k, v, slopes, alibi, do, causal=None, one_launch=None):
     """(dq, dk, dv); the backward's dk, dv and dq in one launch or two as the tile table says,
-    or as `one_launch` (on `tiles`)."""
+    or as `one_launch`."""
     o, lse = trinix_fwd(q, k, v, slopes, alibi, causal)
     calls = attention_bwd_calls(operand(q), operand(k), operand(v), operand(o), operand(do), operand(slopes),
-                                alibi=alibi, causal=causal, one_launch=one_launch, tiles=tiles)
+                                alibi=alibi, causal=causal, one_launch=one_launch)
     return run_backward(calls, dict(q=q, k=k, v=v, o=o, do=do, lse=lse, slopes=slopes),
                         lambda call, named: launch(call, named, interpret=False))
 
@@ -127,8 +126,7 @@ def main():
             rows = {
                 "trinix fwd": lambda: trinix_fwd(q, k, v, slopes, alibi),
                 "trinix fwd+bwd": lambda: trinix_fwd_bwd(q, k, v, slopes, alibi, do),
-                "trinix fwd+bwd 1 launch": lambda: trinix_fwd_bwd(q, k, v, slopes, alibi, do, one_launch=True,
-                                                                  tiles=ONE_LAUNCH_TILES),
+                "trinix fwd+bwd 2 launches": lambda: trinix_fwd_bwd(q, k, v, slopes, alibi, do, one_launch=False),
                 "trinix no bias fwd": lambda: trinix_fwd(q, k, v, None, "none", causal),
                 "sdpa no bias fwd": lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal),
             }

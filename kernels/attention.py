@@ -46,13 +46,13 @@ LN_2 = tl.constexpr(0.6931471805599453)
 # transposed (BLOCK_N queries, key tiles of BLOCK_M), plus a fifth number: the stages of dk/dv's
 # loops (num_stages is dq's); else dk/dv and dq are two launches.
 # For sm_90 (H100, H200): head_dim 64 and 128 from benchmarks/sweep_attention_tiles.py on an
-# H100 (benchmarks/NOTES.md); 16 and 32 and the decode tiles are starting points, not swept. No
-# table has "bwd" until a GPU run shows one launch faster (`one_launch=True` runs it meanwhile).
+# H100 (benchmarks/NOTES.md); 16 and 32, the decode tiles and "bwd" are starting points, not swept.
 TILES = {
     16: dict(fwd=(64, 64, 4, 3), dkdv=(64, 64, 4, 2), dq=(64, 64, 4, 2), decode=(16, 64, 4, 3)),
     32: dict(fwd=(64, 64, 4, 3), dkdv=(32, 128, 4, 3), dq=(64, 64, 4, 2), decode=(16, 64, 4, 3)),
     64: dict(fwd=(64, 64, 4, 3), dkdv=(32, 128, 4, 3), dq=(64, 64, 4, 2), decode=(16, 128, 4, 3)),
-    128: dict(fwd=(128, 128, 8, 3), dkdv=(64, 128, 8, 2), dq=(128, 64, 8, 3), decode=(16, 128, 4, 3)),
+    128: dict(fwd=(128, 128, 8, 3), dkdv=(64, 128, 8, 2), dq=(128, 64, 8, 3), decode=(16, 128, 4, 3),
+              bwd=(64, 128, 8, 3, 2)),
 }
 DECODE_QUERIES = 16
 # A forward of fewer programs than this splits its keys over more (flash-decoding): two per

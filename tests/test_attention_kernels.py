@@ -81,7 +81,7 @@ CASES = [
          one_launch=True),
     Case(20, 20, heads=1, kv_heads=1, head_dim=72, alibi="symmetric", one_launch=True),
     Case(40, 40, kv_heads=1, dtype="float64", causal=True, one_launch=True, tiles=(16, 32, 4, 1)),
-    Case(64, 64, head_dim=128, dtype="float16", alibi="symmetric", tiles=(64, 128, 8, 3, 2), one_launch=True),
+    Case(64, 64, head_dim=128, dtype="float16", alibi="symmetric", tiles=None),  # the table: one launch
     Case(64, 64, head_dim=128, dtype="float16", alibi="symmetric", tiles=None, one_launch=False),
 ]
 
