@@ -24,8 +24,7 @@ from trinix.kernels.attention import attention_bwd_calls, attention_fwd_calls
 from trinix.torch.launcher import launch, operand
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages): the forward and dq own BLOCK_M queries and loop
-# over key tiles; dk/dv owns BLOCK_N keys and loops over query tiles of BLOCK_M. "bwd" (one
-# launch): dk/dv's tiles, dq on them transposed, and a fifth number, dk/dv's loop stages.
+# over key tiles; dk/dv owns BLOCK_N keys and loops over query tiles of BLOCK_M.
 CANDIDATES = {
     "fwd": [(128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 4, 3),
             (64, 64, 4, 3), (128, 32, 4, 3)],
@@ -33,8 +32,8 @@ CANDIDATES = {
            (128, 128, 8, 2)],
     "dkdv": [(64, 64, 8, 2), (64, 64, 4, 2), (32, 128, 8, 2), (32, 128, 4, 3), (64, 128, 8, 2), (32, 64, 4, 3),
              (64, 64, 8, 3), (64, 128, 8, 3)],
-    "bwd": ["two launches", (64, 128, 8, 3, 2), (64, 128, 8, 2), (64, 128, 8, 3), (64, 128, 8, 2, 3),
-            (64, 64, 8, 2), (32, 128, 8, 2), (32, 64, 4, 3)],
+    "bwd": ["two launches", (64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 8, 2), (64, 64, 4, 2), (32, 128, 8, 2),
+            (32, 64, 4, 3)],
     "decode": [(16, 128, 4, 3), (16, 128, 4, 2), (16, 64, 4, 3), (16, 64, 4, 4), (16, 64, 2, 3), (16, 32, 4, 4),
                (16, 256, 4, 2)],
 }

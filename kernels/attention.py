@@ -43,8 +43,7 @@ LN_2 = tl.constexpr(0.6931471805599453)
 # own BLOCK_M queries and loop over key tiles, dk/dv own BLOCK_N keys and loop over query tiles;
 # "decode" is the forward of at most DECODE_QUERIES queries (tensor-core tiles are 16 rows);
 # "bwd", where present, runs dk, dv and dq in one launch, dk/dv on its tiles and dq on them
-# transposed (BLOCK_N queries, key tiles of BLOCK_M), plus a fifth number: the stages of dk/dv's
-# loops (num_stages is dq's); else dk/dv and dq are two launches.
+# transposed (BLOCK_N queries, key tiles of BLOCK_M); else dk/dv and dq are two launches.
 # For sm_90 (H100, H200): head_dim 64 and 128 from benchmarks/sweep_attention_tiles.py on an
 # H100 (benchmarks/NOTES.md); 16 and 32, the decode tiles and "bwd" are starting points, not swept.
 TILES = {
@@ -52,7 +51,7 @@ TILES = {
     32: dict(fwd=(64, 64, 4, 3), dkdv=(32, 128, 4, 3), dq=(64, 64, 4, 2), decode=(16, 64, 4, 3)),
     64: dict(fwd=(64, 64, 4, 3), dkdv=(32, 128, 4, 3), dq=(64, 64, 4, 2), decode=(16, 128, 4, 3)),
     128: dict(fwd=(128, 128, 8, 3), dkdv=(64, 128, 8, 2), dq=(128, 64, 8, 3), decode=(16, 128, 4, 3),
-              bwd=(64, 128, 8, 3, 2)),
+              bwd=(64, 128, 8, 2)),
 }
 DECODE_QUERIES = 16
 # A forward of fewer programs than this splits its keys over more (flash-decoding): two per
@@ -429,13 +428,11 @@ def _dkdv_program(
     SCALE: tl.constexpr, ALIBI: tl.constexpr, CAUSAL: tl.constexpr, VARLEN: tl.constexpr,
     BOTTOM_RIGHT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr, ALIGNED: tl.constexpr,
-    STAGES: tl.constexpr,
 ):
     """dk and dv of the keys n0 .. n0 + BLOCK_N of sequence b, KV head kv_head, summed over the
     query heads that share it and the query tiles of BLOCK_M that see the keys, in registers.
     Per query head, query tiles before the first row that sees a key of the tile are skipped;
-    those that see only part of it are masked, and so is the last, partial one. The query-tile
-    loops are pipelined over STAGES stages (None: the launch's num_stages)."""
+    those that see only part of it are masked, and so is the last, partial one."""
     if ALIGNED:
         stride_qb, stride_qs, stride_qh = _aligned(stride_qb, stride_qs, stride_qh)
         stride_kb, stride_ks, stride_kh = _aligned(stride_kb, stride_ks, stride_kh)
@@ -478,17 +475,17 @@ def _dkdv_program(
         do_base = DO + b * stride_dob + h * stride_doh + q_start * stride_dos
         row_base = b * stride_lb + h * stride_lh + q_start
         slope = _slope(SLOPES, b, h, stride_mb, stride_mh, ALIBI, COMPUTE)
-        for m0 in tl.range(start, full_start, BLOCK_M, num_stages=STAGES):
+        for m0 in range(start, full_start, BLOCK_M):
             dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE, DELTA, row_base, slope, m0, n0, q_offset,
                                 seqlen_q, seqlen_k, offs_d, stride_qs, stride_qd, stride_dos, stride_dod,
                                 SCALE, ALIBI, CAUSAL, True, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, COMPUTE,
                                 PRECISION)
-        for m0 in tl.range(full_start, full_end, BLOCK_M, num_stages=STAGES):
+        for m0 in range(full_start, full_end, BLOCK_M):
             dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE, DELTA, row_base, slope, m0, n0, q_offset,
                                 seqlen_q, seqlen_k, offs_d, stride_qs, stride_qd, stride_dos, stride_dod,
                                 SCALE, ALIBI, CAUSAL, False, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, COMPUTE,
                                 PRECISION)
-        for m0 in tl.range(full_end, end, BLOCK_M, num_stages=STAGES):
+        for m0 in range(full_end, end, BLOCK_M):
             dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE, DELTA, row_base, slope, m0, n0, q_offset,
                                 seqlen_q, seqlen_k, offs_d, stride_qs, stride_qd, stride_dos, stride_dod,
                                 SCALE, ALIBI, CAUSAL, True, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, COMPUTE,
@@ -583,7 +580,7 @@ def _attention_bwd_dkdv_kernel(
                   stride_mb, stride_mh, stride_dkb, stride_dks, stride_dkh, stride_dkd,
                   stride_dvb, stride_dvs, stride_dvh, stride_dvd, stride_lb, stride_lh,
                   SCALE, ALIBI, CAUSAL, VARLEN, BOTTOM_RIGHT, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, COMPUTE,
-                  PRECISION, ALIGNED, None)
+                  PRECISION, ALIGNED)
 
 
 @kernel
@@ -631,13 +628,11 @@ def _attention_bwd_kernel(
     SCALE: tl.constexpr, ALIBI: tl.constexpr, CAUSAL: tl.constexpr, VARLEN: tl.constexpr,
     BOTTOM_RIGHT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr, ALIGNED: tl.constexpr,
-    DKDV_STAGES: tl.constexpr,
 ):
     """dk, dv and dq in one launch, per (sequence, KV head): the first cdiv(seqlen_k, BLOCK_N)
     programs are `_dkdv_program`s (BLOCK_N keys each, query tiles of BLOCK_M), the others
     `_dq_program`s of the KV head's query heads in turn (BLOCK_N queries each, key tiles of
-    BLOCK_M): the tiles of the two kernels transposed, so that both own BLOCK_N rows. The dk/dv
-    loops are pipelined over DKDV_STAGES stages, dq's over the launch's num_stages.
+    BLOCK_M): the tiles of the two kernels transposed, so that both own BLOCK_N rows.
 
     Grid: (cdiv(seqlen_k, BLOCK_N) + n_heads_per_kv * cdiv(seqlen_q, BLOCK_N),
     batch * n_heads // n_heads_per_kv).
@@ -654,7 +649,7 @@ def _attention_bwd_kernel(
                       stride_mb, stride_mh, stride_dkb, stride_dks, stride_dkh, stride_dkd,
                       stride_dvb, stride_dvs, stride_dvh, stride_dvd, stride_lb, stride_lh,
                       SCALE, ALIBI, CAUSAL, VARLEN, BOTTOM_RIGHT, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, COMPUTE,
-                      PRECISION, ALIGNED, DKDV_STAGES)
+                      PRECISION, ALIGNED)
     else:
         query_tiles = (seqlen_q + BLOCK_N - 1) // BLOCK_N
         index = tl.program_id(0) - key_tiles
@@ -809,9 +804,9 @@ def _output(like: Operand, layout: str) -> tuple[Output, tuple[int, int, int, in
     return Output(tuple(like.shape), like.dtype), _bshd(strides, layout, 0)
 
 
-def _tiles(geometry: _Geometry, stage: str, tiles: tuple[int, ...] | None):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of one kernel: `tiles`', else the table's."""
-    return (tiles or TILES[dict(geometry.constexprs)["BLOCK_D"]][stage])[:4]
+def _tiles(geometry: _Geometry, stage: str, tiles: tuple[int, int, int, int] | None):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of one kernel: `tiles`, else the table's."""
+    return tiles or TILES[dict(geometry.constexprs)["BLOCK_D"]][stage]
 
 
 def _aligned_strides(*strides: tuple[int, ...]) -> bool:
@@ -904,7 +899,7 @@ def attention_bwd_calls(q: Operand, k: Operand, v: Operand, o: Operand, do: Oper
                         scale: float | None = None, q_offset: int | None = None, layout: str = "bshd",
                         cu_seqlens_q: Operand | None = None, cu_seqlens_k: Operand | None = None,
                         max_seqlen_q: int | None = None, max_seqlen_k: int | None = None,
-                        tiles: tuple[int, ...] | None = None,
+                        tiles: tuple[int, int, int, int] | None = None,
                         one_launch: bool | None = None) -> tuple[KernelCall, ...]:
     """The backward of `attention_fwd_calls` (same arguments and options), given its output o
     and the gradient do (both shaped like q, any strides): launches run in this order.
@@ -916,8 +911,7 @@ def attention_bwd_calls(q: Operand, k: Operand, v: Operand, o: Operand, do: Oper
        the head_dim; else two, dk/dv (outputs dk, dv) then dq (output dq).
 
     `one_launch` instead of the table's choice (the sweep compares both): one launch without
-    "bwd" tiles takes dk/dv's. `tiles` (BLOCK_M, BLOCK_N, num_warps, num_stages) serve every
-    launch; a fifth number, the one launch's dk/dv loop stages (default num_stages).
+    "bwd" tiles takes dk/dv's. `tiles` serve every launch.
     """
     geometry = _geometry(q, k, v, slopes, alibi, causal, scale, q_offset, layout, cu_seqlens_q, cu_seqlens_k,
                          max_seqlen_q, max_seqlen_k)
@@ -949,9 +943,7 @@ def attention_bwd_calls(q: Operand, k: Operand, v: Operand, o: Operand, do: Oper
         num_warps=4,
     )
     if one_launch:
-        chosen = tiles or table.get("bwd", table["dkdv"])
-        block_m, block_n, num_warps, num_stages = chosen[:4]
-        dkdv_stages = chosen[4] if len(chosen) > 4 else num_stages
+        block_m, block_n, num_warps, num_stages = _tiles(geometry, "bwd" if "bwd" in table else "dkdv", tiles)
         gradients = KernelCall(
             kernel=_attention_bwd_kernel,
             grid=(cdiv(geometry.seqlen_k, block_n) + geometry.n_heads_per_kv * cdiv(geometry.seqlen_q, block_n),
@@ -959,7 +951,7 @@ def attention_bwd_calls(q: Operand, k: Operand, v: Operand, o: Operand, do: Oper
             inputs=gradient_inputs,
             scalars=(*head_scalars, *dk_strides, *dv_strides, *dq_strides, *geometry.lse_strides),
             outputs=(dk, dv, dq),
-            constexprs=dict(common, BLOCK_M=block_m, BLOCK_N=block_n, DKDV_STAGES=dkdv_stages,
+            constexprs=dict(common, BLOCK_M=block_m, BLOCK_N=block_n,
                             ALIGNED=_aligned_strides(q_s, k_s, v_s, do_s, dk_strides, dv_strides, dq_strides)),
             num_warps=num_warps,
             num_stages=num_stages,

@@ -76,7 +76,7 @@ CASES = [
     Case(50, 30, heads=4, kv_heads=2, dtype="float16", alibi="causal", batch=2, one_launch=True,
          tiles=(16, 32, 4, 1)),
     Case(33, 50, kv_heads=1, alibi="causal", one_launch=True),
-    Case(40, 24, alibi="symmetric", causal=True, q_offset=-5, one_launch=True, tiles=(16, 32, 4, 2, 1)),
+    Case(40, 24, alibi="symmetric", causal=True, q_offset=-5, one_launch=True, tiles=(16, 32, 4, 1)),
     Case(30, 45, head_dim=64, dtype="float16", alibi="causal", q_offset=20, layout="bhsd", strided=True,
          one_launch=True),
     Case(20, 20, heads=1, kv_heads=1, head_dim=72, alibi="symmetric", one_launch=True),
@@ -290,17 +290,6 @@ def test_keys_are_split_only_when_the_grid_would_not_fill_the_gpu():
     cu = _op((3,), "int32")
     assert len(attention_fwd_calls(_op((2, 8, 128)), _op((8192, 8, 128)), _op((8192, 8, 128)), layout="thd",
                                    cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=1, max_seqlen_k=8192)) == 1
-
-
-def test_one_launch_pipelines_dkdv_loops_by_the_fifth_tile_number():
-    """One launch: dk/dv's loops take the tiles' fifth number of stages, else num_stages; two
-    launches ignore it."""
-    def calls(tiles, one_launch):
-        return attention_bwd_calls(Q, KV, KV, Q, Q, tiles=tiles, one_launch=one_launch)
-    assert calls((64, 128, 8, 3, 2), True)[1].constexprs["DKDV_STAGES"] == 2
-    one = calls((64, 128, 8, 3), True)[1]
-    assert one.num_stages == 3 and one.constexprs["DKDV_STAGES"] == 3
-    assert [call.num_stages for call in calls((64, 128, 8, 3, 2), False)[1:]] == [3, 3]
 
 
 def test_backward_refuses_a_gradient_unlike_q():
