@@ -5,7 +5,8 @@ of the same kernels agree bit for bit; refused inputs raise before any launch. G
 compiled kernels at a medium shape, beside FlexAttention with an ALiBi score_mod.
 
 Cases are sized by their grid (the interpreter costs a few ms per program): a few dozen
-tokens, head_dim 32, so that the tile table's tiles cover each sequence in one program.
+tokens, head_dim 32, so that the tile table's tiles cover each sequence in one program (one
+case at head_dim 128, whose tiles are larger).
 """
 
 import dataclasses
@@ -51,6 +52,7 @@ CASES = [
     Case(50, 70, dtype="float64", alibi="symmetric", q_offset=3, layout="thd", cu_seqlens=PACKED),
     Case(40, 24),                                                       # no bias, no mask
     Case(1, 520, heads=4, kv_heads=2, alibi="causal"),                  # decode: 9 key tiles split in 2
+    Case(40, 70, heads=4, kv_heads=2, head_dim=128, dtype="float16", alibi="causal"),  # head_dim 128's tiles
 ]
 
 
