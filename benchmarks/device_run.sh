@@ -23,7 +23,8 @@
 #   time per tile, variants, timing methods, generate; "--items 4 5" for some of them).
 # probe-alibi: benchmarks/probe_alibi.py $PROBE_ALIBI_ARGS (the ALiBi softmax per row block
 #   and num_warps; "--causal" for the causal rows alone), stopped after PROBE_LIMIT (300 s).
-# probe-sharding: benchmarks/probe_sharding.py in torch and in JAX (one device, sharded beside not).
+# probe-sharding: benchmarks/probe_sharding.py $PROBE_SHARDING_ARGS in torch and in JAX (one device,
+#   sharded beside not).
 # probe-blocks: benchmarks/probe_blocks.py $PROBE_BLOCKS_ARGS (compiled Llama blocks in alternating
 #   rounds; what each program launches goes to $OUT/blocks-programs.tgz), stopped after PROBE_LIMIT.
 # ncu-attention: ncu of trinix's attention kernels and of FlexAttention's at large (one forward +
@@ -87,7 +88,7 @@ for step in ${steps[*]}; do
       status=$((status | ${PIPESTATUS[0]})) ;;
     probe-sharding)
       for framework in torch jax; do
-        timeout "${PROBE_LIMIT:-300}" python3 benchmarks/probe_sharding.py --framework $framework 2>&1 \
+        timeout "${PROBE_LIMIT:-300}" python3 benchmarks/probe_sharding.py --framework $framework ${PROBE_SHARDING_ARGS:-} 2>&1 \
           | grep -v Warning | tail -n 9 | tee -a "$OUT/probe_sharding.log"
         status=$((status | ${PIPESTATUS[0]}))
       done ;;

@@ -1,10 +1,8 @@
 """Probe of trinix's attention kernels on a CUDA GPU, launched as KernelCalls: correctness
 against SDPA with the ALiBi bias materialized (medium), then forward and forward + backward
 times beside FlexAttention with an ALiBi score_mod and SDPA without a bias, and trinix without
-ALiBi (the same kernels, alibi "none"). "trinix fwd+bwd" runs the backward as the tile table
-says (dk/dv then dq), "trinix fwd+bwd 1 launch" dk, dv and dq in one launch on
-ONE_LAUNCH_TILES. Config "decode": one query per sequence over 8192 keys, causal, beside the
-time to read K and V at the copy bandwidth measured here.
+ALiBi (the same kernels, alibi "none"). Config "decode": one query per sequence over 8192 keys,
+causal, beside the time to read K and V at the copy bandwidth measured here.
 
     python benchmarks/probe_attention.py [--configs medium large decode] [--skip-flex]
     ncu ... python benchmarks/probe_attention.py --once large   # one forward + backward per form
@@ -23,7 +21,7 @@ import torch.nn.functional as F
 from triton.testing import do_bench
 
 from trinix.alibi import alibi_slopes
-from trinix.attention import run_backward, run_forward
+from trinix.attention import run_forward
 from trinix.kernels.attention import attention_bwd_calls, attention_fwd_calls
 from trinix.torch.launcher import launch, operand
 
@@ -32,7 +30,6 @@ from trinix_bench.attention import alibi_score_mod  # noqa: E402
 
 CONFIGS = {"medium": (2, 64, 2048), "large": (1, 128, 8192), "xl": (1, 128, 32768)}
 DECODE = (16, 64, 8192)  # batch, heads, keys; one query
-ONE_LAUNCH_TILES = (64, 128, 8, 3, 2)  # head_dim 128: dk/dv's and dq's tiles, dk/dv's loops 2 stages
 
 
 def trinix_fwd(q, k, v, slopes, alibi, causal=None):
@@ -41,14 +38,13 @@ def trinix_fwd(q, k, v, slopes, alibi, causal=None):
                        lambda call, named: launch(call, named, interpret=False))
 
 
-def trinix_fwd_bwd(q, k, v, slopes, alibi, do, causal=None, one_launch=None, tiles=None):
-    """(dq, dk, dv); the backward's dk, dv and dq in one launch or two as the tile table says,
-    or as `one_launch` (on `tiles`)."""
+def trinix_fwd_bwd(q, k, v, slopes, alibi, do, causal=None):
     o, lse = trinix_fwd(q, k, v, slopes, alibi, causal)
-    calls = attention_bwd_calls(operand(q), operand(k), operand(v), operand(o), operand(do), operand(slopes),
-                                alibi=alibi, causal=causal, one_launch=one_launch, tiles=tiles)
-    return run_backward(calls, dict(q=q, k=k, v=v, o=o, do=do, lse=lse, slopes=slopes),
-                        lambda call, named: launch(call, named, interpret=False))
+    preprocess, dkdv, dq = attention_bwd_calls(operand(q), operand(k), operand(v), operand(o), operand(do),
+                                               operand(slopes), alibi=alibi, causal=causal)
+    (delta,) = launch(preprocess, dict(o=o, do=do), interpret=False)
+    arrays = dict(q=q, k=k, v=v, do=do, lse=lse, delta=delta, slopes=slopes)
+    return (*launch(dq, arrays, interpret=False), *launch(dkdv, arrays, interpret=False))
 
 
 def dense_bias(slopes, seq, alibi):
@@ -132,8 +128,6 @@ def main():
             rows = {
                 "trinix fwd": lambda: trinix_fwd(q, k, v, slopes, alibi),
                 "trinix fwd+bwd": lambda: trinix_fwd_bwd(q, k, v, slopes, alibi, do),
-                "trinix fwd+bwd 1 launch": lambda: trinix_fwd_bwd(q, k, v, slopes, alibi, do, one_launch=True,
-                                                                  tiles=ONE_LAUNCH_TILES),
                 "trinix no bias fwd": lambda: trinix_fwd(q, k, v, None, "none", causal),
                 "sdpa no bias fwd": lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal),
             }
@@ -144,7 +138,7 @@ def main():
             for row, fn in rows.items():
                 ms = do_bench(fn, warmup=25, rep=100)
                 tflops = work * (3.5 if "bwd" in row else 1) / ms / 1e9
-                print(f"{name} {alibi:9s} {row:25s} {ms:9.3f} ms {tflops:6.0f} TFLOP/s")
+                print(f"{name} {alibi:9s} {row:18s} {ms:9.3f} ms {tflops:6.0f} TFLOP/s")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,7 @@ The fastest candidate of each kernel, summed over the forms, is printed as rows 
 table in kernels/attention.py (committed there per head_dim; swept on the GPU it names).
 
     python benchmarks/sweep_attention_tiles.py [--head-dims 64 128] [--forms symmetric causal]
-        [--shape 1 64 8192] [--stages fwd dq dkdv bwd decode]
-
-"bwd" times dk, dv and dq in one launch (dk/dv on the candidate's tiles, dq on them transposed)
-beside the candidate "two launches": dk/dv then dq on the table's "dkdv" and "dq" tiles (where
-it is the fastest, the table's head_dim takes no "bwd" entry).
+        [--shape 1 64 8192] [--stages fwd dq dkdv decode]
 
 fp16, BSHD, q, k and v of shape (batch, seq, heads, head_dim); "decode" times the forward of one
 query per sequence over DECODE_SHAPE's keys, causal alone, its keys not split.
@@ -24,17 +20,14 @@ from trinix.kernels.attention import attention_bwd_calls, attention_fwd_calls
 from trinix.torch.launcher import launch, operand
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages): the forward and dq own BLOCK_M queries and loop
-# over key tiles; dk/dv owns BLOCK_N keys and loops over query tiles of BLOCK_M. "bwd" (one
-# launch): dk/dv's tiles, dq on them transposed, and a fifth number, dk/dv's loop stages.
+# over key tiles; dk/dv owns BLOCK_N keys and loops over query tiles of BLOCK_M.
 CANDIDATES = {
     "fwd": [(128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 4, 3),
             (64, 64, 4, 3), (128, 32, 4, 3)],
     "dq": [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 2), (128, 32, 4, 3), (64, 64, 4, 2), (64, 32, 4, 3),
            (128, 128, 8, 2)],
     "dkdv": [(64, 64, 8, 2), (64, 64, 4, 2), (32, 128, 8, 2), (32, 128, 4, 3), (64, 128, 8, 2), (32, 64, 4, 3),
-             (64, 64, 8, 3), (64, 128, 8, 3)],
-    "bwd": ["two launches", (64, 128, 8, 3, 2), (64, 128, 8, 2), (64, 128, 8, 3), (64, 128, 8, 2, 3),
-            (64, 64, 8, 2), (32, 128, 8, 2), (32, 64, 4, 3)],
+             (64, 64, 8, 3)],
     "decode": [(16, 128, 4, 3), (16, 128, 4, 2), (16, 64, 4, 3), (16, 64, 4, 4), (16, 64, 2, 3), (16, 32, 4, 4),
                (16, 256, 4, 2)],
 }
@@ -42,30 +35,22 @@ DECODE_SHAPE = (16, 64, 8192)  # batch, heads, keys
 
 
 def time_kernel(stage, tiles, arrays, slopes_op, alibi):
-    """ms of `stage`'s launches with `tiles` (for "bwd", "two launches": the table's two), or
-    None if they do not compile."""
+    """ms of one launch of `stage`'s kernel with `tiles`, or None if it does not compile."""
     ops = {name: operand(arrays[name]) for name in ("q", "k", "v", "o", "do")}
     if stage in ("fwd", "decode"):
-        calls = attention_fwd_calls(ops["q"], ops["k"], ops["v"], slopes_op, alibi=alibi, tiles=tiles,
-                                    key_splits=1)
+        (call,) = attention_fwd_calls(ops["q"], ops["k"], ops["v"], slopes_op, alibi=alibi, tiles=tiles,
+                                      key_splits=1)
     else:
-        two = stage != "bwd" or tiles == "two launches"
-        _, *calls = attention_bwd_calls(ops["q"], ops["k"], ops["v"], ops["o"], ops["do"], slopes_op, alibi=alibi,
-                                        tiles=None if stage == "bwd" and two else tiles, one_launch=not two)
-        if stage != "bwd":
-            calls = [calls[1] if stage == "dq" else calls[0]]
-
-    def run():
-        for call in calls:
-            launch(call, arrays, interpret=False)
-
+        _, dkdv, dq = attention_bwd_calls(ops["q"], ops["k"], ops["v"], ops["o"], ops["do"], slopes_op,
+                                          alibi=alibi, tiles=tiles)
+        call = dq if stage == "dq" else dkdv
     try:
-        run()
+        launch(call, arrays, interpret=False)
         torch.cuda.synchronize()
     except Exception as error:  # out of shared memory or registers: not a candidate here
         print(f"    {stage} {tiles}: {type(error).__name__}: {str(error).splitlines()[0][:100]}")
         return None
-    return do_bench(run, warmup=10, rep=40)
+    return do_bench(lambda: launch(call, arrays, interpret=False), warmup=10, rep=40)
 
 
 def main():

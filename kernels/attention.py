@@ -13,9 +13,8 @@ no visible key gets O = 0 and LSE = -inf, and zero gradients.
 The forward keeps an online softmax over key tiles in float32 registers, in base 2 (log2(e)
 folded into the scale and the slope): no score matrix is ever stored. The backward recomputes
 each tile's probabilities from the LSE: a preprocess kernel forms delta_i = sum_d dO_id O_id,
-programs accumulate dk and dv for a key tile over all query tiles (and all query heads of a
-KV head), others dq for a query tile over all key tiles, in one launch or two (the tile table's
-choice). No atomics: results are deterministic.
+one kernel accumulates dk and dv for a key tile over all query tiles (and all query heads of a
+KV head), another dq for a query tile over all key tiles. No atomics: results are deterministic.
 
 Layouts: "bshd", "bhsd" (any strides, head_dim contiguous or not) and "thd" (packed tokens
 with int32 cu_seqlens). k and v may have fewer heads than q (GQA, MQA).
@@ -41,13 +40,9 @@ LN_2 = tl.constexpr(0.6931471805599453)
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per padded head_dim and kernel: the forward and dq
 # own BLOCK_M queries and loop over key tiles, dk/dv own BLOCK_N keys and loop over query tiles;
-# "decode" is the forward of at most DECODE_QUERIES queries (tensor-core tiles are 16 rows);
-# "bwd", where present, runs dk, dv and dq in one launch, dk/dv on its tiles and dq on them
-# transposed (BLOCK_N queries, key tiles of BLOCK_M), plus a fifth number: the stages of dk/dv's
-# loops (num_stages is dq's); else dk/dv and dq are two launches.
+# "decode" is the forward of at most DECODE_QUERIES queries (tensor-core tiles are 16 rows).
 # For sm_90 (H100, H200): head_dim 64 and 128 from benchmarks/sweep_attention_tiles.py on an
-# H100 (benchmarks/NOTES.md); 16 and 32 and the decode tiles are starting points, not swept. No
-# table has "bwd" until a GPU run shows one launch faster (`one_launch=True` runs it meanwhile).
+# H100 (benchmarks/NOTES.md); 16 and 32 and the decode tiles are starting points, not swept.
 TILES = {
     16: dict(fwd=(64, 64, 4, 3), dkdv=(64, 64, 4, 2), dq=(64, 64, 4, 2), decode=(16, 64, 4, 3)),
     32: dict(fwd=(64, 64, 4, 3), dkdv=(32, 128, 4, 3), dq=(64, 64, 4, 2), decode=(16, 64, 4, 3)),
@@ -69,12 +64,12 @@ def _aligned(stride_b, stride_s, stride_h):
 
 
 @triton.jit
-def _query_tile_start(tile, n_tiles, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
-    """The first query of the tile'th of n_tiles query tiles. Causal tiles run last query tile
-    first: the longest loops start first and the grid's last wave holds short ones."""
+def _query_tile_start(CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The first query of this program's tile. Causal tiles run last query tile first: the
+    longest loops start first and the grid's last wave holds short ones."""
     if CAUSAL:
-        return (n_tiles - 1 - tile) * BLOCK_M
-    return tile * BLOCK_M
+        return (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
+    return tl.program_id(0) * BLOCK_M
 
 
 @triton.jit
@@ -246,7 +241,7 @@ def _attention_fwd_kernel(
         stride_kb, stride_ks, stride_kh = _aligned(stride_kb, stride_ks, stride_kh)
         stride_vb, stride_vs, stride_vh = _aligned(stride_vb, stride_vs, stride_vh)
         stride_ob, stride_os, stride_oh = _aligned(stride_ob, stride_os, stride_oh)
-    m0 = _query_tile_start(tl.program_id(0), tl.num_programs(0), CAUSAL, BLOCK_M)
+    m0 = _query_tile_start(CAUSAL, BLOCK_M)
     b = tl.program_id(1) // n_heads
     h = tl.program_id(1) % n_heads
     q_start, k_start, seqlen_q, seqlen_k, q_offset = _sequence_pair(
@@ -399,25 +394,10 @@ def _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE, DELTA, row_base, slope, m0, n
     return dk, dv
 
 
-@triton.jit
-def _dq_tile(dq, q, do, lse, delta, k_base, v_base, slope, n0, query_pos, seqlen_k, offs_d,
-             stride_ks, stride_kd, stride_vs, stride_vd,
-             SCALE: tl.constexpr, ALIBI: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
-             HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-             COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
-    """dq (without the scale) of one query tile, plus the key tile n0 .. n0 + BLOCK_N."""
-    k, v, s = _key_tile(q, k_base, v_base, slope, n0, query_pos, seqlen_k, offs_d, stride_ks, stride_kd, stride_vs,
-                        stride_vd, SCALE, ALIBI, CAUSAL, MASKED, HEAD_DIM, BLOCK_N, BLOCK_D, COMPUTE, PRECISION)
-    # P recomputed from the LSE (rows of no visible key have LSE +inf here, so P = 0);
-    # dS = P (dO v^T - delta).
-    ds = tl.exp2(s - lse[:, None]) * (dot(do, tl.trans(v), PRECISION, COMPUTE) - delta[:, None])
-    return dq + dot(ds.to(k.dtype), k, PRECISION, COMPUTE)
-
-
-@triton.jit
-def _dkdv_program(
-    Q, K, V, DO, LSE, DELTA, SLOPES, CU_SEQLENS_Q, CU_SEQLENS_K, DK, DV, n0, b, kv_head,
-    n_heads_per_kv, seqlen_q, seqlen_k, q_offset,
+@kernel
+def _attention_bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, SLOPES, CU_SEQLENS_Q, CU_SEQLENS_K,
+    n_heads, n_heads_per_kv, seqlen_q, seqlen_k, q_offset,
     stride_qb, stride_qs, stride_qh, stride_qd,
     stride_kb, stride_ks, stride_kh, stride_kd,
     stride_vb, stride_vs, stride_vh, stride_vd,
@@ -426,16 +406,18 @@ def _dkdv_program(
     stride_dkb, stride_dks, stride_dkh, stride_dkd,
     stride_dvb, stride_dvs, stride_dvh, stride_dvd,
     stride_lb, stride_lh,
+    DK, DV,
     SCALE: tl.constexpr, ALIBI: tl.constexpr, CAUSAL: tl.constexpr, VARLEN: tl.constexpr,
     BOTTOM_RIGHT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr, ALIGNED: tl.constexpr,
-    STAGES: tl.constexpr,
 ):
-    """dk and dv of the keys n0 .. n0 + BLOCK_N of sequence b, KV head kv_head, summed over the
-    query heads that share it and the query tiles of BLOCK_M that see the keys, in registers.
-    Per query head, query tiles before the first row that sees a key of the tile are skipped;
-    those that see only part of it are masked, and so is the last, partial one. The query-tile
-    loops are pipelined over STAGES stages (None: the launch's num_stages)."""
+    """dk and dv of BLOCK_N keys of one (sequence, KV head), summed over the query heads that
+    share it and the query tiles that see the keys, in registers.
+
+    Grid: (cdiv(seqlen_k, BLOCK_N), batch * n_heads // n_heads_per_kv). Per query head, query
+    tiles before the first row that sees a key of the tile are skipped; those that see only
+    part of it are masked, and so is the last, partial one.
+    """
     if ALIGNED:
         stride_qb, stride_qs, stride_qh = _aligned(stride_qb, stride_qs, stride_qh)
         stride_kb, stride_ks, stride_kh = _aligned(stride_kb, stride_ks, stride_kh)
@@ -443,6 +425,10 @@ def _dkdv_program(
         stride_dob, stride_dos, stride_doh = _aligned(stride_dob, stride_dos, stride_doh)
         stride_dkb, stride_dks, stride_dkh = _aligned(stride_dkb, stride_dks, stride_dkh)
         stride_dvb, stride_dvs, stride_dvh = _aligned(stride_dvb, stride_dvs, stride_dvh)
+    n0 = tl.program_id(0) * BLOCK_N
+    n_kv_heads = n_heads // n_heads_per_kv
+    b = tl.program_id(1) // n_kv_heads
+    kv_head = tl.program_id(1) % n_kv_heads
     q_start, k_start, seqlen_q, seqlen_k, q_offset = _sequence_pair(
         CU_SEQLENS_Q, CU_SEQLENS_K, b, seqlen_q, seqlen_k, q_offset, VARLEN, BOTTOM_RIGHT)
     if n0 >= seqlen_k:
@@ -478,17 +464,17 @@ def _dkdv_program(
         do_base = DO + b * stride_dob + h * stride_doh + q_start * stride_dos
         row_base = b * stride_lb + h * stride_lh + q_start
         slope = _slope(SLOPES, b, h, stride_mb, stride_mh, ALIBI, COMPUTE)
-        for m0 in tl.range(start, full_start, BLOCK_M, num_stages=STAGES):
+        for m0 in range(start, full_start, BLOCK_M):
             dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE, DELTA, row_base, slope, m0, n0, q_offset,
                                 seqlen_q, seqlen_k, offs_d, stride_qs, stride_qd, stride_dos, stride_dod,
                                 SCALE, ALIBI, CAUSAL, True, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, COMPUTE,
                                 PRECISION)
-        for m0 in tl.range(full_start, full_end, BLOCK_M, num_stages=STAGES):
+        for m0 in range(full_start, full_end, BLOCK_M):
             dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE, DELTA, row_base, slope, m0, n0, q_offset,
                                 seqlen_q, seqlen_k, offs_d, stride_qs, stride_qd, stride_dos, stride_dod,
                                 SCALE, ALIBI, CAUSAL, False, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, COMPUTE,
                                 PRECISION)
-        for m0 in tl.range(full_end, end, BLOCK_M, num_stages=STAGES):
+        for m0 in range(full_end, end, BLOCK_M):
             dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE, DELTA, row_base, slope, m0, n0, q_offset,
                                 seqlen_q, seqlen_k, offs_d, stride_qs, stride_qd, stride_dos, stride_dod,
                                 SCALE, ALIBI, CAUSAL, True, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, COMPUTE,
@@ -501,9 +487,24 @@ def _dkdv_program(
 
 
 @triton.jit
-def _dq_program(
-    Q, K, V, DO, LSE, DELTA, SLOPES, CU_SEQLENS_Q, CU_SEQLENS_K, DQ, m0, b, h,
-    n_heads_per_kv, seqlen_q, seqlen_k, q_offset,
+def _dq_tile(dq, q, do, lse, delta, k_base, v_base, slope, n0, query_pos, seqlen_k, offs_d,
+             stride_ks, stride_kd, stride_vs, stride_vd,
+             SCALE: tl.constexpr, ALIBI: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+             HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+             COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
+    """dq (without the scale) of one query tile, plus the key tile n0 .. n0 + BLOCK_N."""
+    k, v, s = _key_tile(q, k_base, v_base, slope, n0, query_pos, seqlen_k, offs_d, stride_ks, stride_kd, stride_vs,
+                        stride_vd, SCALE, ALIBI, CAUSAL, MASKED, HEAD_DIM, BLOCK_N, BLOCK_D, COMPUTE, PRECISION)
+    # P recomputed from the LSE (rows of no visible key have LSE +inf here, so P = 0);
+    # dS = P (dO v^T - delta).
+    ds = tl.exp2(s - lse[:, None]) * (dot(do, tl.trans(v), PRECISION, COMPUTE) - delta[:, None])
+    return dq + dot(ds.to(k.dtype), k, PRECISION, COMPUTE)
+
+
+@kernel
+def _attention_bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, SLOPES, CU_SEQLENS_Q, CU_SEQLENS_K,
+    n_heads, n_heads_per_kv, seqlen_q, seqlen_k, q_offset,
     stride_qb, stride_qs, stride_qh, stride_qd,
     stride_kb, stride_ks, stride_kh, stride_kd,
     stride_vb, stride_vs, stride_vh, stride_vd,
@@ -511,18 +512,22 @@ def _dq_program(
     stride_mb, stride_mh,
     stride_dqb, stride_dqs, stride_dqh, stride_dqd,
     stride_lb, stride_lh,
+    DQ,
     SCALE: tl.constexpr, ALIBI: tl.constexpr, CAUSAL: tl.constexpr, VARLEN: tl.constexpr,
     BOTTOM_RIGHT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr, ALIGNED: tl.constexpr,
 ):
-    """dq of the queries m0 .. m0 + BLOCK_M of sequence b, head h, over the key tiles of
-    BLOCK_N they see (skipped and masked as in the forward)."""
+    """dq of BLOCK_M queries of one (sequence, head), over the key tiles they see (skipped and
+    masked as in the forward). Grid: (cdiv(seqlen_q, BLOCK_M), batch * n_heads)."""
     if ALIGNED:
         stride_qb, stride_qs, stride_qh = _aligned(stride_qb, stride_qs, stride_qh)
         stride_kb, stride_ks, stride_kh = _aligned(stride_kb, stride_ks, stride_kh)
         stride_vb, stride_vs, stride_vh = _aligned(stride_vb, stride_vs, stride_vh)
         stride_dob, stride_dos, stride_doh = _aligned(stride_dob, stride_dos, stride_doh)
         stride_dqb, stride_dqs, stride_dqh = _aligned(stride_dqb, stride_dqs, stride_dqh)
+    m0 = _query_tile_start(CAUSAL, BLOCK_M)
+    b = tl.program_id(1) // n_heads
+    h = tl.program_id(1) % n_heads
     q_start, k_start, seqlen_q, seqlen_k, q_offset = _sequence_pair(
         CU_SEQLENS_Q, CU_SEQLENS_K, b, seqlen_q, seqlen_k, q_offset, VARLEN, BOTTOM_RIGHT)
     if m0 >= seqlen_q:
@@ -553,119 +558,6 @@ def _dq_program(
                       BLOCK_N, BLOCK_D, COMPUTE, PRECISION)
     _store_rows(DQ + b * stride_dqb + h * stride_dqh + q_start * stride_dqs, dq * SCALE, offs_m, seqlen_q, offs_d,
                 stride_dqs, stride_dqd, HEAD_DIM)
-
-
-@kernel
-def _attention_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, SLOPES, CU_SEQLENS_Q, CU_SEQLENS_K,
-    n_heads, n_heads_per_kv, seqlen_q, seqlen_k, q_offset,
-    stride_qb, stride_qs, stride_qh, stride_qd,
-    stride_kb, stride_ks, stride_kh, stride_kd,
-    stride_vb, stride_vs, stride_vh, stride_vd,
-    stride_dob, stride_dos, stride_doh, stride_dod,
-    stride_mb, stride_mh,
-    stride_dkb, stride_dks, stride_dkh, stride_dkd,
-    stride_dvb, stride_dvs, stride_dvh, stride_dvd,
-    stride_lb, stride_lh,
-    DK, DV,
-    SCALE: tl.constexpr, ALIBI: tl.constexpr, CAUSAL: tl.constexpr, VARLEN: tl.constexpr,
-    BOTTOM_RIGHT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr, ALIGNED: tl.constexpr,
-):
-    """dk and dv (`_dkdv_program`) of BLOCK_N keys of one (sequence, KV head) per program.
-    Grid: (cdiv(seqlen_k, BLOCK_N), batch * n_heads // n_heads_per_kv)."""
-    n_kv_heads = n_heads // n_heads_per_kv
-    _dkdv_program(Q, K, V, DO, LSE, DELTA, SLOPES, CU_SEQLENS_Q, CU_SEQLENS_K, DK, DV,
-                  tl.program_id(0) * BLOCK_N, tl.program_id(1) // n_kv_heads, tl.program_id(1) % n_kv_heads,
-                  n_heads_per_kv, seqlen_q, seqlen_k, q_offset,
-                  stride_qb, stride_qs, stride_qh, stride_qd, stride_kb, stride_ks, stride_kh, stride_kd,
-                  stride_vb, stride_vs, stride_vh, stride_vd, stride_dob, stride_dos, stride_doh, stride_dod,
-                  stride_mb, stride_mh, stride_dkb, stride_dks, stride_dkh, stride_dkd,
-                  stride_dvb, stride_dvs, stride_dvh, stride_dvd, stride_lb, stride_lh,
-                  SCALE, ALIBI, CAUSAL, VARLEN, BOTTOM_RIGHT, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, COMPUTE,
-                  PRECISION, ALIGNED, None)
-
-
-@kernel
-def _attention_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, SLOPES, CU_SEQLENS_Q, CU_SEQLENS_K,
-    n_heads, n_heads_per_kv, seqlen_q, seqlen_k, q_offset,
-    stride_qb, stride_qs, stride_qh, stride_qd,
-    stride_kb, stride_ks, stride_kh, stride_kd,
-    stride_vb, stride_vs, stride_vh, stride_vd,
-    stride_dob, stride_dos, stride_doh, stride_dod,
-    stride_mb, stride_mh,
-    stride_dqb, stride_dqs, stride_dqh, stride_dqd,
-    stride_lb, stride_lh,
-    DQ,
-    SCALE: tl.constexpr, ALIBI: tl.constexpr, CAUSAL: tl.constexpr, VARLEN: tl.constexpr,
-    BOTTOM_RIGHT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr, ALIGNED: tl.constexpr,
-):
-    """dq (`_dq_program`) of BLOCK_M queries of one (sequence, head) per program.
-    Grid: (cdiv(seqlen_q, BLOCK_M), batch * n_heads)."""
-    _dq_program(Q, K, V, DO, LSE, DELTA, SLOPES, CU_SEQLENS_Q, CU_SEQLENS_K, DQ,
-                _query_tile_start(tl.program_id(0), tl.num_programs(0), CAUSAL, BLOCK_M),
-                tl.program_id(1) // n_heads, tl.program_id(1) % n_heads, n_heads_per_kv, seqlen_q, seqlen_k, q_offset,
-                stride_qb, stride_qs, stride_qh, stride_qd, stride_kb, stride_ks, stride_kh, stride_kd,
-                stride_vb, stride_vs, stride_vh, stride_vd, stride_dob, stride_dos, stride_doh, stride_dod,
-                stride_mb, stride_mh, stride_dqb, stride_dqs, stride_dqh, stride_dqd, stride_lb, stride_lh,
-                SCALE, ALIBI, CAUSAL, VARLEN, BOTTOM_RIGHT, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, COMPUTE,
-                PRECISION, ALIGNED)
-
-
-@kernel
-def _attention_bwd_kernel(
-    Q, K, V, DO, LSE, DELTA, SLOPES, CU_SEQLENS_Q, CU_SEQLENS_K,
-    n_heads, n_heads_per_kv, seqlen_q, seqlen_k, q_offset,
-    stride_qb, stride_qs, stride_qh, stride_qd,
-    stride_kb, stride_ks, stride_kh, stride_kd,
-    stride_vb, stride_vs, stride_vh, stride_vd,
-    stride_dob, stride_dos, stride_doh, stride_dod,
-    stride_mb, stride_mh,
-    stride_dkb, stride_dks, stride_dkh, stride_dkd,
-    stride_dvb, stride_dvs, stride_dvh, stride_dvd,
-    stride_dqb, stride_dqs, stride_dqh, stride_dqd,
-    stride_lb, stride_lh,
-    DK, DV, DQ,
-    SCALE: tl.constexpr, ALIBI: tl.constexpr, CAUSAL: tl.constexpr, VARLEN: tl.constexpr,
-    BOTTOM_RIGHT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr, ALIGNED: tl.constexpr,
-    DKDV_STAGES: tl.constexpr,
-):
-    """dk, dv and dq in one launch, per (sequence, KV head): the first cdiv(seqlen_k, BLOCK_N)
-    programs are `_dkdv_program`s (BLOCK_N keys each, query tiles of BLOCK_M), the others
-    `_dq_program`s of the KV head's query heads in turn (BLOCK_N queries each, key tiles of
-    BLOCK_M): the tiles of the two kernels transposed, so that both own BLOCK_N rows. The dk/dv
-    loops are pipelined over DKDV_STAGES stages, dq's over the launch's num_stages.
-
-    Grid: (cdiv(seqlen_k, BLOCK_N) + n_heads_per_kv * cdiv(seqlen_q, BLOCK_N),
-    batch * n_heads // n_heads_per_kv).
-    """
-    key_tiles = (seqlen_k + BLOCK_N - 1) // BLOCK_N
-    n_kv_heads = n_heads // n_heads_per_kv
-    b = tl.program_id(1) // n_kv_heads
-    kv_head = tl.program_id(1) % n_kv_heads
-    if tl.program_id(0) < key_tiles:
-        _dkdv_program(Q, K, V, DO, LSE, DELTA, SLOPES, CU_SEQLENS_Q, CU_SEQLENS_K, DK, DV,
-                      tl.program_id(0) * BLOCK_N, b, kv_head, n_heads_per_kv, seqlen_q, seqlen_k, q_offset,
-                      stride_qb, stride_qs, stride_qh, stride_qd, stride_kb, stride_ks, stride_kh, stride_kd,
-                      stride_vb, stride_vs, stride_vh, stride_vd, stride_dob, stride_dos, stride_doh, stride_dod,
-                      stride_mb, stride_mh, stride_dkb, stride_dks, stride_dkh, stride_dkd,
-                      stride_dvb, stride_dvs, stride_dvh, stride_dvd, stride_lb, stride_lh,
-                      SCALE, ALIBI, CAUSAL, VARLEN, BOTTOM_RIGHT, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, COMPUTE,
-                      PRECISION, ALIGNED, DKDV_STAGES)
-    else:
-        query_tiles = (seqlen_q + BLOCK_N - 1) // BLOCK_N
-        index = tl.program_id(0) - key_tiles
-        _dq_program(Q, K, V, DO, LSE, DELTA, SLOPES, CU_SEQLENS_Q, CU_SEQLENS_K, DQ,
-                    _query_tile_start(index % query_tiles, query_tiles, CAUSAL, BLOCK_N), b,
-                    kv_head * n_heads_per_kv + index // query_tiles, n_heads_per_kv, seqlen_q, seqlen_k, q_offset,
-                    stride_qb, stride_qs, stride_qh, stride_qd, stride_kb, stride_ks, stride_kh, stride_kd,
-                    stride_vb, stride_vs, stride_vh, stride_vd, stride_dob, stride_dos, stride_doh, stride_dod,
-                    stride_mb, stride_mh, stride_dqb, stride_dqs, stride_dqh, stride_dqd, stride_lb, stride_lh,
-                    SCALE, ALIBI, CAUSAL, VARLEN, BOTTOM_RIGHT, HEAD_DIM, BLOCK_N, BLOCK_M, BLOCK_D, COMPUTE,
-                    PRECISION, ALIGNED)
 
 
 # --- Call builders ------------------------------------------------------------------------------
@@ -809,9 +701,9 @@ def _output(like: Operand, layout: str) -> tuple[Output, tuple[int, int, int, in
     return Output(tuple(like.shape), like.dtype), _bshd(strides, layout, 0)
 
 
-def _tiles(geometry: _Geometry, stage: str, tiles: tuple[int, ...] | None):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of one kernel: `tiles`', else the table's."""
-    return (tiles or TILES[dict(geometry.constexprs)["BLOCK_D"]][stage])[:4]
+def _tiles(geometry: _Geometry, stage: str, tiles: tuple[int, int, int, int] | None):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of one kernel: `tiles`, else the table's."""
+    return tiles or TILES[dict(geometry.constexprs)["BLOCK_D"]][stage]
 
 
 def _aligned_strides(*strides: tuple[int, ...]) -> bool:
@@ -904,20 +796,14 @@ def attention_bwd_calls(q: Operand, k: Operand, v: Operand, o: Operand, do: Oper
                         scale: float | None = None, q_offset: int | None = None, layout: str = "bshd",
                         cu_seqlens_q: Operand | None = None, cu_seqlens_k: Operand | None = None,
                         max_seqlen_q: int | None = None, max_seqlen_k: int | None = None,
-                        tiles: tuple[int, ...] | None = None,
-                        one_launch: bool | None = None) -> tuple[KernelCall, ...]:
+                        tiles: tuple[int, int, int, int] | None = None) -> tuple[KernelCall, KernelCall, KernelCall]:
     """The backward of `attention_fwd_calls` (same arguments and options), given its output o
-    and the gradient do (both shaped like q, any strides): launches run in this order.
+    and the gradient do (both shaped like q, any strides): three launches, in this order.
 
     1. preprocess: inputs "o", "do", "cu_seqlens_q"; output delta (laid out like lse).
-    2. the gradients, inputs "q", "k", "v", "do", "lse", "delta", "slopes", "cu_seqlens_q",
-       "cu_seqlens_k" (lse as the forward wrote it), outputs dk, dv (like k, v) and dq (like q),
-       row-major: one launch with outputs (dk, dv, dq), where the tile table has "bwd" tiles for
-       the head_dim; else two, dk/dv (outputs dk, dv) then dq (output dq).
-
-    `one_launch` instead of the table's choice (the sweep compares both): one launch without
-    "bwd" tiles takes dk/dv's. `tiles` (BLOCK_M, BLOCK_N, num_warps, num_stages) serve every
-    launch; a fifth number, the one launch's dk/dv loop stages (default num_stages).
+    2. dk/dv: inputs "q", "k", "v", "do", "lse", "delta", "slopes", "cu_seqlens_q",
+       "cu_seqlens_k" (lse as the forward wrote it); outputs dk, dv (like k, v, row-major).
+    3. dq: the same inputs; output dq (like q, row-major).
     """
     geometry = _geometry(q, k, v, slopes, alibi, causal, scale, q_offset, layout, cu_seqlens_q, cu_seqlens_k,
                          max_seqlen_q, max_seqlen_k)
@@ -933,9 +819,6 @@ def attention_bwd_calls(q: Operand, k: Operand, v: Operand, o: Operand, do: Oper
     head_scalars = (geometry.n_heads, geometry.n_heads_per_kv, geometry.seqlen_q, geometry.seqlen_k,
                     geometry.q_offset, *q_s, *k_s, *v_s, *do_s, *geometry.slope_strides)
     gradient_inputs = ("q", "k", "v", "do", "lse", "delta", "slopes", "cu_seqlens_q", "cu_seqlens_k")
-    table = TILES[common["BLOCK_D"]]
-    if one_launch is None:
-        one_launch = "bwd" in table
 
     block_m, block_n, num_warps, num_stages = _tiles(geometry, "dq", tiles)
     preprocess = KernelCall(
@@ -948,23 +831,6 @@ def attention_bwd_calls(q: Operand, k: Operand, v: Operand, o: Operand, do: Oper
                         BLOCK_D=common["BLOCK_D"], ALIGNED=_aligned_strides(o_s, do_s)),
         num_warps=4,
     )
-    if one_launch:
-        chosen = tiles or table.get("bwd", table["dkdv"])
-        block_m, block_n, num_warps, num_stages = chosen[:4]
-        dkdv_stages = chosen[4] if len(chosen) > 4 else num_stages
-        gradients = KernelCall(
-            kernel=_attention_bwd_kernel,
-            grid=(cdiv(geometry.seqlen_k, block_n) + geometry.n_heads_per_kv * cdiv(geometry.seqlen_q, block_n),
-                  geometry.batch * n_kv_heads),
-            inputs=gradient_inputs,
-            scalars=(*head_scalars, *dk_strides, *dv_strides, *dq_strides, *geometry.lse_strides),
-            outputs=(dk, dv, dq),
-            constexprs=dict(common, BLOCK_M=block_m, BLOCK_N=block_n, DKDV_STAGES=dkdv_stages,
-                            ALIGNED=_aligned_strides(q_s, k_s, v_s, do_s, dk_strides, dv_strides, dq_strides)),
-            num_warps=num_warps,
-            num_stages=num_stages,
-        )
-        return preprocess, gradients
     dq_call = KernelCall(
         kernel=_attention_bwd_dq_kernel,
         grid=(cdiv(geometry.seqlen_q, block_m), geometry.batch * geometry.n_heads),
@@ -989,3 +855,4 @@ def attention_bwd_calls(q: Operand, k: Operand, v: Operand, o: Operand, do: Oper
         num_stages=num_stages,
     )
     return preprocess, dkdv_call, dq_call
+

@@ -6,7 +6,7 @@ compiled kernels at a medium shape, beside FlexAttention with an ALiBi score_mod
 
 Cases are sized by their grid (the interpreter costs a few ms per program): a few dozen
 tokens, head_dim 32, so that the tile table's tiles cover each sequence in one program (one
-case at head_dim 128, whose table runs dk, dv and dq in one launch).
+case at head_dim 128, whose tiles are larger).
 """
 
 import dataclasses
@@ -52,7 +52,7 @@ CASES = [
     Case(50, 70, dtype="float64", alibi="symmetric", q_offset=3, layout="thd", cu_seqlens=PACKED),
     Case(40, 24),                                                       # no bias, no mask
     Case(1, 520, heads=4, kv_heads=2, alibi="causal"),                  # decode: 9 key tiles split in 2
-    Case(40, 70, heads=4, kv_heads=2, head_dim=128, dtype="float16", alibi="causal"),
+    Case(40, 70, heads=4, kv_heads=2, head_dim=128, dtype="float16", alibi="causal"),  # head_dim 128's tiles
 ]
 
 
@@ -165,7 +165,7 @@ def test_matches_reference(case, runner):
     _assert_matches_reference(case, run(case, arrays, backend), _reference(case, arrays))
 
 
-@pytest.mark.parametrize("case", [CASES[4], CASES[6], CASES[10]], ids=lambda case: case.name)
+@pytest.mark.parametrize("case", [CASES[4], CASES[6]], ids=lambda case: case.name)
 def test_torch_and_jax_launches_agree_bit_for_bit(case):
     """The same kernels on the same row-major inputs: identical outputs and gradients."""
     arrays = _inputs(case)

@@ -14,7 +14,7 @@ import torch
 
 from tests.test_compiled_code import SM90_SHARED_BYTES, compiled
 from trinix import reference as ref
-from trinix.attention import run_backward, run_forward
+from trinix.attention import run_forward
 from trinix.kernels.attention import attention_bwd_calls, attention_fwd_calls
 from trinix.kernels.call import Operand, row_major_strides
 from trinix.torch.launcher import DTYPES, launch, operand
@@ -46,7 +46,6 @@ class Case:
     strided: bool = False       # q, k, v views of the other layout's memory (no copy)
     tiles: tuple[int, int, int, int] | None = TEST_TILES
     key_splits: int | None = None  # forced (flash-decoding); None: the builder's rule
-    one_launch: bool | None = None  # dk, dv and dq in one launch (True) or two; None: the table's
 
     @property
     def name(self) -> str:
@@ -72,17 +71,6 @@ CASES = [
     Case(3, 80, alibi="symmetric", key_splits=3, layout="bhsd", strided=True),
     Case(20, 80, alibi="causal", q_offset=10, key_splits=3),  # splits 2 and 3 hidden from every row
     Case(1, 130, dtype="float64", causal=True, key_splits=None),  # the rule splits 9 key tiles in 2
-    # dk, dv and dq in one launch; dq's tiles are dk/dv's transposed: 32 queries, key tiles of 16.
-    Case(50, 30, heads=4, kv_heads=2, dtype="float16", alibi="causal", batch=2, one_launch=True,
-         tiles=(16, 32, 4, 1)),
-    Case(33, 50, kv_heads=1, alibi="causal", one_launch=True),
-    Case(40, 24, alibi="symmetric", causal=True, q_offset=-5, one_launch=True, tiles=(16, 32, 4, 2, 1)),
-    Case(30, 45, head_dim=64, dtype="float16", alibi="causal", q_offset=20, layout="bhsd", strided=True,
-         one_launch=True),
-    Case(20, 20, heads=1, kv_heads=1, head_dim=72, alibi="symmetric", one_launch=True),
-    Case(40, 40, kv_heads=1, dtype="float64", causal=True, one_launch=True, tiles=(16, 32, 4, 1)),
-    Case(64, 64, head_dim=128, dtype="float16", alibi="symmetric", tiles=(64, 128, 8, 3, 2), one_launch=True),
-    Case(64, 64, head_dim=128, dtype="float16", alibi="symmetric", tiles=None, one_launch=False),
 ]
 
 
@@ -136,11 +124,13 @@ def launch_forward_backward(arrays: dict, options: dict):
     "slopes" and any cu_seqlens) with the builders' `options`."""
     q, k, v, do, slopes = (operand(arrays[name]) for name in ("q", "k", "v", "do", "slopes"))
     key_splits = options.pop("key_splits", None)
-    one_launch = options.pop("one_launch", None)
     o, lse = run_forward(attention_fwd_calls(q, k, v, slopes, **options, key_splits=key_splits), arrays,
                          lambda call, named: launch(call, named, interpret=True))
-    calls = attention_bwd_calls(q, k, v, operand(o), do, slopes, **options, one_launch=one_launch)
-    dq, dk, dv = run_backward(calls, dict(arrays, o=o, lse=lse), lambda call, named: launch(call, named, interpret=True))
+    arrays = dict(arrays, o=o, lse=lse)
+    preprocess, dkdv, dq_call = attention_bwd_calls(q, k, v, operand(o), do, slopes, **options)
+    (arrays["delta"],) = launch(preprocess, arrays, interpret=True)
+    dk, dv = launch(dkdv, arrays, interpret=True)
+    (dq,) = launch(dq_call, arrays, interpret=True)
     return o, lse, dq, dk, dv
 
 
@@ -155,8 +145,7 @@ def run_case(case: Case):
     arrays = {name: _tensor(value, case.dtype, case.layout, case.strided)
               for name, value in dict(q=q_np, k=k_np, v=v_np, do=do_np).items()}
     arrays["slopes"] = None if slopes_np is None else torch.from_numpy(slopes_np)
-    options = dict(_options(case), layout=case.layout, tiles=case.tiles, key_splits=case.key_splits,
-                   one_launch=case.one_launch)
+    options = dict(_options(case), layout=case.layout, tiles=case.tiles, key_splits=case.key_splits)
     o, lse, dq, dk, dv = launch_forward_backward(arrays, options)
 
     expected_o, expected_lse = ref.attention(q_np, k_np, v_np, slopes_np, **_options(case))
@@ -189,12 +178,11 @@ PACKED_CU_SEQLENS_Q = [0, 5, 37, 50]
 PACKED_CU_SEQLENS_K = [0, 17, 30, 70]  # the middle sequence has more queries than keys
 
 
-@pytest.mark.parametrize("one_launch", [False, True], ids=["two-launches", "one-launch"])
 @pytest.mark.parametrize("alibi, q_offset, dtype, batch_slopes", [
     ("causal", None, "float32", True),
     ("symmetric", 3, "float64", False),
 ], ids=["causal-default-offset", "symmetric-offset-3"])
-def test_packed_sequences_match_per_sequence_reference(alibi, q_offset, dtype, batch_slopes, one_launch):
+def test_packed_sequences_match_per_sequence_reference(alibi, q_offset, dtype, batch_slopes):
     rng = np.random.default_rng(1)
     heads, kv_heads, head_dim = 2, 1, 32
     tokens_q, tokens_k = PACKED_CU_SEQLENS_Q[-1], PACKED_CU_SEQLENS_K[-1]
@@ -211,7 +199,7 @@ def test_packed_sequences_match_per_sequence_reference(alibi, q_offset, dtype, b
     max_q, max_k = (max(np.diff(cu)) for cu in (PACKED_CU_SEQLENS_Q, PACKED_CU_SEQLENS_K))
     options = dict(alibi=alibi, q_offset=q_offset, layout="thd", cu_seqlens_q=operand(cu_q),
                    cu_seqlens_k=operand(cu_k), max_seqlen_q=int(max_q), max_seqlen_k=int(max_k),
-                   tiles=(16, 32, 4, 1), one_launch=one_launch)
+                   tiles=TEST_TILES)
     o, lse, dq, dk, dv = launch_forward_backward(arrays, options)
 
     packed = (PACKED_CU_SEQLENS_Q, PACKED_CU_SEQLENS_K, slopes_np)
@@ -223,10 +211,9 @@ def test_packed_sequences_match_per_sequence_reference(alibi, q_offset, dtype, b
         assert_close(grad, expected, GRAD_TOLERANCES[dtype], name)
 
 
-@pytest.mark.parametrize("one_launch", [False, True], ids=["two-launches", "one-launch"])
-def test_launches_are_deterministic(one_launch):
+def test_launches_are_deterministic():
     """No atomics: two launches of each kernel agree bit for bit."""
-    case = Case(40, 40, heads=4, kv_heads=2, dtype="float16", alibi="causal", one_launch=one_launch)
+    case = Case(40, 40, heads=4, kv_heads=2, dtype="float16", alibi="causal")
     first, _ = run_case(case)
     second, _ = run_case(case)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
@@ -292,17 +279,6 @@ def test_keys_are_split_only_when_the_grid_would_not_fill_the_gpu():
                                    cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=1, max_seqlen_k=8192)) == 1
 
 
-def test_one_launch_pipelines_dkdv_loops_by_the_fifth_tile_number():
-    """One launch: dk/dv's loops take the tiles' fifth number of stages, else num_stages; two
-    launches ignore it."""
-    def calls(tiles, one_launch):
-        return attention_bwd_calls(Q, KV, KV, Q, Q, tiles=tiles, one_launch=one_launch)
-    assert calls((64, 128, 8, 3, 2), True)[1].constexprs["DKDV_STAGES"] == 2
-    one = calls((64, 128, 8, 3), True)[1]
-    assert one.num_stages == 3 and one.constexprs["DKDV_STAGES"] == 3
-    assert [call.num_stages for call in calls((64, 128, 8, 3, 2), False)[1:]] == [3, 3]
-
-
 def test_backward_refuses_a_gradient_unlike_q():
     with pytest.raises(ValueError, match="do"):
         attention_bwd_calls(Q, KV, KV, Q, _op((2, 16, 4, 32)))
@@ -323,10 +299,9 @@ def test_kernels_compile_for_sm90_with_tensor_cores_within_shared_memory(head_di
     kv = _op((2, 4096, 2, head_dim), dtype)
     slopes = _op((8,), "float32")
     dtypes = {name: value or dtype for name, value in COMPILE_DTYPES.items()}
-    preprocess, *gradients = attention_bwd_calls(q, kv, kv, q, q, slopes, alibi="causal", one_launch=False)
-    _, one_launch = attention_bwd_calls(q, kv, kv, q, q, slopes, alibi="causal", one_launch=True)
+    preprocess, dkdv, dq = attention_bwd_calls(q, kv, kv, q, q, slopes, alibi="causal")
     (forward,) = attention_fwd_calls(q, kv, kv, slopes, alibi="causal")
-    for call in (forward, *gradients, one_launch):
+    for call in (forward, dkdv, dq):
         assert call.constexprs["ALIGNED"]
         kernel = compiled(call, dtypes, "triton")
         assert kernel.metadata.shared <= SM90_SHARED_BYTES
@@ -355,6 +330,5 @@ def test_packed_kernels_compile_for_sm90():
     packed = dict(alibi="causal", layout="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
                   max_seqlen_q=200, max_seqlen_k=300)
     dtypes = {name: value or "float16" for name, value in COMPILE_DTYPES.items()}
-    for call in (*attention_fwd_calls(q, kv, kv, slopes, **packed), *attention_bwd_calls(q, kv, kv, q, q, slopes, **packed),
-                 attention_bwd_calls(q, kv, kv, q, q, slopes, **packed, one_launch=True)[1]):
+    for call in (*attention_fwd_calls(q, kv, kv, slopes, **packed), *attention_bwd_calls(q, kv, kv, q, q, slopes, **packed)):
         assert compiled(call, dtypes, "triton").metadata.shared <= SM90_SHARED_BYTES

@@ -178,11 +178,9 @@ BUILDERS = {
     **{f"attention_fwd_calls[{index}] (decode)": functools.partial(
         lambda index: attention_fwd_calls(DECODE_Q, XL_K_GQA, XL_K_GQA, _ATTENTION_SLOPES, alibi="causal")[index],
         index) for index in range(2)},
-    **{f"attention_bwd_calls[{index}] ({launches})": functools.partial(
-        lambda index, one_launch: attention_bwd_calls(XL_Q, XL_K_GQA, XL_K_GQA, XL_Q, XL_Q, _ATTENTION_SLOPES,
-                                                      alibi="causal", one_launch=one_launch)[index], index, one_launch)
-       for one_launch, launches, count in ((True, "one launch", 2), (False, "two launches", 3))
-       for index in range(count)},
+    **{f"attention_bwd_calls[{index}]": functools.partial(
+        lambda index: attention_bwd_calls(XL_Q, XL_K_GQA, XL_K_GQA, XL_Q, XL_Q, _ATTENTION_SLOPES,
+                                          alibi="causal")[index], index) for index in range(3)},
 }
 
 

@@ -21,6 +21,7 @@ and each output, the dim of each axis it carries. A tensor without an axis is re
 that axis is sharded.
 """
 
+import functools
 from typing import Callable, NamedTuple
 
 import torch
@@ -150,30 +151,27 @@ def register(name: str, rule: Callable[..., Axes], n_arrays: int, layout_at: int
 
 
 class Sharding(NamedTuple):
-    """How a public function's arguments are sharded: the axis each mesh dim shards (None:
-    replicated) and the rule's axes of its arguments and outputs."""
+    """How a public function's arguments are sharded, planned once per signature (`sharding`):
+    the axis each mesh dim shards (None: replicated), the placements the rule gives each argument
+    (None where not given) and each output, and, for a plain argument the rule shards, the
+    narrowings (dim, start, length) that cut this rank's part out of it."""
 
     mesh: object
     mesh_axes: tuple[str | None, ...]
-    axes: Axes
+    inputs: tuple[tuple | None, ...]
+    outputs: tuple[tuple, ...]
+    parts: tuple[tuple[tuple[int, int, int], ...], ...]
 
-    def placements(self, dims: dict[str, int]) -> list:
-        return [Replicate() if axis is None or axis not in dims else Shard(dims[axis]) for axis in self.mesh_axes]
-
-    def local(self, array, dims: dict[str, int]):
-        """This rank's part of `array`, placed by the rule (`dims`), as a plain tensor: a DTensor's
-        local shard (redistributed first where placed otherwise), a plain tensor's slice at this
-        rank's mesh coordinate (no communication). Differentiable either way."""
-        placements = self.placements(dims)
+    def local(self, array, index: int):
+        """This rank's part of argument `index`, as a plain tensor: a DTensor's local shard
+        (redistributed first where placed otherwise than the rule says), a plain tensor's slice
+        at this rank's mesh coordinate (no communication). Differentiable either way."""
         if is_dtensor(array):
-            if list(array.placements) != placements:
-                array = array.redistribute(self.mesh, placements)
+            if tuple(array.placements) != self.inputs[index]:
+                array = array.redistribute(self.mesh, self.inputs[index])
             return array.to_local()
-        coordinate = self.mesh.get_coordinate()
-        for mesh_dim, placement in enumerate(placements):  # mesh dims in order, as DTensor splits
-            if placement.is_shard():
-                size = array.shape[placement.dim] // self.mesh.size(mesh_dim)
-                array = array.narrow(placement.dim, coordinate[mesh_dim] * size, size)
+        for dim, start, length in self.parts[index]:
+            array = array.narrow(dim, start, length)
         return array
 
     def run_local(self, function: Callable, arrays: tuple):
@@ -181,12 +179,19 @@ class Sharding(NamedTuple):
         its outputs (one tensor or a tuple) as DTensors placed by the rule: how every public
         function runs on DTensors, the function being its plain path on plain tensors. Gradients
         flow through to_local and from_local."""
-        local = function(*(None if array is None else self.local(array, dims)
-                           for array, dims in zip(arrays, self.axes.inputs)))
+        local = function(*(None if array is None else self.local(array, index) for index, array in enumerate(arrays)))
         outputs = local if isinstance(local, tuple) else (local,)
-        wrapped = tuple(DTensor.from_local(out, self.mesh, self.placements(dims))
-                        for out, dims in zip(outputs, self.axes.outputs))
+        wrapped = tuple(DTensor.from_local(out, self.mesh, placements) for out, placements in zip(outputs, self.outputs))
         return wrapped if isinstance(local, tuple) else wrapped[0]
+
+
+class _Argument(NamedTuple):
+    """What a plan reads of an argument: its shape, and a DTensor's mesh and placements (None for
+    a plain tensor)."""
+
+    shape: tuple[int, ...]
+    device_mesh: object
+    placements: tuple | None
 
 
 def sharding(names: tuple[str, ...], arrays: tuple, rule: Callable[..., Axes], layout: str | None = None,
@@ -196,20 +201,30 @@ def sharding(names: tuple[str, ...], arrays: tuple, rule: Callable[..., Axes], l
     naming the argument, for a placement the op cannot run shard-local (with `hint`, what to do
     instead): a sharded dim the rule does not allow, two axes on one mesh dim, a partial tensor,
     meshes that differ, or a dim that does not split evenly."""
-    dtensors = [(name, array) for name, array in zip(names, arrays) if is_dtensor(array)]
-    if not dtensors:
+    if not any(is_dtensor(array) for array in arrays):
         return None
-    axes = rule(arrays, layout)
+    arguments = tuple(None if array is None else _Argument(tuple(array.shape), array.device_mesh, tuple(array.placements))
+                      if is_dtensor(array) else _Argument(tuple(array.shape), None, None) for array in arrays)
+    return _plan(names, arguments, rule, layout, hint)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(names: tuple[str, ...], arguments: tuple, rule: Callable[..., Axes], layout: str | None,
+          hint: str) -> Sharding:
+    """`sharding`'s plan of `arguments` (`_Argument`s, None where not given)."""
+    dtensors = [(name, argument) for name, argument in zip(names, arguments)
+                if argument is not None and argument.placements is not None]
+    axes = rule(arguments, layout)
     dims_of = dict(zip(names, axes.inputs))
     mesh = dtensors[0][1].device_mesh
     mesh_axes = []
     for mesh_dim in range(mesh.ndim):
         chosen = None
-        for name, array in dtensors:
-            if array.device_mesh != mesh:
-                raise ValueError(f"{name} lives on device mesh {array.device_mesh}, {dtensors[0][0]} on {mesh}: "
+        for name, argument in dtensors:
+            if argument.device_mesh != mesh:
+                raise ValueError(f"{name} lives on device mesh {argument.device_mesh}, {dtensors[0][0]} on {mesh}: "
                                  "trinix's ops take DTensors of one mesh")
-            placement = array.placements[mesh_dim]
+            placement = argument.placements[mesh_dim]
             if placement.is_replicate():
                 continue
             axis = next((axis for axis, dim in dims_of[name].items()
@@ -217,19 +232,40 @@ def sharding(names: tuple[str, ...], arrays: tuple, rule: Callable[..., Axes], l
             if axis is None:
                 allowed = ", ".join(f"{axis} (dim {dim})" for axis, dim in dims_of[name].items())
                 raise ValueError(f"{name} has placement {placement} on mesh dim {mesh_dim}: trinix shards {name} "
-                                 f"of shape {tuple(array.shape)} " + (f"over {allowed} only (Shard or Replicate)"
-                                                                     if allowed else "over no dim (Replicate it)")
+                                 f"of shape {argument.shape} " + (f"over {allowed} only (Shard or Replicate)"
+                                                                 if allowed else "over no dim (Replicate it)")
                                  + hint)
             if chosen not in (None, axis):
                 raise ValueError(f"{name} is sharded over {axis} on mesh dim {mesh_dim}, where another argument "
                                  f"is sharded over {chosen}: one mesh dim shards one axis")
             chosen = axis
         mesh_axes.append(chosen)
-    plan = Sharding(mesh, tuple(mesh_axes), axes)
-    for name, array in zip(names, arrays):
-        if array is not None and dims_of[name]:
-            _check_even(name, array.shape, plan.placements(dims_of[name]), mesh)
-    return plan
+
+    def placements(dims: dict[str, int] | None) -> tuple | None:
+        if dims is None:
+            return None
+        return tuple(Replicate() if axis is None or axis not in dims else Shard(dims[axis]) for axis in mesh_axes)
+
+    inputs = tuple(map(placements, axes.inputs))
+    for name, argument, placed in zip(names, arguments, inputs):
+        if argument is not None:
+            _check_even(name, argument.shape, placed, mesh)
+    parts = tuple(() if argument is None or argument.placements is not None else _part(argument.shape, placed, mesh)
+                  for argument, placed in zip(arguments, inputs))
+    return Sharding(mesh, tuple(mesh_axes), inputs, tuple(map(placements, axes.outputs)), parts)
+
+
+def _part(shape: tuple[int, ...], placements: tuple, mesh) -> tuple[tuple[int, int, int], ...]:
+    """The narrowings (dim, start, length) that cut this rank's part out of a plain tensor of
+    `shape` placed by `placements`: mesh dims in order, as DTensor splits."""
+    coordinate = mesh.get_coordinate()
+    shape, narrowings = list(shape), []
+    for mesh_dim, placement in enumerate(placements):
+        if placement.is_shard():
+            length = shape[placement.dim] // mesh.size(mesh_dim)
+            narrowings.append((placement.dim, coordinate[mesh_dim] * length, length))
+            shape[placement.dim] = length
+    return tuple(narrowings)
 
 
 def _check_even(name: str, shape, placements, mesh) -> None:
