@@ -230,12 +230,9 @@ def alibi_softmax(scores: Tensor, slopes: Tensor, *, scale: float = 1.0, causal:
 def _run_scores(scores, slopes, plan: ScoresPlan, backend, use_triton, inplace):
     slopes = slopes.to(scores.device)
     placed = sharding.sharding(("scores", "slopes"), (scores, slopes), sharding.scores_axes)
-    if placed is not None:  # DTensors: each rank runs on its shards (trinix.torch.sharding)
-        def run(scores, slopes):
-            local = _planned_scores(scores, slopes, plan.q_offset, plan.causal, plan.scale)
-            return _run_scores(scores, slopes, local, backend, use_triton, inplace=False)
-
-        out = placed.run_local(run, (scores, slopes))
+    if placed is not None:  # DTensors: each rank runs on its shards by the plan (trinix.torch.sharding)
+        out = placed.run_local(lambda scores, slopes: _run_scores(scores, slopes, plan, backend, use_triton,
+                                                                  inplace=False), (scores, slopes))
         return scores.copy_(out) if inplace else out
     backend = resolve_backend(backend, use_triton, scores.device, "alibi")
     if backend != "torch":

@@ -139,19 +139,23 @@ def _rotate(q, k, *, cos=None, sin=None, frequencies=None, position_ids=None, of
     rotation = host.plan_rotation(tensors, operands, offset=offset, layout=layout, interleaved=interleaved,
                                   max_seqlen=max_seqlen, read=read, cache=not torch.compiler.is_compiling())
     placed = sharding.sharding(host.ROTATION_INPUTS, tensors, sharding.rotation_axes, layout)
-    if placed is not None:  # DTensors: each rank rotates its shards (trinix.torch.sharding)
-        def rotate(q, k, cos, sin, frequencies, position_ids, offsets, cu_seqlens):
-            return _rotate(q, k, cos=cos, sin=sin, frequencies=frequencies, position_ids=position_ids,
-                           offset=offset if offsets is None else offsets, layout=layout, interleaved=interleaved,
-                           cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, backend=backend, use_triton=use_triton)
-
-        q_rot, k_rot = placed.run_local(rotate, tensors)
+    if placed is not None:  # DTensors: each rank rotates its shards by the plan (trinix.torch.sharding)
+        q_rot, k_rot = placed.run_local(
+            lambda *local: _run_rotation(local, rotation, backend, use_triton, inplace=False), tensors)
         return (q.copy_(q_rot), k.copy_(k_rot)) if inplace else (q_rot, k_rot)
+    return _run_rotation(tensors, rotation, backend, use_triton, inplace, operands)
+
+
+def _run_rotation(tensors, rotation: Rotation, backend: str, use_triton: bool, inplace: bool, operands=None):
+    """Rotate checked and planned `tensors` (those of trinix.rope.ROTATION_INPUTS, plain
+    tensors) by the chosen backend; operands: theirs, if already made."""
+    q, k, cos, sin, frequencies, position_ids, offsets, cu_seqlens = tensors
     backend = resolve_backend(backend, use_triton, q.device, "rope")
     if backend == "torch":
         q_rot, k_rot = fallback.rope_rotate(TorchOps, q, k, cos=cos, sin=sin, frequencies=frequencies,
                                             position_ids=position_ids, offsets=offsets, cu_seqlens=cu_seqlens,
-                                            offset=offset, layout=layout, interleaved=interleaved)
+                                            offset=rotation.offset, layout=rotation.layout,
+                                            interleaved=rotation.interleaved)
         return (q.copy_(q_rot), k.copy_(k_rot)) if inplace else (q_rot, k_rot)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
         return _RopeApply.apply(*tensors, rotation, backend == "interpret", inplace)
