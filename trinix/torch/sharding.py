@@ -7,10 +7,12 @@ and heads, and a rotation's sequence where position ids come sharded with it. Po
 global: ALiBi slopes shard with the heads they belong to, and a rotation of a sharded sequence
 reads the global position of each token from its ids.
 
-A public function given a DTensor checks the placements (`sharding`), then runs its plain path
-on each rank's local tensors (`Sharding.run_local`), checked and planned from their shapes like
-any call, and wraps the outputs with DTensor.from_local: every backend, the kernels' and the
-torch fallback's, runs on plain tensors, and no DTensor dispatch runs inside. Plain arguments the
+A public function given a DTensor checks the placements (`sharding`, planned once per signature),
+then runs its plain path on each rank's local tensors (`Sharding.run_local`) and wraps the outputs
+with DTensor.from_local: every backend, the kernels' and the torch fallback's, runs on plain
+tensors, and no DTensor dispatch runs inside. RoPE and ALiBi's scores run the shards by the plan
+made on the global arguments (it does not depend on the dims a shard cuts); attention and the
+ALiBi bias check and plan the local tensors again. Plain arguments the
 rule shards (slopes of the model's heads, position ids of the whole sequence) are sliced to this
 rank's part; DTensors placed otherwise than the rule says are redistributed. The registered
 strategies serve torch.ops.trinix.* called on DTensors directly.
