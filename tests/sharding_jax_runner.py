@@ -156,23 +156,31 @@ def alibi_heads(backend: str) -> None:
     _close(out, reference.alibi_bias(slopes, 4, 8), 1e-5, "alibi_bias against the reference")
 
 
+def _causal_gqa(seed: int, batch: int, heads: int, backend: str):
+    """(q (batch, 8, heads, 16), k and v (batch, 8, 2, 16), the heads' slopes) from `seed`, and
+    causal ALiBi attention of them through `backend`."""
+    from trinix.jax import alibi_slopes, attention
+
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((batch, 8, heads, 16), np.float32)
+    k, v = rng.standard_normal((2, batch, 8, 2, 16), np.float32)
+    slopes = np.asarray(alibi_slopes(heads, backend="xla"))
+
+    def attend(q, k, v, slopes):
+        return attention(q, k, v, alibi=slopes, causal=True, backend=backend)
+
+    return (q, k, v, slopes), attend
+
+
 def attention_heads(backend: str) -> None:
     """Mesh 4 x 2, batch and heads, GQA (4 query heads on 2 KV heads) with causal ALiBi:
     attention and its gradients, against the reference's."""
     from jax.sharding import PartitionSpec as P
     from trinix import reference
-    from trinix.jax import alibi_slopes, attention
 
-    rng = np.random.default_rng(3)
-    q = rng.standard_normal((4, 8, 4, 16), np.float32)
-    k, v = rng.standard_normal((2, 4, 8, 2, 16), np.float32)
-    slopes = np.asarray(alibi_slopes(4, backend="xla"))
-
-    def attend(q, k, v, slopes):
-        return attention(q, k, v, alibi=slopes, causal=True, backend=backend)
-
+    arrays, attend = _causal_gqa(3, batch=4, heads=4, backend=backend)
+    q, k, v, slopes = arrays
     specs = (P("data", None, "model"),) * 3 + (P("model"),)
-    arrays = (q, k, v, slopes)
     (out,) = _same_as_unsharded(attend, arrays, specs, _mesh((4, 2), ("data", "model")), 1e-5, split_like=specs[0])
     _close(out, reference.attention(q, k, v, slopes, alibi="causal")[0], 1e-5, "attention against the reference")
     grads = _same_as_unsharded(_loss(attend, (0, 1, 2)), arrays, specs, _mesh((4, 2), ("data", "model")), 1e-5)
@@ -185,20 +193,12 @@ def attention_heads_undivided(backend: str) -> None:
     by 4 cannot share out: the heads are gathered (collectives allowed), forward and backward
     compile, and both equal the unsharded call."""
     from jax.sharding import PartitionSpec as P
-    from trinix.jax import alibi_slopes, attention
 
-    rng = np.random.default_rng(5)
-    q = rng.standard_normal((2, 8, 8, 16), np.float32)
-    k, v = rng.standard_normal((2, 2, 8, 2, 16), np.float32)
-    slopes = np.asarray(alibi_slopes(8, backend="xla"))
-
-    def attend(q, k, v, slopes):
-        return attention(q, k, v, alibi=slopes, causal=True, backend=backend)
-
+    arrays, attend = _causal_gqa(5, batch=2, heads=8, backend=backend)
     specs = (P("data", None, "model"), P("data"), P("data"), P("model"))
     mesh = _mesh((2, 4), ("data", "model"))
-    _same_as_unsharded(attend, (q, k, v, slopes), specs, mesh, 1e-5, allowed=COLLECTIVES)
-    _same_as_unsharded(_loss(attend, (0, 1, 2)), (q, k, v, slopes), specs, mesh, 1e-5, allowed=COLLECTIVES)
+    _same_as_unsharded(attend, arrays, specs, mesh, 1e-5, allowed=COLLECTIVES)
+    _same_as_unsharded(_loss(attend, (0, 1, 2)), arrays, specs, mesh, 1e-5, allowed=COLLECTIVES)
 
 
 def context_parallel(backend: str) -> None:
