@@ -12,10 +12,10 @@ then runs its plain path on each rank's local tensors (`Sharding.run_local`) and
 with DTensor.from_local: every backend, the kernels' and the torch fallback's, runs on plain
 tensors, and no DTensor dispatch runs inside. RoPE and ALiBi's scores run the shards by the plan
 made on the global arguments (it does not depend on the dims a shard cuts); attention and the
-ALiBi bias check and plan the local tensors again. Plain arguments the
-rule shards (slopes of the model's heads, position ids of the whole sequence) are sliced to this
-rank's part; DTensors placed otherwise than the rule says are redistributed. The registered
-strategies serve torch.ops.trinix.* called on DTensors directly.
+ALiBi bias check and plan the local tensors again. Plain arguments the rule shards (slopes of
+the model's heads, position ids of the whole sequence) are sliced to this rank's part; DTensors
+placed otherwise than the rule says are redistributed. The registered strategies serve
+torch.ops.trinix.* called on DTensors directly.
 
 A rule takes an op's tensor arguments (tensors, or the DTensorSpecs DTensor gives a strategy,
 read by shape only; None where not given) and its layout, and returns `Axes`: for each of them
