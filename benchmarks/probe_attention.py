@@ -112,7 +112,9 @@ def main():
 
     if not args.skip_flex:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-        flex = torch.compile(flex_attention)
+        # Static shapes, as the report compiles it: reused across configurations, a default
+        # compile recompiles with dynamic shapes and runs slower (benchmarks/NOTES.md).
+        flex = torch.compile(flex_attention, dynamic=False)
     for name in args.configs:
         if name == "decode":
             decode()
