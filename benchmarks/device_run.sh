@@ -100,7 +100,7 @@ for step in ${steps[*]}; do
       tar czf "$OUT/blocks-programs.tgz" -C "$OUT/programs" . && rm -rf "$OUT/programs" ;;
     ncu-attention)
       sections=(--section SpeedOfLight --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis
-                --section MemoryWorkloadAnalysis)
+                --section MemoryWorkloadAnalysis --section WarpStateStats --section InstructionStats)
       # Flex's kernels are Inductor templates (triton_tem_*): its second forward and backward, after compiling.
       for of in trinix flex; do
         if [[ $of == flex ]]; then kernels=(--kernel-name regex:triton_tem --launch-skip 2 --launch-count 2)
