@@ -5,8 +5,9 @@ attention. Forward, or forward + backward where marked.
     python benchmarks/probe_sharding.py [--framework torch|jax] [--seq 4096] [--backend auto]
 
 torch: eager calls on DTensors (the DTensor dispatch and trinix's placement checks around the
-same kernels); a process group of one (nccl on a GPU, gloo on the CPU) is made here: run it
-without torchrun. Two times per call: "one call", the median wall time of a call waited for
+same kernels), and on a GPU a Llama-like attention block tensor-parallel over heads beside it
+plain; a process group of one (nccl on a GPU, gloo on the CPU) is made here: run it without
+torchrun. Two times per call: "one call", the median wall time of a call waited for
 alone (what the host adds shows here), and "in a row", the mean of 20 calls dispatched back to
 back (what a model whose GPU is busy sees). JAX: jitted calls on arrays placed on one device
 beside the same arrays with a NamedSharding over a mesh of one device (heads split), the ring
@@ -47,11 +48,35 @@ def print_rows(title: str, rows, wait) -> None:
               f"{other_row / plain_row:.2f} |", flush=True)
 
 
+def attention_block(hidden: int, heads: int, rope):
+    """A Llama-like attention block, x (batch, seq, hidden) -> (batch, seq, hidden): q, k, v
+    projections, the rotation, causal SDPA, the output projection."""
+    import torch
+
+    class AttentionBlock(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v, self.o = (torch.nn.Linear(hidden, hidden, bias=False) for _ in range(4))
+
+        def forward(self, x):
+            batch, seq, _ = x.shape
+            q, k, v = (project(x).view(batch, seq, heads, -1) for project in (self.q, self.k, self.v))
+            q, k = rope.rotate(q, k)
+            o = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)),
+                                                                 is_causal=True)
+            return self.o(o.transpose(1, 2).reshape(batch, seq, -1))
+
+    return AttentionBlock()
+
+
 def torch_rows(args):
+    import copy
+
     import torch
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
     from trinix.torch import FastALiBiPositionEmbedding, FastRoPEPositionEmbedding, context_parallel_attention
 
@@ -93,6 +118,21 @@ def torch_rows(args):
     ]
     # A DTensor plus an aten op: DTensor's own dispatch cost, beside trinix's.
     rows.append(("torch.add (an aten op, for scale)", lambda: q + k, lambda: by_heads[0] + by_heads[1]))
+    if device == "cuda":  # DTensor has no sharding strategy for the CPU's SDPA
+        # The rotation inside a model: a block tensor-parallel over heads (DTensors throughout) beside it plain.
+        x = torch.randn(batch, args.seq, heads * head_dim, device=device, dtype=dtype)
+        block = attention_block(heads * head_dim, heads, rope).to(device, dtype)
+        parallel_block = parallelize_module(copy.deepcopy(block), mesh, {
+            **{name: ColwiseParallel(use_local_output=False) for name in ("q", "k", "v")}, "o": RowwiseParallel()})
+
+        def inference(block):
+            def forward():
+                with torch.no_grad():
+                    return block(x)
+            return forward
+
+        rows.append(("block: q, k, v projections, rope.rotate, causal SDPA, o projection",
+                     inference(block), inference(parallel_block)))
 
     def wait(out):
         if device == "cuda":
