@@ -48,9 +48,9 @@ def print_rows(title: str, rows, wait) -> None:
               f"{other_row / plain_row:.2f} |", flush=True)
 
 
-def attention_block(hidden: int, heads: int, rope):
+def attention_block(hidden: int, heads: int, rotate):
     """A Llama-like attention block, x (batch, seq, hidden) -> (batch, seq, hidden): q, k, v
-    projections, the rotation, causal SDPA, the output projection."""
+    projections, rotate(q, k), causal SDPA, the output projection."""
     import torch
 
     class AttentionBlock(torch.nn.Module):
@@ -61,7 +61,7 @@ def attention_block(hidden: int, heads: int, rope):
         def forward(self, x):
             batch, seq, _ = x.shape
             q, k, v = (project(x).view(batch, seq, heads, -1) for project in (self.q, self.k, self.v))
-            q, k = rope.rotate(q, k)
+            q, k = rotate(q, k)
             o = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)),
                                                                  is_causal=True)
             return self.o(o.transpose(1, 2).reshape(batch, seq, -1))
@@ -69,13 +69,22 @@ def attention_block(hidden: int, heads: int, rope):
     return AttentionBlock()
 
 
-def torch_rows(args):
-    import copy
+def torch_rotation(cos, sin):
+    """transformers' rotation of (batch, seq, heads, head_dim) q and k by (seq, 1, head_dim) tables."""
+    import torch
 
+    def rotate_one(x):
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+    return lambda q, k: (rotate_one(q), rotate_one(k))
+
+
+def torch_rows(args):
     import torch
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Shard, distribute_tensor
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
     from trinix.torch import FastALiBiPositionEmbedding, FastRoPEPositionEmbedding, context_parallel_attention
@@ -119,11 +128,12 @@ def torch_rows(args):
     # A DTensor plus an aten op: DTensor's own dispatch cost, beside trinix's.
     rows.append(("torch.add (an aten op, for scale)", lambda: q + k, lambda: by_heads[0] + by_heads[1]))
     if device == "cuda":  # DTensor has no sharding strategy for the CPU's SDPA
-        # The rotation inside a model: a block tensor-parallel over heads (DTensors throughout) beside it plain.
+        # The rotation inside a model: a block tensor-parallel over heads (DTensors throughout) beside it
+        # plain, with trinix's rotation and with torch's (DTensor's own cost in the block, for scale).
         x = torch.randn(batch, args.seq, heads * head_dim, device=device, dtype=dtype)
-        block = attention_block(heads * head_dim, heads, rope).to(device, dtype)
-        parallel_block = parallelize_module(copy.deepcopy(block), mesh, {
-            **{name: ColwiseParallel(use_local_output=False) for name in ("q", "k", "v")}, "o": RowwiseParallel()})
+        tables = tuple(table[:, None] for table in rope(x, args.seq))  # (seq, 1, head_dim)
+        replicated = [distribute_tensor(table, mesh, [Replicate()]) for table in tables]
+        plan = {**{name: ColwiseParallel(use_local_output=False) for name in ("q", "k", "v")}, "o": RowwiseParallel()}
 
         def inference(block):
             def forward():
@@ -131,8 +141,13 @@ def torch_rows(args):
                     return block(x)
             return forward
 
-        rows.append(("block: q, k, v projections, rope.rotate, causal SDPA, o projection",
-                     inference(block), inference(parallel_block)))
+        for name, rotate, parallel_rotate in (("rope.rotate", rope.rotate, rope.rotate),
+                                              ("torch's rotation", torch_rotation(*tables), torch_rotation(*replicated))):
+            block = attention_block(heads * head_dim, heads, rotate).to(device, dtype)
+            parallel_block = attention_block(heads * head_dim, heads, parallel_rotate).to(device, dtype)
+            parallel_block.load_state_dict(block.state_dict())
+            rows.append((f"block: q, k, v projections, {name}, causal SDPA, o projection", inference(block),
+                         inference(parallelize_module(parallel_block, mesh, plan))))
 
     def wait(out):
         if device == "cuda":
