@@ -71,13 +71,9 @@ def attention_block(hidden: int, heads: int, rotate):
 
 def torch_rotation(cos, sin):
     """transformers' rotation of (batch, seq, heads, head_dim) q and k by (seq, 1, head_dim) tables."""
-    import torch
+    from trinix_bench.torch_blocks import rotate_half  # benchmarks/ is this script's folder
 
-    def rotate_one(x):
-        x1, x2 = x.chunk(2, dim=-1)
-        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
-
-    return lambda q, k: (rotate_one(q), rotate_one(k))
+    return lambda q, k: (q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin)
 
 
 def torch_rows(args):
