@@ -363,13 +363,17 @@ def _attention_bwd_preprocess_kernel(
 
 
 @triton.jit
-def _load_row_stats(LSE, DELTA, row_base, offs_m, seqlen_q, COMPUTE: tl.constexpr):
-    """LSE in base 2 (a row of no visible key, or past seqlen_q: +inf) and delta of rows offs_m."""
-    in_rows = offs_m < seqlen_q
-    lse = tl.load(LSE + row_base + offs_m, mask=in_rows, other=float("inf")).to(COMPUTE)
-    lse = tl.where(lse == float("-inf"), float("inf"), lse * LOG2_E)
-    delta = tl.load(DELTA + row_base + offs_m, mask=in_rows, other=0.0).to(COMPUTE)
-    return lse, delta
+def _load_row_stats(LSE, DELTA, row_base, offs_m, seqlen_q, COMPUTE: tl.constexpr, MASKED: tl.constexpr):
+    """LSE in base 2 (a row of no visible key, or past seqlen_q: +inf) and delta of rows offs_m;
+    unless MASKED, every row is below seqlen_q."""
+    if MASKED:
+        in_rows = offs_m < seqlen_q
+        lse = tl.load(LSE + row_base + offs_m, mask=in_rows, other=float("inf")).to(COMPUTE)
+        delta = tl.load(DELTA + row_base + offs_m, mask=in_rows, other=0.0).to(COMPUTE)
+    else:
+        lse = tl.load(LSE + row_base + offs_m).to(COMPUTE)
+        delta = tl.load(DELTA + row_base + offs_m).to(COMPUTE)
+    return tl.where(lse == float("-inf"), float("inf"), lse * LOG2_E), delta
 
 
 @triton.jit
@@ -384,7 +388,7 @@ def _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE, DELTA, row_base, slope, m0, n
     offs_m = m0 + tl.arange(0, BLOCK_M)
     q_t = tl.trans(_load_rows(q_base, offs_m, seqlen_q, offs_d, stride_qs, stride_qd, HEAD_DIM, BLOCK_D, MASKED))
     do = _load_rows(do_base, offs_m, seqlen_q, offs_d, stride_dos, stride_dod, HEAD_DIM, BLOCK_D, MASKED)
-    lse, delta = _load_row_stats(LSE, DELTA, row_base, offs_m, seqlen_q, COMPUTE)
+    lse, delta = _load_row_stats(LSE, DELTA, row_base, offs_m, seqlen_q, COMPUTE, MASKED)
     s_t = _scores_transposed(k, q_t, slope, n0, q_offset + offs_m, seqlen_k, SCALE, ALIBI, CAUSAL, MASKED,
                              BLOCK_N, COMPUTE, PRECISION)
     p_t = tl.exp2(s_t - lse[None, :])
@@ -545,7 +549,8 @@ def _attention_bwd_dq_kernel(
                    stride_qs, stride_qd, HEAD_DIM, BLOCK_D, True)
     do = _load_rows(DO + b * stride_dob + h * stride_doh + q_start * stride_dos, offs_m, seqlen_q, offs_d,
                     stride_dos, stride_dod, HEAD_DIM, BLOCK_D, True)
-    lse, delta = _load_row_stats(LSE, DELTA, b * stride_lb + h * stride_lh + q_start, offs_m, seqlen_q, COMPUTE)
+    lse, delta = _load_row_stats(LSE, DELTA, b * stride_lb + h * stride_lh + q_start, offs_m, seqlen_q, COMPUTE,
+                                 True)
     dq = tl.full((BLOCK_M, BLOCK_D), 0.0, COMPUTE)
     full_end, end = _query_tile_key_range(q_offset + m0, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
     for n0 in range(0, full_end, BLOCK_N):
