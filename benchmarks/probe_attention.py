@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from triton.testing import do_bench
 
 from trinix.alibi import alibi_slopes
-from trinix.attention import run_forward
+from trinix.attention import run_backward, run_forward
 from trinix.kernels.attention import attention_bwd_calls, attention_fwd_calls
 from trinix.torch.launcher import launch, operand
 
@@ -40,11 +40,10 @@ def trinix_fwd(q, k, v, slopes, alibi, causal=None):
 
 def trinix_fwd_bwd(q, k, v, slopes, alibi, do, causal=None):
     o, lse = trinix_fwd(q, k, v, slopes, alibi, causal)
-    preprocess, dkdv, dq = attention_bwd_calls(operand(q), operand(k), operand(v), operand(o), operand(do),
-                                               operand(slopes), alibi=alibi, causal=causal)
-    (delta,) = launch(preprocess, dict(o=o, do=do), interpret=False)
-    arrays = dict(q=q, k=k, v=v, do=do, lse=lse, delta=delta, slopes=slopes)
-    return (*launch(dq, arrays, interpret=False), *launch(dkdv, arrays, interpret=False))
+    calls = attention_bwd_calls(operand(q), operand(k), operand(v), operand(o), operand(do), operand(slopes),
+                                alibi=alibi, causal=causal)
+    return run_backward(calls, dict(q=q, k=k, v=v, o=o, do=do, lse=lse, slopes=slopes),
+                        lambda call, named: launch(call, named, interpret=False))
 
 
 def dense_bias(slopes, seq, alibi):

@@ -75,8 +75,10 @@ def main():
                 (forward,) = attention_fwd_calls(operand(q), operand(k), operand(v), operand(slopes), alibi=alibi,
                                                  key_splits=1)
                 o, lse = launch(forward, dict(q=q, k=k, v=v, slopes=slopes), interpret=False)
-                delta = (o.float() * do.float()).sum(-1).permute(0, 2, 1).contiguous()
-                arrays = dict(q=q, k=k, v=v, o=o, do=do, lse=lse, delta=delta, slopes=slopes)
+                arrays = dict(q=q, k=k, v=v, o=o, do=do, lse=lse, slopes=slopes)
+                preprocess = attention_bwd_calls(*(operand(arrays[name]) for name in ("q", "k", "v", "o", "do")),
+                                                 operand(slopes), alibi=alibi)[0]
+                arrays.update(zip(("delta", "lse_base2"), launch(preprocess, arrays, interpret=False)))
                 for tiles in CANDIDATES[stage]:
                     ms = time_kernel(stage, tiles, arrays, operand(slopes), alibi)
                     print(f"head_dim {head_dim} {stage:4s} {alibi:9s} {tiles}: "

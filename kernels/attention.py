@@ -12,8 +12,8 @@ no visible key gets O = 0 and LSE = -inf, and zero gradients.
 
 The forward keeps an online softmax over key tiles in float32 registers, in base 2 (log2(e)
 folded into the scale and the slope): no score matrix is ever stored. The backward recomputes
-each tile's probabilities from the LSE: a preprocess kernel forms delta_i = sum_d dO_id O_id,
-one kernel accumulates dk and dv for a key tile over all query tiles (and all query heads of a
+each tile's probabilities from the LSE: a preprocess kernel forms delta_i = sum_d dO_id O_id
+and the LSE in base 2, one kernel accumulates dk and dv for a key tile over all query tiles (and all query heads of a
 KV head), another dq for a query tile over all key tiles. No atomics: results are deterministic.
 
 Layouts: "bshd", "bhsd" (any strides, head_dim contiguous or not) and "thd" (packed tokens
@@ -330,17 +330,19 @@ def _attention_combine_kernel(
 
 @kernel
 def _attention_bwd_preprocess_kernel(
-    O, DO, CU_SEQLENS_Q,
+    O, DO, LSE, CU_SEQLENS_Q,
     n_heads, seqlen_q,
     stride_ob, stride_os, stride_oh, stride_od,
     stride_dob, stride_dos, stride_doh, stride_dod,
     stride_lb, stride_lh,
-    DELTA,
+    DELTA, LSE_BASE2,
     VARLEN: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     ALIGNED: tl.constexpr,
 ):
-    """DELTA_i = sum_d dO_id O_id (float32, laid out like LSE) of BLOCK_M rows of one
-    (sequence, head). Grid: (cdiv(seqlen_q, BLOCK_M), batch * n_heads)."""
+    """DELTA_i = sum_d dO_id O_id and LSE_BASE2_i, the LSE in base 2 (+inf for a row that sees
+    no key, so that its P is 0), both float32 laid out like LSE, of BLOCK_M rows of one
+    (sequence, head): the backward's loops read them as they are. Grid: (cdiv(seqlen_q,
+    BLOCK_M), batch * n_heads)."""
     if ALIGNED:
         stride_ob, stride_os, stride_oh = _aligned(stride_ob, stride_os, stride_oh)
         stride_dob, stride_dos, stride_doh = _aligned(stride_dob, stride_dos, stride_doh)
@@ -359,25 +361,29 @@ def _attention_bwd_preprocess_kernel(
     do = _load_rows(DO + b * stride_dob + h * stride_doh + q_start * stride_dos, offs_m, seqlen_q, offs_d,
                     stride_dos, stride_dod, HEAD_DIM, BLOCK_D, True)
     delta = rowwise_sum(o.to(tl.float32) * do.to(tl.float32))
-    tl.store(DELTA + b * stride_lb + h * stride_lh + q_start + offs_m, delta, mask=offs_m < seqlen_q)
+    rows = b * stride_lb + h * stride_lh + q_start + offs_m
+    in_rows = offs_m < seqlen_q
+    tl.store(DELTA + rows, delta, mask=in_rows)
+    lse = tl.load(LSE + rows, mask=in_rows, other=0.0)
+    tl.store(LSE_BASE2 + rows, tl.where(lse == float("-inf"), float("inf"), lse * LOG2_E), mask=in_rows)
 
 
 @triton.jit
-def _load_row_stats(LSE, DELTA, row_base, offs_m, seqlen_q, COMPUTE: tl.constexpr, MASKED: tl.constexpr):
-    """LSE in base 2 (a row of no visible key, or past seqlen_q: +inf) and delta of rows offs_m;
+def _load_row_stats(LSE_BASE2, DELTA, row_base, offs_m, seqlen_q, COMPUTE: tl.constexpr, MASKED: tl.constexpr):
+    """The preprocess's LSE in base 2 (rows past seqlen_q: +inf) and delta of rows offs_m;
     unless MASKED, every row is below seqlen_q."""
     if MASKED:
         in_rows = offs_m < seqlen_q
-        lse = tl.load(LSE + row_base + offs_m, mask=in_rows, other=float("inf")).to(COMPUTE)
-        delta = tl.load(DELTA + row_base + offs_m, mask=in_rows, other=0.0).to(COMPUTE)
+        lse = tl.load(LSE_BASE2 + row_base + offs_m, mask=in_rows, other=float("inf"))
+        delta = tl.load(DELTA + row_base + offs_m, mask=in_rows, other=0.0)
     else:
-        lse = tl.load(LSE + row_base + offs_m).to(COMPUTE)
-        delta = tl.load(DELTA + row_base + offs_m).to(COMPUTE)
-    return tl.where(lse == float("-inf"), float("inf"), lse * LOG2_E), delta
+        lse = tl.load(LSE_BASE2 + row_base + offs_m)
+        delta = tl.load(DELTA + row_base + offs_m)
+    return lse.to(COMPUTE), delta.to(COMPUTE)
 
 
 @triton.jit
-def _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE, DELTA, row_base, slope, m0, n0, q_offset, seqlen_q,
+def _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE_BASE2, DELTA, row_base, slope, m0, n0, q_offset, seqlen_q,
                seqlen_k, offs_d, stride_qs, stride_qd, stride_dos, stride_dod,
                SCALE: tl.constexpr, ALIBI: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -388,7 +394,7 @@ def _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE, DELTA, row_base, slope, m0, n
     offs_m = m0 + tl.arange(0, BLOCK_M)
     q_t = tl.trans(_load_rows(q_base, offs_m, seqlen_q, offs_d, stride_qs, stride_qd, HEAD_DIM, BLOCK_D, MASKED))
     do = _load_rows(do_base, offs_m, seqlen_q, offs_d, stride_dos, stride_dod, HEAD_DIM, BLOCK_D, MASKED)
-    lse, delta = _load_row_stats(LSE, DELTA, row_base, offs_m, seqlen_q, COMPUTE, MASKED)
+    lse, delta = _load_row_stats(LSE_BASE2, DELTA, row_base, offs_m, seqlen_q, COMPUTE, MASKED)
     s_t = _scores_transposed(k, q_t, slope, n0, q_offset + offs_m, seqlen_k, SCALE, ALIBI, CAUSAL, MASKED,
                              BLOCK_N, COMPUTE, PRECISION)
     p_t = tl.exp2(s_t - lse[None, :])
@@ -400,7 +406,7 @@ def _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE, DELTA, row_base, slope, m0, n
 
 @kernel
 def _attention_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, SLOPES, CU_SEQLENS_Q, CU_SEQLENS_K,
+    Q, K, V, DO, LSE_BASE2, DELTA, SLOPES, CU_SEQLENS_Q, CU_SEQLENS_K,
     n_heads, n_heads_per_kv, seqlen_q, seqlen_k, q_offset,
     stride_qb, stride_qs, stride_qh, stride_qd,
     stride_kb, stride_ks, stride_kh, stride_kd,
@@ -469,17 +475,17 @@ def _attention_bwd_dkdv_kernel(
         row_base = b * stride_lb + h * stride_lh + q_start
         slope = _slope(SLOPES, b, h, stride_mb, stride_mh, ALIBI, COMPUTE)
         for m0 in range(start, full_start, BLOCK_M):
-            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE, DELTA, row_base, slope, m0, n0, q_offset,
+            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE_BASE2, DELTA, row_base, slope, m0, n0, q_offset,
                                 seqlen_q, seqlen_k, offs_d, stride_qs, stride_qd, stride_dos, stride_dod,
                                 SCALE, ALIBI, CAUSAL, True, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, COMPUTE,
                                 PRECISION)
         for m0 in range(full_start, full_end, BLOCK_M):
-            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE, DELTA, row_base, slope, m0, n0, q_offset,
+            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE_BASE2, DELTA, row_base, slope, m0, n0, q_offset,
                                 seqlen_q, seqlen_k, offs_d, stride_qs, stride_qd, stride_dos, stride_dod,
                                 SCALE, ALIBI, CAUSAL, False, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, COMPUTE,
                                 PRECISION)
         for m0 in range(full_end, end, BLOCK_M):
-            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE, DELTA, row_base, slope, m0, n0, q_offset,
+            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, LSE_BASE2, DELTA, row_base, slope, m0, n0, q_offset,
                                 seqlen_q, seqlen_k, offs_d, stride_qs, stride_qd, stride_dos, stride_dod,
                                 SCALE, ALIBI, CAUSAL, True, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, COMPUTE,
                                 PRECISION)
@@ -507,7 +513,7 @@ def _dq_tile(dq, q, do, lse, delta, k_base, v_base, slope, n0, query_pos, seqlen
 
 @kernel
 def _attention_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, SLOPES, CU_SEQLENS_Q, CU_SEQLENS_K,
+    Q, K, V, DO, LSE_BASE2, DELTA, SLOPES, CU_SEQLENS_Q, CU_SEQLENS_K,
     n_heads, n_heads_per_kv, seqlen_q, seqlen_k, q_offset,
     stride_qb, stride_qs, stride_qh, stride_qd,
     stride_kb, stride_ks, stride_kh, stride_kd,
@@ -549,7 +555,7 @@ def _attention_bwd_dq_kernel(
                    stride_qs, stride_qd, HEAD_DIM, BLOCK_D, True)
     do = _load_rows(DO + b * stride_dob + h * stride_doh + q_start * stride_dos, offs_m, seqlen_q, offs_d,
                     stride_dos, stride_dod, HEAD_DIM, BLOCK_D, True)
-    lse, delta = _load_row_stats(LSE, DELTA, b * stride_lb + h * stride_lh + q_start, offs_m, seqlen_q, COMPUTE,
+    lse, delta = _load_row_stats(LSE_BASE2, DELTA, b * stride_lb + h * stride_lh + q_start, offs_m, seqlen_q, COMPUTE,
                                  True)
     dq = tl.full((BLOCK_M, BLOCK_D), 0.0, COMPUTE)
     full_end, end = _query_tile_key_range(q_offset + m0, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
@@ -805,9 +811,10 @@ def attention_bwd_calls(q: Operand, k: Operand, v: Operand, o: Operand, do: Oper
     """The backward of `attention_fwd_calls` (same arguments and options), given its output o
     and the gradient do (both shaped like q, any strides): three launches, in this order.
 
-    1. preprocess: inputs "o", "do", "cu_seqlens_q"; output delta (laid out like lse).
-    2. dk/dv: inputs "q", "k", "v", "do", "lse", "delta", "slopes", "cu_seqlens_q",
-       "cu_seqlens_k" (lse as the forward wrote it); outputs dk, dv (like k, v, row-major).
+    1. preprocess: inputs "o", "do", "lse", "cu_seqlens_q" (lse as the forward wrote it);
+       outputs delta and lse_base2 (laid out like lse).
+    2. dk/dv: inputs "q", "k", "v", "do", "lse_base2", "delta", "slopes", "cu_seqlens_q",
+       "cu_seqlens_k"; outputs dk, dv (like k, v, row-major).
     3. dq: the same inputs; output dq (like q, row-major).
     """
     geometry = _geometry(q, k, v, slopes, alibi, causal, scale, q_offset, layout, cu_seqlens_q, cu_seqlens_k,
@@ -823,15 +830,15 @@ def attention_bwd_calls(q: Operand, k: Operand, v: Operand, o: Operand, do: Oper
     n_kv_heads = geometry.n_heads // geometry.n_heads_per_kv
     head_scalars = (geometry.n_heads, geometry.n_heads_per_kv, geometry.seqlen_q, geometry.seqlen_k,
                     geometry.q_offset, *q_s, *k_s, *v_s, *do_s, *geometry.slope_strides)
-    gradient_inputs = ("q", "k", "v", "do", "lse", "delta", "slopes", "cu_seqlens_q", "cu_seqlens_k")
+    gradient_inputs = ("q", "k", "v", "do", "lse_base2", "delta", "slopes", "cu_seqlens_q", "cu_seqlens_k")
 
     block_m, block_n, num_warps, num_stages = _tiles(geometry, "dq", tiles)
     preprocess = KernelCall(
         kernel=_attention_bwd_preprocess_kernel,
         grid=(cdiv(geometry.seqlen_q, block_m), geometry.batch * geometry.n_heads),
-        inputs=("o", "do", "cu_seqlens_q"),
+        inputs=("o", "do", "lse", "cu_seqlens_q"),
         scalars=(geometry.n_heads, geometry.seqlen_q, *o_s, *do_s, *geometry.lse_strides),
-        outputs=(Output(geometry.lse_shape, "float32"),),
+        outputs=(Output(geometry.lse_shape, "float32"), Output(geometry.lse_shape, "float32")),
         constexprs=dict(VARLEN=common["VARLEN"], HEAD_DIM=common["HEAD_DIM"], BLOCK_M=block_m,
                         BLOCK_D=common["BLOCK_D"], ALIGNED=_aligned_strides(o_s, do_s)),
         num_warps=4,

@@ -14,7 +14,7 @@ import torch
 
 from tests.test_compiled_code import SM90_SHARED_BYTES, compiled
 from trinix import reference as ref
-from trinix.attention import run_forward
+from trinix.attention import run_backward, run_forward
 from trinix.kernels.attention import attention_bwd_calls, attention_fwd_calls
 from trinix.kernels.call import Operand, row_major_strides
 from trinix.torch.launcher import DTYPES, launch, operand
@@ -127,10 +127,8 @@ def launch_forward_backward(arrays: dict, options: dict):
     o, lse = run_forward(attention_fwd_calls(q, k, v, slopes, **options, key_splits=key_splits), arrays,
                          lambda call, named: launch(call, named, interpret=True))
     arrays = dict(arrays, o=o, lse=lse)
-    preprocess, dkdv, dq_call = attention_bwd_calls(q, k, v, operand(o), do, slopes, **options)
-    (arrays["delta"],) = launch(preprocess, arrays, interpret=True)
-    dk, dv = launch(dkdv, arrays, interpret=True)
-    (dq,) = launch(dq_call, arrays, interpret=True)
+    dq, dk, dv = run_backward(attention_bwd_calls(q, k, v, operand(o), do, slopes, **options), arrays,
+                              lambda call, named: launch(call, named, interpret=True))
     return o, lse, dq, dk, dv
 
 
@@ -287,7 +285,7 @@ def test_backward_refuses_a_gradient_unlike_q():
 # --- Compiled for sm_90 -------------------------------------------------------------------------
 
 COMPILE_DTYPES = {"q": None, "k": None, "v": None, "o": None, "do": None, "lse": "float32", "delta": "float32",
-                  "slopes": "float32", "cu_seqlens_q": "int32", "cu_seqlens_k": "int32"}
+                  "lse_base2": "float32", "slopes": "float32", "cu_seqlens_q": "int32", "cu_seqlens_k": "int32"}
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])

@@ -102,18 +102,18 @@ def run_forward(calls: tuple[KernelCall, ...], arrays: dict, run) -> tuple:
 def backward_calls(options: Options, operands: dict[str, Operand | None], *,
                    builder=attention_bwd_calls) -> tuple[KernelCall, KernelCall, KernelCall]:
     """The backward launches of `operands` (`INPUTS` plus the forward's "o" and the gradient
-    "do"), in order: preprocess (-> delta), dk/dv, dq. Their inputs are `operands`' names and
-    "lse" (the forward's) and "delta" (the preprocess's)."""
+    "do"), in order: preprocess (-> delta, lse_base2), dk/dv, dq. Their inputs are `operands`'
+    names, "lse" (the forward's) and "delta" and "lse_base2" (the preprocess's)."""
     return builder(*(operands[name] for name in ("q", "k", "v", "o", "do", "slopes")),
                    **_builder_options(options, operands))
 
 
 def run_backward(calls: tuple[KernelCall, KernelCall, KernelCall], arrays: dict, run) -> tuple:
     """(dq, dk, dv): `calls` (from `backward_calls`) run in order by `run(call, arrays)`, a
-    binding's launch, on `arrays` (the operands' and "lse"), the preprocess's delta passed on."""
+    binding's launch, on `arrays` (the operands' and "lse"), the preprocess's outputs passed on."""
     preprocess, dkdv, dq = calls
-    (delta,) = run(preprocess, arrays)
-    arrays = dict(arrays, delta=delta)
+    delta, lse_base2 = run(preprocess, arrays)
+    arrays = dict(arrays, delta=delta, lse_base2=lse_base2)
     dk, dv = run(dkdv, arrays)
     return (*run(dq, arrays), dk, dv)
 
