@@ -47,7 +47,7 @@ TILES = {
     16: dict(fwd=(64, 64, 4, 3), dkdv=(64, 64, 4, 2), dq=(64, 64, 4, 2), decode=(16, 64, 4, 3)),
     32: dict(fwd=(64, 64, 4, 3), dkdv=(32, 128, 4, 3), dq=(64, 64, 4, 2), decode=(16, 64, 4, 3)),
     64: dict(fwd=(64, 64, 4, 3), dkdv=(32, 128, 4, 3), dq=(64, 64, 4, 2), decode=(16, 128, 4, 3)),
-    128: dict(fwd=(128, 128, 8, 3), dkdv=(64, 128, 8, 2), dq=(128, 64, 8, 3), decode=(16, 128, 4, 3)),
+    128: dict(fwd=(128, 128, 8, 3), dkdv=(64, 64, 4, 2), dq=(128, 64, 8, 3), decode=(16, 128, 4, 3)),
 }
 DECODE_QUERIES = 16
 # A forward of fewer programs than this splits its keys over more (flash-decoding): two per
