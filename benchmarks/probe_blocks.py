@@ -1,9 +1,10 @@
 """Probe of the compiled Llama-style blocks (benchmarks/trinix_bench/blocks.py): the plain block
 beside trinix's under torch.compile and jax.jit, with "auto" and with the kernel, timed in
-alternating rounds (so that the GPU's drift between rows falls on every provider alike), and
+alternating rounds, reversed every other one (so that the GPU's drift between rows and a row's place
+in a round fall on every provider alike), and
 what each compiled program launches.
 
-    python benchmarks/probe_blocks.py [--configs s8192b1 s2048b8] [--rounds 7] [--out DIR]
+    python benchmarks/probe_blocks.py [--configs s8192b1 s2048b8] [--rounds 8] [--out DIR]
 
 Prints, per config and op, each provider's median over rounds of its per-round median ms, and
 the spread of its ratio to the plain block across rounds. With --out, writes the kernels each
@@ -19,7 +20,7 @@ import sys
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from trinix_bench.blocks import block_harness, make_block  # noqa: E402
+from trinix_bench.blocks import block_harness, gc_paused, make_block, round_order  # noqa: E402
 from trinix_bench.harness import runnable  # noqa: E402
 from trinix_bench.schema import BLOCK_CONFIGS  # noqa: E402
 
@@ -51,7 +52,7 @@ def jax_entry(call) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["s8192b1", "s2048b8"])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--frameworks", nargs="+", default=["torch", "jax"])
     parser.add_argument("--out", type=pathlib.Path)
     args = parser.parse_args()
@@ -76,9 +77,10 @@ def main():
                         path.write_text(describe(call) + "\n")
                 runs = {name: runnable(framework, call) for name, call in calls.items()}
                 times = {name: [] for name in runs}
-                for _ in range(args.rounds):
-                    for name, run in runs.items():
-                        times[name].append(harness.median_ms(framework, run))
+                for round_ in range(args.rounds):
+                    for name in round_order(list(runs), round_):
+                        with gc_paused():
+                            times[name].append(harness.median_ms(framework, runs[name]))
                 plain = times[PLAIN[framework]]
                 for name, ms in times.items():
                     ratios = [t / p for t, p in zip(ms, plain)]

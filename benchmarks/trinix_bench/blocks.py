@@ -4,6 +4,8 @@ the weights), then timed forward and forward + backward with its peak memory. to
 jax_blocks build the blocks; this module runs them.
 """
 
+import contextlib
+import gc
 import statistics
 import sys
 
@@ -17,8 +19,9 @@ from .schema import BLOCK_DTYPE, BLOCK_OPS, BLOCKS, Config, row
 
 ROPE_BASE = 500000.0  # Llama 3's
 # A block's timed calls: blocks take milliseconds, and the whole block section should take a few
-# minutes of a GPU, compilation included. Each round times a row within ROW_BUDGET_S.
-WARMUP, ITERS, ROW_BUDGET_S, ROUNDS = 3, 30, 0.2, 3
+# minutes of a GPU, compilation included. Each round times a row within ROW_BUDGET_S; an even
+# number of rounds, so that round_order puts every provider as often early in a round as late.
+WARMUP, ITERS, ROW_BUDGET_S, ROUNDS = 3, 30, 0.2, 4
 # Largest relative error (norm of the difference / norm of the float32 reference) of a block's
 # output or a gradient: 16-bit blocks round at about 1%; a wrong rotation, slope or mask is tens of
 # percent.
@@ -41,6 +44,24 @@ def framework_providers(method: str, framework: str) -> list[str]:
     return [name for name, (owner, _) in BLOCKS[method]["providers"].items() if owner == framework]
 
 
+def round_order(names: list, round_: int) -> list:
+    """The order to time `names` in, in round `round_` (from 0): reversed every other round, since a
+    row timed later in a round can read a few percent slower than the same row timed earlier."""
+    return list(names) if round_ % 2 == 0 else list(reversed(names))
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Python's garbage collector off (after one collection), as timeit times: a collection during
+    a row, of the objects autograd leaves behind, would land on whichever provider runs then."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def make_block(method: str, config: Config, framework: str, dtype: str, backend: str, device: torch.device):
     if framework == "torch":
         from .torch_blocks import TorchBlock
@@ -57,9 +78,9 @@ def block_rows(harness: Harness, method: str, config: Config, framework: str, *,
     """Rows of `framework`'s providers of one block configuration, each op checked, then timed.
     providers: those to run (default all; the others get a row saying so); note: why none runs.
 
-    The providers of an op are timed in ROUNDS alternating rounds, each row's time the median of
-    its rounds, so that the GPU's drift over the seconds between rows falls on every provider
-    alike."""
+    The providers of an op are timed in ROUNDS rounds, in round_order, each row's time the median
+    of its rounds, so that the GPU's drift over the seconds between rows, and a row's place in a
+    round, fall on every provider alike."""
     names = framework_providers(method, framework)
     block = reference = None
     if note is None:
@@ -85,11 +106,12 @@ def block_rows(harness: Harness, method: str, config: Config, framework: str, *,
                 timed[name] = checked
         times = {name: [] for name in timed}
         for round_ in range(ROUNDS):
-            for name, (run, _, _) in list(timed.items()):
+            for name in round_order(list(timed), round_):
                 if progress:
                     progress.start(f"{method} {config.name} {op} {name} (round {round_ + 1} of {ROUNDS})")
                 try:
-                    times[name].append(harness.median_ms(block.framework, run))
+                    with gc_paused():
+                        times[name].append(harness.median_ms(block.framework, timed[name][0]))
                     continue
                 except Exception as failure:  # a provider that fails or does not fit is a row with why
                     results[name, op] = (None, None, failure_note(failure))
