@@ -1,8 +1,7 @@
 """Probe of the compiled Llama-style blocks (benchmarks/trinix_bench/blocks.py): the plain block
 beside trinix's under torch.compile and jax.jit, with "auto" and with the kernel, timed in
-alternating rounds, reversed every other one (so that the GPU's drift between rows and a row's place
-in a round fall on every provider alike), and
-what each compiled program launches.
+alternating rounds, every other one reversed (so that the GPU's drift between rows and a row's
+place in a round fall on every provider alike), and what each compiled program launches.
 
     python benchmarks/probe_blocks.py [--configs s8192b1 s2048b8] [--rounds 8] [--out DIR]
 
