@@ -3,7 +3,7 @@
 # benchmark. Logs go to $OUT (default /tmp/trinix-out). Wheels in the checkout's .whl/ folder
 # (git ignores it) are installed first: jax-triton and liger-kernel for a machine without network.
 #   bash benchmarks/device_run.sh [tests] [properties] [memcheck] [racecheck] [probe] [probe-alibi]
-#     [probe-sharding] [probe-blocks] [ncu-attention] [bench]
+#     [probe-sharding] [probe-blocks] [probe-attention] [sweep-attention] [ncu-attention] [bench]
 # tests: the suite (or the TESTS paths), compiled kernels included, over PYTEST_WORKERS processes
 #   (8); a test running past 150 s fails with its stack (pytest-timeout, installed there). ~3 min.
 # properties: the property tests in their "gpu" profile (compiled kernels, larger shapes), each
@@ -27,6 +27,10 @@
 #   sharded beside not).
 # probe-blocks: benchmarks/probe_blocks.py $PROBE_BLOCKS_ARGS (compiled Llama blocks in alternating
 #   rounds; what each program launches goes to $OUT/blocks-programs.tgz), stopped after PROBE_LIMIT.
+# probe-attention: benchmarks/probe_attention.py $PROBE_ATTENTION_ARGS (default "--configs medium large
+#   decode"): checks, then trinix's attention kernels timed beside Flex and SDPA.
+# sweep-attention: benchmarks/sweep_attention_tiles.py $SWEEP_ARGS (e.g. "--head-dims 128 --stages dkdv"):
+#   each kernel's tile candidates, the fastest printed as rows for kernels/attention.py's TILES.
 # ncu-attention: ncu of trinix's attention kernels and of FlexAttention's at large (one forward +
 #   backward each, benchmarks/probe_attention.py --once large), the full report in $OUT/ncu.log.
 # bench: the benchmark, written to $OUT/bench in the committed layout (EMBEDDINGS.md, plots,
@@ -98,6 +102,14 @@ for step in ${steps[*]}; do
         | grep -v Warning | tee "$OUT/probe_blocks.log" | tail -n 30
       status=$((status | ${PIPESTATUS[0]}))
       tar czf "$OUT/blocks-programs.tgz" -C "$OUT/programs" . && rm -rf "$OUT/programs" ;;
+    probe-attention)
+      timeout "${PROBE_LIMIT:-300}" python3 benchmarks/probe_attention.py ${PROBE_ATTENTION_ARGS:-} 2>&1 \
+        | grep -v Warning | tee "$OUT/probe_attention.log" | tail -n 40
+      status=$((status | ${PIPESTATUS[0]})) ;;
+    sweep-attention)
+      timeout "${PROBE_LIMIT:-300}" python3 benchmarks/sweep_attention_tiles.py ${SWEEP_ARGS:-} 2>&1 \
+        | tee "$OUT/sweep_attention.log" | grep -v "^    " | tail -n 60
+      status=$((status | ${PIPESTATUS[0]})) ;;
     ncu-attention)
       sections=(--section SpeedOfLight --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis
                 --section MemoryWorkloadAnalysis --section WarpStateStats --section InstructionStats)
