@@ -12,9 +12,10 @@ no visible key gets O = 0 and LSE = -inf, and zero gradients.
 
 The forward keeps an online softmax over key tiles in float32 registers, in base 2 (log2(e)
 folded into the scale and the slope): no score matrix is ever stored. The backward recomputes
-each tile's probabilities from the LSE: a preprocess kernel forms delta_i = sum_d dO_id O_id
-and the LSE in base 2, one kernel accumulates dk and dv for a key tile over all query tiles (and all query heads of a
-KV head), another dq for a query tile over all key tiles. No atomics: results are deterministic.
+each tile's probabilities from the LSE: a preprocess kernel forms delta_i = sum_d dO_id O_id and
+the LSE in base 2, one kernel accumulates dk and dv for a key tile over all query tiles (and all
+query heads of a KV head), another dq for a query tile over all key tiles. No atomics: results
+are deterministic.
 
 Layouts: "bshd", "bhsd" (any strides, head_dim contiguous or not) and "thd" (packed tokens
 with int32 cu_seqlens). k and v may have fewer heads than q (GQA, MQA).
