@@ -4,8 +4,10 @@ Each function takes `xp`, the binding's array namespace (trinix.torch.launcher.T
 trinix.jax.launcher.JaxOps): NumPy's names where torch and jax.numpy share them (where,
 floor, cos, sin, abs, clip, maximum, stack, concatenate, broadcast_to, searchsorted, einsum,
 swapaxes), and arange(start, stop, like), cast(x, dtype), expand_dims(x, axis), repeat(x, n,
-axis), softmax(x, axis), the dtypes float32 and float64, and angle_dtype() (float64 in torch;
-jax's float64 only with x64).
+axis), halves(x) (the two halves of the last axis), softmax(x, axis), the dtypes float32 and
+float64, angle_dtype() (float64 in torch; jax's float64 only with x64), and float32_math: whether
+a compiler computes 16-bit elementwise math in float32 and rounds once where it stores (Inductor),
+so that casts up and back would only add nodes to its graph.
 """
 
 import math
@@ -21,11 +23,11 @@ def compute_dtype(xp, dtype):
 # (tokens, rotary_dim) for "thd".
 
 
-def pairs(x, half: int, interleaved: bool):
-    """The two members of each rotated pair, from the first 2 * half columns of x."""
+def pairs(xp, x, interleaved: bool):
+    """The two members of each rotated pair of x's columns (all of them rotate)."""
     if interleaved:
-        return x[..., 0:2 * half:2], x[..., 1:2 * half:2]
-    return x[..., :half], x[..., half:2 * half]
+        return x[..., 0::2], x[..., 1::2]
+    return xp.halves(x)
 
 
 def rotate(xp, q, k, cos, sin, layout: str, interleaved: bool):
@@ -36,20 +38,22 @@ def rotate(xp, q, k, cos, sin, layout: str, interleaved: bool):
     torch and Inductor give an elementwise result its first operand's strides. A concatenation
     of the two rotated halves would be contiguous instead, and attention on a transposed view
     (q of transformers' (batch, heads, seq, head_dim) views) would copy it once more."""
-    compute = compute_dtype(xp, q.dtype)
+    compute = None if xp.float32_math else compute_dtype(xp, q.dtype)
     head_axis = -3 if layout == "bhsd" else -2  # where cos/sin broadcast over heads
-    half = cos.shape[-1] // 2
-    cos, sin = (xp.expand_dims(xp.cast(table, compute), head_axis) for table in (cos, sin))
+    width = cos.shape[-1]
+    cos, sin = (xp.expand_dims(table if compute is None else xp.cast(table, compute), head_axis) for table in (cos, sin))
 
     def rotate_one(x):
-        columns = xp.cast(x[..., :2 * half] if 2 * half < x.shape[-1] else x, compute)
-        x1, x2 = pairs(columns, half, interleaved)
+        columns = x[..., :width] if width < x.shape[-1] else x
+        columns = columns if compute is None else xp.cast(columns, compute)
+        x1, x2 = pairs(xp, columns, interleaved)
         if interleaved:
-            partner = xp.stack((-x2, x1), axis=-1).reshape(*x1.shape[:-1], 2 * half)
+            partner = xp.stack((-x2, x1), axis=-1).reshape(*x1.shape[:-1], width)
         else:
             partner = xp.concatenate((-x2, x1), axis=-1)
-        rotated = xp.cast(columns * cos + partner * sin, x.dtype)
-        return rotated if 2 * half == x.shape[-1] else xp.concatenate((rotated, x[..., 2 * half:]), axis=-1)
+        rotated = columns * cos + partner * sin
+        rotated = rotated if rotated.dtype == x.dtype else xp.cast(rotated, x.dtype)
+        return rotated if width == x.shape[-1] else xp.concatenate((rotated, x[..., width:]), axis=-1)
 
     return rotate_one(q), rotate_one(k)
 

@@ -101,6 +101,11 @@ class JaxOps:
     # float32 products in full precision: on a GPU XLA's default multiplies in TF32.
     einsum = staticmethod(functools.partial(jnp.einsum, precision=jax.lax.Precision.HIGHEST))
     float32, float64 = jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)
+    float32_math = False
+
+    @staticmethod
+    def halves(x: jax.Array) -> list[jax.Array]:
+        return jnp.split(x, 2, axis=-1)
 
     @staticmethod
     def angle_dtype():

@@ -85,6 +85,7 @@ class TorchOps:
     broadcast_to, searchsorted, softmax = torch.broadcast_to, torch.searchsorted, torch.softmax
     einsum, swapaxes, exp, logsumexp = torch.einsum, torch.swapaxes, torch.exp, torch.logsumexp
     float32, float64 = torch.float32, torch.float64
+    float32_math = False
 
     @staticmethod
     def angle_dtype() -> torch.dtype:
@@ -105,6 +106,16 @@ class TorchOps:
     @staticmethod
     def repeat(x: torch.Tensor, repeats: int, axis: int) -> torch.Tensor:
         return x.repeat_interleave(repeats, dim=axis)
+
+    @staticmethod
+    def halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.chunk(2, dim=-1)
+
+
+class InductorOps(TorchOps):
+    """TorchOps while torch.compile traces: Inductor computes 16-bit math in float32."""
+
+    float32_math = True
 
 
 # Triton's interpreter keeps global state while it runs (the program id, a patched

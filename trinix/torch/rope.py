@@ -18,7 +18,7 @@ from trinix.kernels.rope import rope_table_call
 from trinix.rope import Rotation, RopeSpec
 from trinix.rope_scaling import RopeConfig
 from trinix.torch import sharding
-from trinix.torch.launcher import (DTYPES, TorchOps, cached, dtype_name, launch, operand, read, resolve_backend,
+from trinix.torch.launcher import (DTYPES, InductorOps, TorchOps, cached, dtype_name, launch, operand, read, resolve_backend,
                                      through_ops)
 
 
@@ -152,7 +152,8 @@ def _run_rotation(tensors, rotation: Rotation, backend: str, use_triton: bool, i
     q, k, cos, sin, frequencies, position_ids, offsets, cu_seqlens = tensors
     backend = resolve_backend(backend, use_triton, q.device, "rope")
     if backend == "torch":
-        q_rot, k_rot = fallback.rope_rotate(TorchOps, q, k, cos=cos, sin=sin, frequencies=frequencies,
+        ops = InductorOps if torch.compiler.is_compiling() else TorchOps
+        q_rot, k_rot = fallback.rope_rotate(ops, q, k, cos=cos, sin=sin, frequencies=frequencies,
                                             position_ids=position_ids, offsets=offsets, cu_seqlens=cu_seqlens,
                                             offset=rotation.offset, layout=rotation.layout,
                                             interleaved=rotation.interleaved)
