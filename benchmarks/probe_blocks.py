@@ -1,9 +1,9 @@
 """Probe of the compiled Llama-style blocks (benchmarks/trinix_bench/blocks.py): the plain block
-beside trinix's under torch.compile and jax.jit, with "auto" and with the kernel, timed in
-alternating rounds, every other one reversed (so that the GPU's drift between rows and a row's
-place in a round fall on every provider alike), and what each compiled program launches.
+beside trinix's under torch.compile and jax.jit, with "auto" and with the kernel, timed as the
+report times them (blocks.timed_in_turns) in several rounds, and what each compiled program
+launches.
 
-    python benchmarks/probe_blocks.py [--configs s8192b1 s2048b8] [--rounds 8] [--out DIR]
+    python benchmarks/probe_blocks.py [--configs s8192b1 s2048b8] [--rounds 8] [--turns 10] [--out DIR]
 
 Prints, per config and op, each provider's median over rounds of its per-round median ms, and
 the spread of its ratio to the plain block across rounds. With --out, writes the kernels each
@@ -19,7 +19,7 @@ import sys
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from trinix_bench.blocks import block_harness, gc_paused, make_block, round_order  # noqa: E402
+from trinix_bench.blocks import block_harness, make_block, timed_in_turns  # noqa: E402
 from trinix_bench.harness import runnable  # noqa: E402
 from trinix_bench.schema import BLOCK_CONFIGS  # noqa: E402
 
@@ -52,13 +52,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["s8192b1", "s2048b8"])
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--turns", type=int, default=10, help="turns of each round")
     parser.add_argument("--frameworks", nargs="+", default=["torch", "jax"])
     parser.add_argument("--out", type=pathlib.Path)
     args = parser.parse_args()
     device = torch.device("cuda")
-    harness = block_harness(device, warmup=3, iters=30)
-    harness.row_budget_s = 0.2
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, {args.rounds} rounds")
+    harness = block_harness(device, warmup=3, iters=args.turns)
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, {args.rounds} rounds of "
+          f"{harness.iters} turns")
     print("| framework | config | op | provider | median ms | ratio to plain: median (min..max) |")
     print("|---|---|---|---|---|---|")
     for config in (c for c in BLOCK_CONFIGS["llama_block"] if c.name in args.configs):
@@ -76,10 +77,12 @@ def main():
                         path.write_text(describe(call) + "\n")
                 runs = {name: runnable(framework, call) for name, call in calls.items()}
                 times = {name: [] for name in runs}
-                for round_ in range(args.rounds):
-                    for name in round_order(list(runs), round_):
-                        with gc_paused():
-                            times[name].append(harness.median_ms(framework, runs[name]))
+                for _ in range(args.rounds):
+                    samples, failures = timed_in_turns(harness, framework, runs)
+                    if failures:
+                        raise RuntimeError(f"{framework} {config.name} {op}: {failures}")
+                    for name, ms in samples.items():
+                        times[name].append(statistics.median(ms))
                 plain = times[PLAIN[framework]]
                 for name, ms in times.items():
                     ratios = [t / p for t, p in zip(ms, plain)]

@@ -268,6 +268,30 @@ def test_block_variants_agree_then_are_timed(method, framework, providers, backe
             assert row["ms"] is None and row["note"] == "not selected"
 
 
+def test_block_providers_are_timed_in_alternating_turns():
+    """After its warm-up, each provider is timed once a turn (off a GPU), the order reversed every
+    other turn; one that raises is a failure note and is not called again."""
+    order = []
+
+    def run_of(name, fail_at=None):
+        def start():
+            order.append(name)
+            if len(order) == fail_at:
+                raise torch.OutOfMemoryError("CUDA out of memory")
+        return Run(start, lambda out: out)
+
+    timing = blocks.block_harness(torch.device("cpu"), warmup=1, iters=4)
+    times, failures = blocks.timed_in_turns(timing, "torch", {"a": run_of("a"), "b": run_of("b")})
+    # warm-up and the one-call estimate, then the turns: a b, b a, a b, b a
+    assert order == ["a", "a", "b", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
+    assert failures == {} and [len(t) for t in times.values()] == [4, 4]
+    order.clear()
+    times, failures = blocks.timed_in_turns(timing, "torch", {"a": run_of("a"), "b": run_of("b", fail_at=7)})
+    assert order == ["a", "a", "b", "b", "a", "b", "b", "a", "a", "a"]
+    assert list(times) == ["a"] and len(times["a"]) == 4
+    assert failures == {"b": "does not fit: out of memory (OutOfMemoryError: CUDA out of memory)"}
+
+
 def test_compiled_blocks_trace_whole_with_auto(monkeypatch):
     """torch.compile, fullgraph, of both Llama blocks, trinix's with backend="auto" (Dynamo alone
     here: Inductor's compilation is the GPU run's); FlexAttention's forward (its backward needs a

@@ -13,15 +13,16 @@ import torch
 
 from trinix import backend as backend_rule
 
-from .harness import Harness, failure_note, release_memory, runnable
+from .harness import Harness, Run, failure_note, release_memory, runnable
 from .progress import Progress
 from .schema import BLOCK_DTYPE, BLOCK_OPS, BLOCKS, Config, row
 
 ROPE_BASE = 500000.0  # Llama 3's
 # A block's timed calls: blocks take milliseconds, and the whole block section should take a few
-# minutes of a GPU, compilation included. Each round times a row within ROW_BUDGET_S; an even
-# number of rounds, so that round_order puts every provider as often early in a round as late.
-WARMUP, ITERS, ROW_BUDGET_S, ROUNDS = 3, 30, 0.2, 4
+# minutes of a GPU, compilation included. After WARMUP calls each, an op's providers take TURNS
+# turns, each timing about TURN_MS of one provider's calls; an even number of turns, so that
+# round_order puts every provider as often early in a turn as late.
+WARMUP, TURNS, TURN_MS = 3, 30, 10.0
 # Largest relative error (norm of the difference / norm of the float32 reference) of a block's
 # output or a gradient: 16-bit blocks round at about 1%; a wrong rotation, slope or mask is tens of
 # percent.
@@ -36,8 +37,8 @@ def kv_heads(config: Config) -> int:
 
 
 def block_harness(device: torch.device, warmup: int, iters: int) -> Harness:
-    """The harness of the block rows: at most WARMUP warm-up and ITERS timed calls a row."""
-    return Harness(device, min(warmup, WARMUP), min(iters, ITERS), ROW_BUDGET_S)
+    """The harness of the block rows: at most WARMUP warm-up calls and TURNS turns (its iters)."""
+    return Harness(device, min(warmup, WARMUP), min(iters, TURNS))
 
 
 def framework_providers(method: str, framework: str) -> list[str]:
@@ -45,8 +46,8 @@ def framework_providers(method: str, framework: str) -> list[str]:
 
 
 def round_order(names: list, round_: int) -> list:
-    """The order to time `names` in, in round `round_` (from 0): reversed every other round, since a
-    row timed later in a round can read a few percent slower than the same row timed earlier."""
+    """The order to time `names` in, in round (or turn) `round_` (from 0): reversed every other one,
+    since a row timed later in a round can read a few percent slower than the same row earlier."""
     return list(names) if round_ % 2 == 0 else list(reversed(names))
 
 
@@ -62,6 +63,36 @@ def gc_paused():
         gc.enable()
 
 
+def timed_in_turns(harness: Harness, framework: str, runs: dict[str, Run]) -> tuple[dict, dict]:
+    """({name: per-call ms}, {name: why}) of `runs`, timed in turns that alternate them: after
+    harness.warmup calls of each, harness.iters turns, in each of which every run, in round_order,
+    times about TURN_MS of its calls (one a turn off a GPU). The GPU's drift over the second or so
+    this takes (its clocks, its temperature) then falls on every run alike, as it would not on rows
+    timed one after another. A run that raises is timed no more: `why` holds its failure note.
+    Python's garbage collector is paused throughout."""
+    times, failures, calls = {}, {}, {}
+    with gc_paused():
+        for name, run in runs.items():
+            try:
+                for _ in range(harness.warmup):
+                    run.wait(run.start())
+                estimate = statistics.median(harness.call_ms(framework, run, 1))
+                calls[name] = max(1, round(TURN_MS / max(estimate, 1e-6))) if harness.cuda else 1
+                times[name] = []
+            except Exception as failure:  # a provider that fails or does not fit is a row with why
+                failures[name] = failure_note(failure)
+        for turn in range(harness.iters):
+            for name in round_order(list(times), turn):
+                try:
+                    times[name] += harness.call_ms(framework, runs[name], calls[name])
+                except Exception as failure:
+                    failures[name] = failure_note(failure)
+                    del times[name]
+    if failures:
+        release_memory()  # after the except clauses, whose tracebacks held the failed calls' arrays
+    return times, failures
+
+
 def make_block(method: str, config: Config, framework: str, dtype: str, backend: str, device: torch.device):
     if framework == "torch":
         from .torch_blocks import TorchBlock
@@ -75,12 +106,9 @@ def make_block(method: str, config: Config, framework: str, dtype: str, backend:
 def block_rows(harness: Harness, method: str, config: Config, framework: str, *, dtype: str = BLOCK_DTYPE,
                backend: str = "auto", providers: list[str] | None = None, progress: Progress | None = None,
                note: str | None = None) -> list[dict]:
-    """Rows of `framework`'s providers of one block configuration, each op checked, then timed.
-    providers: those to run (default all; the others get a row saying so); note: why none runs.
-
-    The providers of an op are timed in ROUNDS rounds, in round_order, each row's time the median
-    of its rounds, so that the GPU's drift over the seconds between rows, and a row's place in a
-    round, fall on every provider alike."""
+    """Rows of `framework`'s providers of one block configuration, each op checked, then its
+    providers timed in turns (timed_in_turns), each row's time the median of its calls.
+    providers: those to run (default all; the others get a row saying so); note: why none runs."""
     names = framework_providers(method, framework)
     block = reference = None
     if note is None:
@@ -92,39 +120,33 @@ def block_rows(harness: Harness, method: str, config: Config, framework: str, *,
             note = "not run: its float32 reference " + failure_note(error)
     results = {}  # (provider, op) -> (ms, peak MB, note)
     for op in BLOCK_OPS:
-        timed = {}
+        checked = {}
         for name in names:
             if note or (providers is not None and name not in providers):
                 results[name, op] = (None, None, note or "not selected")
                 continue
             if progress:
                 progress.start(f"{method} {config.name} {op} {name} (check)")
-            checked = _checked_run(block, reference, name, op, on_gpu=harness.cuda)
-            if isinstance(checked, str):
-                results[name, op] = (None, None, checked)
+            outcome = _checked_run(block, reference, name, op, on_gpu=harness.cuda)
+            if isinstance(outcome, str):
+                results[name, op] = (None, None, outcome)
             else:
-                timed[name] = checked
-        times = {name: [] for name in timed}
-        for round_ in range(ROUNDS):
-            for name in round_order(list(timed), round_):
-                if progress:
-                    progress.start(f"{method} {config.name} {op} {name} (round {round_ + 1} of {ROUNDS})")
-                try:
-                    with gc_paused():
-                        times[name].append(harness.median_ms(block.framework, timed[name][0]))
-                    continue
-                except Exception as failure:  # a provider that fails or does not fit is a row with why
-                    results[name, op] = (None, None, failure_note(failure))
-                del timed[name]
-                release_memory()  # after the except clause, whose traceback held the failed call's arrays
-        for name, (run, call, row_note) in timed.items():
+                checked[name] = outcome
+        if progress:
+            progress.start(f"{method} {config.name} {op} ({len(checked)} providers in {harness.iters} turns)")
+        times, failures = timed_in_turns(harness, framework,
+                                         {name: run for name, (run, _, _) in checked.items()})
+        for name, why in failures.items():
+            results[name, op] = (None, None, why)
+        for name in times:
+            run, call, row_note = checked[name]
             try:
                 peak = harness.peak_mb(block.framework, call, run)
             except Exception as failure:
                 results[name, op] = (None, None, failure_note(failure))
             else:
                 results[name, op] = (statistics.median(times[name]), peak, row_note)
-        del timed
+        del checked
         release_memory()
         if progress:
             for _ in names:

@@ -122,6 +122,16 @@ class Harness:
         estimate = statistics.median(timed(run, estimates))
         return statistics.median(timed(run, self._iters(estimate)))
 
+    def call_ms(self, framework: str, run: Run, calls: int) -> list[float]:
+        """Times of `calls` calls, with no warm-up: on a GPU a time per torch call (CUDA events,
+        L2 flushed before each) or one per JAX burst of `calls` calls (its wall time / calls);
+        on a CPU a time per call by the wall clock."""
+        if not self.cuda:
+            return self._wall_ms(run, calls)
+        if framework == "torch":
+            return self._torch_gpu_ms(run, calls)
+        return self._burst_ms(run, calls, calls)
+
     def _iters(self, estimate_ms: float) -> int:
         """Timed calls of a row: `iters`, fewer where they would take over `row_budget_s` (but at
         least MIN_ITERS, or CAPPED_MIN_ITERS under a cap)."""
