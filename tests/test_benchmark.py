@@ -17,7 +17,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from trinix_bench import analysis, attention, blocks, cli, jax_blocks, jax_providers, plots, providers  # noqa: E402
+from trinix_bench import analysis, attention, attention_section, blocks, cli, jax_blocks, jax_providers, plots, providers  # noqa: E402
 from trinix_bench import harness as harness_module, report, roofline, run, schema, torch_blocks  # noqa: E402
 from trinix_bench import torch_providers, variants  # noqa: E402
 from trinix_bench.harness import BURST_MS, MIN_BURSTS, Harness, Run  # noqa: E402
@@ -35,8 +35,8 @@ def test_defaults_are_the_original_reports():
     assert (args.warmup, args.iters, args.dtype) == (10, 100, "float16")
     assert args.methods == ["rope", "alibi", "alibi_attention", "llama_block", "bloom_block"]
     assert args.frameworks == ["torch", "jax"]
-    assert args.providers == [*schema.PROVIDERS, "flex", "sdpa_no_bias", "sdpa_bias", "jax_cudnn_bias",
-                              "jax_xla_bias"]
+    assert args.providers == [*schema.PROVIDERS, "flex", "sdpa_no_bias", "triton_no_alibi", "sdpa_bias",
+                              "jax_cudnn_bias", "jax_xla_bias"]
     configs = cli.selected_configs(args)
     assert [(c.name, c.heads, c.head_dim, c.seq_len, c.batch) for c in configs["rope"]] == [
         ("small", 32, 64, 512, 4), ("medium", 64, 128, 2048, 2), ("large", 64, 128, 8192, 1),
@@ -537,12 +537,12 @@ def test_a_cpu_run_has_no_kernel_ratios():
 
 
 def _section_tables(text: str, method: str) -> list[list[list[str]]]:
-    """Per configuration of `method`, the cells of its tables' lines."""
+    """Per configuration of `method`, the cells of its tables' lines (not those of its targets)."""
     section = text[text.index(f"## {schema.METHODS[method]['title']}"):]
     section = section[:section.index("\n## ")]
     return [[[cell.strip() for cell in line.strip("|").split("|")]
              for line in chunk.splitlines() if line.startswith("|")]
-            for chunk in section.split("\n### ")[1:]]
+            for chunk in section.split("\n### ")[1:] if not chunk.startswith("Targets")]
 
 
 @pytest.mark.parametrize("on_gpu", [True, False])
@@ -914,14 +914,44 @@ def test_the_attention_section_is_written_from_its_rows():
             assert [label(ATTENTION, op), *cells] in lines, (name, op)
             flex_over_trinix = analysis.fmt_x(ms["flex"] / ms["triton"])
             trinix_over_sdpa = analysis.fmt_x(ms["triton"] / ms["sdpa_no_bias"])
+            alibi_cost = analysis.fmt_x(ms["triton"] / ms["triton_no_alibi"])
             jax_over_torch = analysis.fmt_x(ms["jax_triton"] / (0.8 * ms["triton"]))
             cudnn = "—" if ms["jax_cudnn_bias"] is None else analysis.fmt_x(ms["jax_cudnn_bias"] / ms["jax_triton"])
-            assert [label(ATTENTION, op), flex_over_trinix, trinix_over_sdpa, jax_over_torch, cudnn] in lines
+            assert [label(ATTENTION, op), flex_over_trinix, trinix_over_sdpa, alibi_cost, jax_over_torch, cudnn] in lines
             peaks = [analysis.fmt_amount(rows.get(ATTENTION, name, op, p, "peak_mb")) for p in ms]
             assert [label(ATTENTION, op), *peaks] in lines
     for row in results["rows"]:
         if row["ms"] is None:
             assert row["note"] in text, row
+
+
+def test_the_attention_targets_are_judged_from_the_rows():
+    """Each target's ratio in the run, met or not; a missed speed target says the time it needs and
+    trinix's without ALiBi, against SDPA, no bias."""
+    results = fake_results()
+    results["rows"] += _fake_attention_rows()
+    by_key = {(r["config"], r["op"], r["provider"]): r for r in results["rows"] if r["method"] == ATTENTION}
+    sdpa = by_key["large", "fwd", "sdpa_no_bias"]["ms"]
+    by_key["large", "fwd", "triton"]["ms"] = 1.2 * sdpa  # over the 1.10x target
+    no_alibi = by_key["large", "fwd", "triton_no_alibi"]["ms"] = 1.15 * sdpa
+    by_key["xl", "fwd_bwd_causal", "triton"]["peak_mb"] = 1e6  # 1 TB: over the memory target
+    text = report.render_markdown(results, schema.CONFIGS, RUN_INFO, None, "results/latest.json")
+    lines = [[cell.strip() for cell in line.strip("|").split("|")]
+             for line in text.split("### Targets")[1].split("\n### ")[0].splitlines() if line.startswith("| ")]
+    judged = {line[0]: line[1:] for line in lines[1:]}
+    fx = analysis.fmt_x
+    assert judged["large forward: trinix (torch)'s time ≤ 1.10× SDPA, no bias"] == [
+        "1.20×", "**missed**", f"{analysis.fmt_ms(1.1 * sdpa)} ms (1.10× SDPA, no bias)", "1.15× SDPA, no bias"]
+    causal = {p: by_key["large", "fwd_causal", p]["ms"] for p in ("triton", "sdpa_no_bias")}
+    assert judged["large causal forward: trinix (torch)'s time ≤ 1.10× SDPA, no bias"] == [
+        fx(causal["triton"] / causal["sdpa_no_bias"]), "met", "", ""]
+    medium = {p: by_key["medium", "fwd_bwd", p]["ms"] for p in ("triton", "flex")}
+    assert judged["medium forward + backward: FlexAttention's time ≥ 1.30× trinix (torch)'s"][:2] == [
+        fx(medium["flex"] / medium["triton"]), "met"]
+    assert judged["large forward: JAX cuDNN + bias's time ≥ 2.50× trinix (JAX)'s"] == ["—", "not measured", "", ""]
+    assert judged["xl causal forward + backward: peak memory ≤ 1.20× the bytes of q, k, v, o, do, dq, dk, dv and "
+                  "the log-sum-exp"][1] == "**missed**"
+    assert no_alibi and len(judged) == len(attention_section.TARGETS)
 
 
 def test_no_attention_section_without_its_rows():

@@ -276,6 +276,19 @@ class TrinixAttention(TorchAttention):
         return attend, (self.x.slopes,)
 
 
+class TrinixNoAlibi(TrinixAttention):
+    """trinix.torch.attention without ALiBi: what the ALiBi term costs trinix's own kernels."""
+
+    name = "triton_no_alibi"
+    note = "trinix's kernels without ALiBi (what the ALiBi term costs them); causal: the mask alone"
+
+    def attend(self, causal):
+        def attend(q, k, v):
+            return self.attention(q, k, v, causal=causal, backend=self.backend)
+
+        return attend, ()
+
+
 class Flex(TorchAttention):
     """FlexAttention, compiled (static shapes), ALiBi as its score_mod, a causal block mask."""
 
@@ -417,8 +430,8 @@ class JaxXlaBias(JaxBias):
     note = "a (1, heads, seq_q, seq_k) bias built before the call; causal: is_causal (a mask)"
 
 
-PROVIDER_CLASSES = {cls.name: cls for cls in (TrinixAttention, Flex, SdpaNoBias, SdpaBias, TrinixJaxAttention,
-                                               JaxCudnnBias, JaxXlaBias)}
+PROVIDER_CLASSES = {cls.name: cls for cls in (TrinixAttention, Flex, SdpaNoBias, TrinixNoAlibi, SdpaBias,
+                                               TrinixJaxAttention, JaxCudnnBias, JaxXlaBias)}
 TRINIX = {"torch": TrinixAttention, "jax": TrinixJaxAttention}
 REFERENCE = {"torch": SdpaBias, "jax": JaxXlaBias}  # run in float32 by check_trinix
 assert set(PROVIDER_CLASSES) == set(ATTENTION_PROVIDERS)

@@ -91,9 +91,10 @@ FRAMEWORK_PROVIDERS = {"torch": ("pytorch", "triton", "torch_compile", "liger"),
 KERNEL_PROVIDERS = ("triton", "liger", "jax_triton")  # Triton kernels: a CUDA GPU only
 ATTENTION = "alibi_attention"
 ATTENTION_PROVIDERS = {"triton": "trinix (torch)", "jax_triton": "trinix (JAX)", "flex": "FlexAttention",
-                       "sdpa_no_bias": "SDPA, no bias", "sdpa_bias": "SDPA + bias",
-                       "jax_cudnn_bias": "JAX cuDNN + bias", "jax_xla_bias": "JAX XLA + bias"}
-ATTENTION_FRAMEWORK_PROVIDERS = {"torch": ("triton", "flex", "sdpa_no_bias", "sdpa_bias"),
+                       "sdpa_no_bias": "SDPA, no bias", "triton_no_alibi": "trinix, no ALiBi",
+                       "sdpa_bias": "SDPA + bias", "jax_cudnn_bias": "JAX cuDNN + bias",
+                       "jax_xla_bias": "JAX XLA + bias"}
+ATTENTION_FRAMEWORK_PROVIDERS = {"torch": ("triton", "flex", "sdpa_no_bias", "triton_no_alibi", "sdpa_bias"),
                                  "jax": ("jax_triton", "jax_cudnn_bias", "jax_xla_bias")}
 METHOD_PROVIDERS = {ATTENTION: ATTENTION_PROVIDERS}  # methods whose providers are not PROVIDERS
 
