@@ -7,8 +7,8 @@ launches.
 
 Prints, per config and op, each provider's median over rounds of its per-round median ms, and
 the spread of its ratio to the plain block across rounds. With --out, writes the kernels each
-torch forward launches (torch.profiler) and the ENTRY computation of each JAX forward's
-optimized HLO, to compare what the compilers made of each rotation.
+torch op (forward, forward + backward) launches (torch.profiler) and the ENTRY computation of
+each JAX op's optimized HLO, to compare what the compilers made of each rotation.
 """
 
 import argparse
@@ -70,10 +70,10 @@ def main():
                         TRINIX[framework] + " triton": blocks["triton"]}
             for op in ("fwd", "fwd_bwd"):
                 calls = {name: block.call(name.split()[0], op) for name, block in variants.items()}
-                if args.out and op == "fwd":
+                if args.out:
                     describe = torch_kernels if framework == "torch" else jax_entry
                     for name, call in calls.items():
-                        path = args.out / f"{framework}-{config.name}-{name.replace(' ', '-')}.txt"
+                        path = args.out / f"{framework}-{config.name}-{op}-{name.replace(' ', '-')}.txt"
                         path.write_text(describe(call) + "\n")
                 runs = {name: runnable(framework, call) for name, call in calls.items()}
                 times = {name: [] for name in runs}
