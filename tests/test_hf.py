@@ -1,8 +1,12 @@
 """trinix.torch.hf: transformers' apply_rotary_pos_emb replaced by the trinix kernel."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch._dynamo.backends.common import aot_autograd
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama import modeling_llama
 
@@ -43,6 +47,48 @@ def test_patched_llama_gives_the_same_logits(rope, backend, monkeypatch):
         patched = model(tokens).logits
     assert len(calls) == 2, "the patched function must serve both layers"
     torch.testing.assert_close(patched, expected, atol=1e-4, rtol=1e-4)
+
+
+def _compiled_graphs(rotate) -> list[list[tuple]]:
+    """The forward and backward graphs AOTAutograd makes of a bf16 attention step with `rotate` as
+    Llama calls it (projections, q and k on transposed views, causal attention, output
+    projection) under torch.compile: each node's op, shape and strides."""
+    graphs = []
+
+    def capture(graph_module, example_inputs):
+        graphs.append([(str(node.target), tuple(node.meta["val"].shape), node.meta["val"].stride())
+                       for node in graph_module.graph.nodes
+                       if node.op == "call_function" and isinstance(node.meta.get("val"), torch.Tensor)])
+        return graph_module
+
+    def step(x, wq, wk, wv, wo, cos, sin):
+        b, s, _ = x.shape
+        q, k, v = (F.linear(x, w).view(b, s, -1, 32).transpose(1, 2) for w in (wq, wk, wv))
+        q, k = rotate(q, k, cos, sin)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return F.linear(o.transpose(1, 2).reshape(b, s, -1), wo)
+
+    torch.manual_seed(0)
+    x, wq, wo = (torch.randn(2, 16, 128), torch.randn(128, 128), torch.randn(128, 128))
+    wk, wv = torch.randn(64, 128), torch.randn(64, 128)
+    leaves = [t.bfloat16().requires_grad_() for t in (x, wq, wk, wv, wo)]
+    inv_freq = ref.rope_inv_freq(32)
+    cos, sin = (torch.from_numpy(t).bfloat16()[None].expand(2, 16, 32)
+                for t in ref.rope_cos_sin(np.arange(16), inv_freq))
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, dynamic=False,
+                             backend=aot_autograd(fw_compiler=capture, bw_compiler=capture))
+    compiled(*leaves, cos, sin).float().sum().backward()
+    return graphs
+
+
+def test_compiled_drop_in_is_transformers_program():
+    """Under torch.compile, "auto" gives the compiler transformers' rotation: the same forward and
+    backward graphs, so that Inductor makes the same kernels (the gradient of q and k written
+    once, in the projections' layout)."""
+    ours = _compiled_graphs(functools.partial(hf.apply_rotary_pos_emb, backend="auto"))
+    assert len(ours) == 2
+    assert ours == _compiled_graphs(modeling_llama.apply_rotary_pos_emb)
 
 
 @pytest.mark.parametrize("unsqueeze_dim", [1, 2])

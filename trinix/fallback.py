@@ -4,10 +4,10 @@ Each function takes `xp`, the binding's array namespace (trinix.torch.launcher.T
 trinix.jax.launcher.JaxOps): NumPy's names where torch and jax.numpy share them (where,
 floor, cos, sin, abs, clip, maximum, stack, concatenate, broadcast_to, searchsorted, einsum,
 swapaxes), and arange(start, stop, like), cast(x, dtype), expand_dims(x, axis), repeat(x, n,
-axis), halves(x) (the two halves of the last axis), softmax(x, axis), the dtypes float32 and
-float64, angle_dtype() (float64 in torch; jax's float64 only with x64), and float32_math: whether
-a compiler computes 16-bit elementwise math in float32 and rounds once where it stores (Inductor),
-so that casts up and back would only add nodes to its graph.
+axis), softmax(x, axis), the dtypes float32 and float64, angle_dtype() (float64 in torch; jax's
+float64 only with x64), and float32_math: whether a compiler computes 16-bit elementwise math in
+float32 and rounds once where it stores (Inductor), so that casts up and back would only add
+nodes to its graph.
 """
 
 import math
@@ -23,11 +23,13 @@ def compute_dtype(xp, dtype):
 # (tokens, rotary_dim) for "thd".
 
 
-def pairs(xp, x, interleaved: bool):
-    """The two members of each rotated pair of x's columns (all of them rotate)."""
+def pairs(x, interleaved: bool):
+    """The two members of each rotated pair of x's columns (all of them rotate): its two halves,
+    by slicing as transformers' rotate_half takes them, or its even and odd columns."""
     if interleaved:
         return x[..., 0::2], x[..., 1::2]
-    return xp.halves(x)
+    half = x.shape[-1] // 2
+    return x[..., :half], x[..., half:]
 
 
 def rotate(xp, q, k, cos, sin, layout: str, interleaved: bool):
@@ -37,7 +39,10 @@ def rotate(xp, q, k, cos, sin, layout: str, interleaved: bool):
     column's pair member with the rotation's sign): the result then keeps x's memory layout, as
     torch and Inductor give an elementwise result its first operand's strides. A concatenation
     of the two rotated halves would be contiguous instead, and attention on a transposed view
-    (q of transformers' (batch, heads, seq, head_dim) views) would copy it once more."""
+    (q of transformers' (batch, heads, seq, head_dim) views) would copy it once more. x * cos is
+    formed before the pairs are taken, as transformers does, so that autograd sums x's gradient
+    in transformers' order: torch.compile then makes transformers' backward, which writes that
+    gradient once, in the projection's layout."""
     compute = None if xp.float32_math else compute_dtype(xp, q.dtype)
     head_axis = -3 if layout == "bhsd" else -2  # where cos/sin broadcast over heads
     width = cos.shape[-1]
@@ -46,12 +51,13 @@ def rotate(xp, q, k, cos, sin, layout: str, interleaved: bool):
     def rotate_one(x):
         columns = x[..., :width] if width < x.shape[-1] else x
         columns = columns if compute is None else xp.cast(columns, compute)
-        x1, x2 = pairs(xp, columns, interleaved)
+        scaled = columns * cos
+        x1, x2 = pairs(columns, interleaved)
         if interleaved:
             partner = xp.stack((-x2, x1), axis=-1).reshape(*x1.shape[:-1], width)
         else:
             partner = xp.concatenate((-x2, x1), axis=-1)
-        rotated = columns * cos + partner * sin
+        rotated = scaled + partner * sin
         rotated = rotated if rotated.dtype == x.dtype else xp.cast(rotated, x.dtype)
         return rotated if width == x.shape[-1] else xp.concatenate((rotated, x[..., width:]), axis=-1)
 

@@ -17,7 +17,8 @@ from .schema import Config
 
 
 def rotate_half(x):
-    x1, x2 = x.chunk(2, dim=-1)
+    """transformers' rotate_half: the halves by slicing."""
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
     return torch.cat((-x2, x1), dim=-1)
 
 

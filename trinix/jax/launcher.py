@@ -104,10 +104,6 @@ class JaxOps:
     float32_math = False
 
     @staticmethod
-    def halves(x: jax.Array) -> list[jax.Array]:
-        return jnp.split(x, 2, axis=-1)
-
-    @staticmethod
     def angle_dtype():
         return jax.dtypes.canonicalize_dtype(jnp.float64)  # float32 unless x64 is on
 

@@ -107,10 +107,6 @@ class TorchOps:
     def repeat(x: torch.Tensor, repeats: int, axis: int) -> torch.Tensor:
         return x.repeat_interleave(repeats, dim=axis)
 
-    @staticmethod
-    def halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x.chunk(2, dim=-1)
-
 
 class InductorOps(TorchOps):
     """TorchOps while torch.compile traces: Inductor computes 16-bit math in float32."""
