@@ -46,7 +46,8 @@ def rotate(xp, q, k, cos, sin, layout: str, interleaved: bool):
     compute = None if xp.float32_math else compute_dtype(xp, q.dtype)
     head_axis = -3 if layout == "bhsd" else -2  # where cos/sin broadcast over heads
     width = cos.shape[-1]
-    cos, sin = (xp.expand_dims(table if compute is None else xp.cast(table, compute), head_axis) for table in (cos, sin))
+    cos, sin = (xp.expand_dims(table if compute is None else xp.cast(table, compute), head_axis)
+                for table in (cos, sin))
 
     def rotate_one(x):
         columns = x[..., :width] if width < x.shape[-1] else x

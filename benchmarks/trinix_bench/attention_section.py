@@ -205,8 +205,9 @@ def _config_tables(rows: Rows, config: Config) -> list[str]:
                     "trinix (torch)'s time / trinix, no ALiBi", "JAX against torch",
                     "JAX cuDNN + bias's time / trinix (JAX)'s"],
                    [[label(ATTENTION, op), ratio(ms(op, "flex"), ms(op, "triton")),
-                     ratio(ms(op, "triton"), ms(op, "sdpa_no_bias")), ratio(ms(op, "triton"), ms(op, "triton_no_alibi")),
-                     fmt_x(rows.jax_over_torch(ATTENTION, c, op)), ratio(ms(op, "jax_cudnn_bias"), ms(op, "jax_triton"))]
+                     ratio(ms(op, "triton"), ms(op, "sdpa_no_bias")),
+                     ratio(ms(op, "triton"), ms(op, "triton_no_alibi")), fmt_x(rows.jax_over_torch(ATTENTION, c, op)),
+                     ratio(ms(op, "jax_cudnn_bias"), ms(op, "jax_triton"))]
                     for op in ops])
     lines += ["", "Memory (MB beyond the inputs):", ""]
     lines += table(["Operation", *ATTENTION_PROVIDERS.values()],

@@ -18,8 +18,8 @@ from trinix.kernels.rope import rope_table_call
 from trinix.rope import Rotation, RopeSpec
 from trinix.rope_scaling import RopeConfig
 from trinix.torch import sharding
-from trinix.torch.launcher import (DTYPES, InductorOps, TorchOps, cached, dtype_name, launch, operand, read, resolve_backend,
-                                     through_ops)
+from trinix.torch.launcher import (DTYPES, InductorOps, TorchOps, cached, dtype_name, launch, operand, read,
+                                     resolve_backend, through_ops)
 
 
 def _launch_rotation(tensors, rotation: Rotation, conjugate, interpret, inplace, traceable=False,
