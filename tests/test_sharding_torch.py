@@ -38,7 +38,7 @@ def _dtensor(x, mesh, placements):
 def _compare(function, arrays, placements, mesh, backend, *, differentiable=(0,)):
     """function(*arrays, backend=backend) of DTensors (arrays placed by `placements`; None:
     passed as plain tensors) and their gradients against the unsharded result (of the torch
-    fallback: the interpreter costs ~10 ms per program)."""
+    fallback: the interpreter costs ~10 ms per program); then again under no_grad."""
     plain = [a.clone().requires_grad_(i in differentiable) for i, a in enumerate(arrays)]
     expected = function(*plain, backend="torch")
     expected = expected if isinstance(expected, tuple) else (expected,)
@@ -55,6 +55,13 @@ def _compare(function, arrays, placements, mesh, backend, *, differentiable=(0,)
         torch.testing.assert_close(out.full_tensor(), want, rtol=1e-5, atol=1e-5)
     for i in differentiable:
         torch.testing.assert_close(sharded[i].grad.full_tensor(), plain[i].grad, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # nothing to differentiate: the outputs are wrapped another way, to the same DTensors
+        inferred = function(*sharded, backend=backend)
+    for out, differentiated, want in zip(inferred if isinstance(inferred, tuple) else (inferred,), got, expected):
+        assert not out.requires_grad
+        assert (out.placements, out.shape, out.stride()) == (
+            differentiated.placements, differentiated.shape, differentiated.stride())
+        torch.testing.assert_close(out.full_tensor(), want, rtol=1e-5, atol=1e-5)
 
 
 def check_rope(backend, mesh):

@@ -23,6 +23,7 @@ and each output, the dim of each axis it carries. A tensor without an axis is re
 that axis is sharded.
 """
 
+import contextlib
 import functools
 from typing import Callable, NamedTuple
 
@@ -180,11 +181,26 @@ class Sharding(NamedTuple):
         """function(*this rank's parts of `arrays`) (the rule's inputs, in order; see `local`),
         its outputs (one tensor or a tuple) as DTensors placed by the rule: how every public
         function runs on DTensors, the function being its plain path on plain tensors. Gradients
-        flow through to_local and from_local."""
-        local = function(*(None if array is None else self.local(array, index) for index, array in enumerate(arrays)))
+        flow through to_local and from_local; where none is needed, the outputs are wrapped by
+        DTensor's constructor and a cached spec, as FSDP2 does."""
+        differentiable = torch.is_grad_enabled() and any(array is not None and array.requires_grad for array in arrays)
+        # Without gradients, no_grad makes to_local a plain read instead of an autograd Function's call.
+        with contextlib.nullcontext() if differentiable else torch.no_grad():
+            local = function(*(None if array is None else self.local(array, index) for index, array in enumerate(arrays)))
         outputs = local if isinstance(local, tuple) else (local,)
-        wrapped = tuple(DTensor.from_local(out, self.mesh, placements) for out, placements in zip(outputs, self.outputs))
+        if differentiable:
+            wrapped = tuple(DTensor.from_local(out, self.mesh, placements) for out, placements in zip(outputs, self.outputs))
+        else:  # from_local's spec, made once per signature: from_local makes it anew at each call
+            wrapped = tuple(DTensor(out, _spec(self.mesh, placements, out.shape, out.stride(), out.dtype), requires_grad=False)
+                            for out, placements in zip(outputs, self.outputs))
         return wrapped if isinstance(local, tuple) else wrapped[0]
+
+
+@functools.lru_cache(maxsize=1024)
+def _spec(mesh, placements: tuple, shape: torch.Size, stride: tuple[int, ...], dtype: torch.dtype):
+    """The DTensorSpec that DTensor.from_local gives a local tensor of `shape`, `stride` and `dtype`
+    placed by `placements` on `mesh`."""
+    return DTensor.from_local(torch.empty_strided(shape, stride, dtype=dtype, device="meta"), mesh, placements)._spec
 
 
 class _Argument(NamedTuple):
