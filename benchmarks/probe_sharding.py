@@ -85,10 +85,11 @@ def torch_rows(args):
 
     from trinix.torch import FastALiBiPositionEmbedding, FastRoPEPositionEmbedding, context_parallel_attention
 
-    def forward_backward(attend, q, k, v):
+    def forward_backward(function, *arrays):
         def step():
-            o = attend(q, k, v)
-            o.backward(torch.ones_like(o))
+            outputs = function(*arrays)
+            outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+            torch.autograd.backward(outputs, [torch.ones_like(out) for out in outputs])
         return step
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -114,6 +115,8 @@ def torch_rows(args):
     sharded_leaves = [x.detach().clone().requires_grad_() for x in by_heads]
     rows = [
         ("rope.rotate", lambda: rope.rotate(q, k), lambda: rope.rotate(*by_heads[:2])),
+        ("rope.rotate, fwd + bwd", forward_backward(rope.rotate, *leaves[:2]),
+         forward_backward(rope.rotate, *sharded_leaves[:2])),
         ("alibi.add_to_scores (1024 x 1024)", lambda: alibi.add_to_scores(scores),
          lambda: alibi.add_to_scores(sharded_scores)),
         ("attention, causal ALiBi, fwd + bwd", forward_backward(attend, *leaves),
