@@ -81,6 +81,13 @@ def check_rope(backend, mesh):
                                                     backend=backend),
              (q.transpose(1, 2), k.transpose(1, 2), ids), ([Shard(2)], [Shard(2)], [Shard(1)]), mesh, backend,
              differentiable=(0, 1))
+    # A cotangent placed otherwise than its output (here replicated) reaches q redistributed to q's placement.
+    plain, cotangent = q.clone().requires_grad_(), torch.randn_like(q)
+    rope.rotate(plain, k)[0].backward(cotangent)
+    sharded = _dtensor(q, mesh, [Shard(2)]).requires_grad_()
+    rope.rotate(sharded, _dtensor(k, mesh, [Shard(2)]), backend=backend)[0].backward(_dtensor(cotangent, mesh, [Replicate()]))
+    assert sharded.grad.placements == (Shard(2),)
+    torch.testing.assert_close(sharded.grad.full_tensor(), plain.grad)
     dq, dk = _dtensor(q, mesh, [Shard(2)]), _dtensor(k, mesh, [Shard(2)])
     assert rope.rotate(dq, dk, inplace=True, backend=backend)[0] is dq
     torch.testing.assert_close(dq.full_tensor(), rope.rotate(q, k)[0])
