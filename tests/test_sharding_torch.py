@@ -339,6 +339,28 @@ def test_one_device_mesh_runs_local(one_device_mesh, backend):
             torch.testing.assert_close(out.to_local(), want)
 
 
+def test_compiled_on_dtensors(one_device_mesh):
+    """torch.compile(fullgraph=True) of RoPE and ALiBi on DTensors: the plain calls' values, with and
+    without gradients (eager mode wraps DTensors by other means than Dynamo can trace)."""
+    torch.manual_seed(0)
+    rope, alibi = FastRoPEPositionEmbedding(dim=16), FastALiBiPositionEmbedding(num_heads=4)
+    q, k, scores = torch.randn(2, 8, 4, 16), torch.randn(2, 8, 2, 16), torch.randn(2, 4, 8, 8)
+    rotate = torch.compile(lambda q, k: rope.rotate(q, k, offset=3), fullgraph=True)
+    add = torch.compile(lambda scores: alibi.add_to_scores(scores), fullgraph=True)
+    torch.testing.assert_close(add(_dtensor(scores, one_device_mesh, [Shard(1)])).to_local(), alibi.add_to_scores(scores))
+    for differentiable in (False, True):
+        plain = [x.clone().requires_grad_(differentiable) for x in (q, k)]
+        sharded = [_dtensor(x, one_device_mesh, [Shard(2)]).requires_grad_(differentiable) for x in (q, k)]
+        expected, got = rope.rotate(*plain, offset=3), rotate(*sharded)
+        assert all(isinstance(out, DTensor) for out in got)
+        if differentiable:
+            torch.autograd.backward(expected, [torch.ones_like(out) for out in expected])
+            torch.autograd.backward(got, [torch.ones_like(out) for out in got])
+            expected, got = (*expected, *(x.grad for x in plain)), (*got, *(x.grad for x in sharded))
+        for out, want in zip(got, expected):
+            torch.testing.assert_close(out.to_local(), want)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ring_of_one_rank_is_attention(one_device_mesh, monkeypatch, backend):
     """context_parallel_attention on a ring of one rank (a group of one, or DTensors of a mesh of

@@ -172,7 +172,7 @@ class Sharding(NamedTuple):
         if is_dtensor(array):
             if tuple(array.placements) != self.inputs[index]:
                 array = array.redistribute(self.mesh, self.inputs[index])
-            return _ToLocal.apply(array) if torch.is_grad_enabled() and array.requires_grad else array.to_local()
+            return _to_local(array)
         for dim, start, length in self.parts[index]:
             array = array.narrow(dim, start, length)
         return array
@@ -180,23 +180,34 @@ class Sharding(NamedTuple):
     def run_local(self, function: Callable, arrays: tuple):
         """function(*this rank's parts of `arrays`) (the rule's inputs, in order; see `local`),
         its outputs (one tensor or a tuple) as DTensors placed by the rule: how every public
-        function runs on DTensors, the function being its plain path on plain tensors. Gradients
-        flow through `_ToLocal` and `_FromLocal`."""
+        function runs on DTensors, the function being its plain path on plain tensors."""
         differentiable = torch.is_grad_enabled() and any(array is not None and array.requires_grad for array in arrays)
-        # Without gradients: no_grad makes to_local a plain read, and DTensor's constructor wraps (as FSDP2 does).
-        with contextlib.nullcontext() if differentiable else torch.no_grad():
+        with contextlib.nullcontext() if differentiable else torch.no_grad():  # no_grad: to_local is a plain read
             local = function(*(None if array is None else self.local(array, index) for index, array in enumerate(arrays)))
         outputs = local if isinstance(local, tuple) else (local,)
-        specs = (_spec(self.mesh, placements, out.shape, out.stride(), out.dtype) for out, placements in zip(outputs, self.outputs))
-        wrapped = tuple(_FromLocal.apply(out, spec) if differentiable else DTensor(out, spec, requires_grad=False)
-                        for out, spec in zip(outputs, specs))
+        wrapped = tuple(_from_local(out, self.mesh, placements, differentiable) for out, placements in zip(outputs, self.outputs))
         return wrapped if isinstance(local, tuple) else wrapped[0]
 
 
+def _to_local(dtensor):
+    """dtensor.to_local(), differentiable: in eager mode with gradients by `_ToLocal`."""
+    if torch.compiler.is_compiling() or not (torch.is_grad_enabled() and dtensor.requires_grad):
+        return dtensor.to_local()  # Dynamo traces to_local, not `_ToLocal`
+    return _ToLocal.apply(dtensor)
+
+
+def _from_local(local, mesh, placements: tuple, differentiable: bool):
+    """DTensor.from_local(local, mesh, placements), in eager mode by a spec made once per signature
+    (`_spec`): with gradients by `_FromLocal`, without by DTensor's constructor, as FSDP2 wraps."""
+    if torch.compiler.is_compiling():  # Dynamo traces from_local, not DTensor's constructor
+        return DTensor.from_local(local, mesh, placements)
+    spec = _spec(mesh, placements, local.shape, local.stride(), local.dtype)
+    return _FromLocal.apply(local, spec) if differentiable else DTensor(local, spec, requires_grad=False)
+
+
 class _ToLocal(torch.autograd.Function):
-    """dtensor.to_local(), its gradient wrapped by a spec made once per signature (`_spec`): what
-    DTensor's own to_local makes anew at each backward. Both wraps cost a call tens of
-    microseconds less."""
+    """dtensor.to_local(), its gradient wrapped by a spec made once per signature (`_spec`), where
+    DTensor's own to_local makes one at each backward."""
 
     @staticmethod
     def forward(ctx, dtensor):
