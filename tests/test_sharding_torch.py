@@ -85,7 +85,8 @@ def check_rope(backend, mesh):
     plain, cotangent = q.clone().requires_grad_(), torch.randn_like(q)
     rope.rotate(plain, k)[0].backward(cotangent)
     sharded = _dtensor(q, mesh, [Shard(2)]).requires_grad_()
-    rope.rotate(sharded, _dtensor(k, mesh, [Shard(2)]), backend=backend)[0].backward(_dtensor(cotangent, mesh, [Replicate()]))
+    rotated = rope.rotate(sharded, _dtensor(k, mesh, [Shard(2)]), backend=backend)[0]
+    rotated.backward(_dtensor(cotangent, mesh, [Replicate()]))
     assert sharded.grad.placements == (Shard(2),)
     torch.testing.assert_close(sharded.grad.full_tensor(), plain.grad)
     dq, dk = _dtensor(q, mesh, [Shard(2)]), _dtensor(k, mesh, [Shard(2)])
@@ -347,7 +348,8 @@ def test_compiled_on_dtensors(one_device_mesh):
     q, k, scores = torch.randn(2, 8, 4, 16), torch.randn(2, 8, 2, 16), torch.randn(2, 4, 8, 8)
     rotate = torch.compile(lambda q, k: rope.rotate(q, k, offset=3), fullgraph=True)
     add = torch.compile(lambda scores: alibi.add_to_scores(scores), fullgraph=True)
-    torch.testing.assert_close(add(_dtensor(scores, one_device_mesh, [Shard(1)])).to_local(), alibi.add_to_scores(scores))
+    added = add(_dtensor(scores, one_device_mesh, [Shard(1)]))
+    torch.testing.assert_close(added.to_local(), alibi.add_to_scores(scores))
     for differentiable in (False, True):
         plain = [x.clone().requires_grad_(differentiable) for x in (q, k)]
         sharded = [_dtensor(x, one_device_mesh, [Shard(2)]).requires_grad_(differentiable) for x in (q, k)]

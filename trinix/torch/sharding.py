@@ -183,9 +183,11 @@ class Sharding(NamedTuple):
         function runs on DTensors, the function being its plain path on plain tensors."""
         differentiable = torch.is_grad_enabled() and any(array is not None and array.requires_grad for array in arrays)
         with contextlib.nullcontext() if differentiable else torch.no_grad():  # no_grad: to_local is a plain read
-            local = function(*(None if array is None else self.local(array, index) for index, array in enumerate(arrays)))
+            parts = [None if array is None else self.local(array, index) for index, array in enumerate(arrays)]
+            local = function(*parts)
         outputs = local if isinstance(local, tuple) else (local,)
-        wrapped = tuple(_from_local(out, self.mesh, placements, differentiable) for out, placements in zip(outputs, self.outputs))
+        wrapped = tuple(_from_local(out, self.mesh, placements, differentiable)
+                        for out, placements in zip(outputs, self.outputs))
         return wrapped if isinstance(local, tuple) else wrapped[0]
 
 
