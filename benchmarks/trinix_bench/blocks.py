@@ -21,7 +21,7 @@ ROPE_BASE = 500000.0  # Llama 3's
 # A block's timed calls: blocks take milliseconds, and the whole block section should take a few
 # minutes of a GPU, compilation included. After WARMUP calls each, an op's providers take TURNS
 # turns, each timing about TURN_MS of one provider's calls; an even number of turns, so that
-# round_order puts every provider as often early in a turn as late.
+# turn_order puts every provider as often early in a turn as late.
 WARMUP, TURNS, TURN_MS = 3, 30, 10.0
 # Largest relative error (norm of the difference / norm of the float32 reference) of a block's
 # output or a gradient: 16-bit blocks round at about 1%; a wrong rotation, slope or mask is tens of
@@ -45,10 +45,10 @@ def framework_providers(method: str, framework: str) -> list[str]:
     return [name for name, (owner, _) in BLOCKS[method]["providers"].items() if owner == framework]
 
 
-def round_order(names: list, round_: int) -> list:
-    """The order to time `names` in, in round (or turn) `round_` (from 0): reversed every other one,
-    since a row timed later in a round can read a few percent slower than the same row earlier."""
-    return list(names) if round_ % 2 == 0 else list(reversed(names))
+def turn_order(names: list, turn: int) -> list:
+    """The order to time `names` in, in turn `turn` (from 0): reversed every other turn, since a
+    row timed later in a turn can read a few percent slower than the same row timed earlier."""
+    return list(names) if turn % 2 == 0 else list(reversed(names))
 
 
 @contextlib.contextmanager
@@ -65,7 +65,7 @@ def gc_paused():
 
 def timed_in_turns(harness: Harness, framework: str, runs: dict[str, Run]) -> tuple[dict, dict]:
     """({name: per-call ms}, {name: why}) of `runs`, timed in turns that alternate them: after
-    harness.warmup calls of each, harness.iters turns, in each of which every run, in round_order,
+    harness.warmup calls of each, harness.iters turns, in each of which every run, in turn_order,
     times about TURN_MS of its calls (one a turn off a GPU). The GPU's drift over the second or so
     this takes (its clocks, its temperature) then falls on every run alike, as it would not on rows
     timed one after another. A run that raises is timed no more: `why` holds its failure note.
@@ -82,7 +82,7 @@ def timed_in_turns(harness: Harness, framework: str, runs: dict[str, Run]) -> tu
             except Exception as failure:  # a provider that fails or does not fit is a row with why
                 failures[name] = failure_note(failure)
         for turn in range(harness.iters):
-            for name in round_order(list(times), turn):
+            for name in turn_order(list(times), turn):
                 try:
                     times[name] += harness.call_ms(framework, runs[name], calls[name])
                 except Exception as failure:
