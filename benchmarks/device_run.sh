@@ -93,7 +93,7 @@ for step in ${steps[*]}; do
     probe-sharding)
       for framework in torch jax; do
         timeout "${PROBE_LIMIT:-300}" python3 benchmarks/probe_sharding.py --framework $framework ${PROBE_SHARDING_ARGS:-} 2>&1 \
-          | grep -v Warning | tail -n 12 | tee -a "$OUT/probe_sharding.log"
+          | grep -v Warning | tail -n 30 | tee -a "$OUT/probe_sharding.log"
         status=$((status | ${PIPESTATUS[0]}))
       done ;;
     probe-blocks)

@@ -5,13 +5,14 @@ attention. Forward, or forward + backward where marked.
     python benchmarks/probe_sharding.py [--framework torch|jax] [--seq 4096] [--backend auto]
 
 torch: eager calls on DTensors (the DTensor dispatch and trinix's placement checks around the
-same kernels), and on a GPU a Llama-like attention block tensor-parallel over heads beside it
-plain; a process group of one (nccl on a GPU, gloo on the CPU) is made here: run it without
-torchrun. Two times per call: "one call", the median wall time of a call waited for
-alone (what the host adds shows here), and "in a row", the mean of 20 calls dispatched back to
-back (what a model whose GPU is busy sees). JAX: jitted calls on arrays placed on one device
+same kernels), torch's own rotation on DTensors for scale, and on a GPU a Llama-like attention
+block tensor-parallel over heads beside it plain, eager and under torch.compile; a process group
+of one (nccl on a GPU, gloo on the CPU) is made here: run it without torchrun. Two times per
+call, after five warm-up calls: "one call", the median wall time of a call waited for alone
+(what the host adds shows here), and "in a row", the median over five bursts of the mean of 20
+calls dispatched back to back (what a model whose GPU is busy sees). JAX: jitted calls on arrays placed on one device
 beside the same arrays with a NamedSharding over a mesh of one device (heads split), the ring
-inside shard_map; median ms of bursts of calls. On the CPU "auto" is the framework's fallback;
+inside shard_map, timed alike. On the CPU "auto" is the framework's fallback;
 give --backend interpret for the kernels (slow).
 """
 
@@ -21,21 +22,24 @@ import tempfile
 import time
 
 
-def times_ms(function, wait, repeats: int = 20) -> tuple[float, float]:
-    """(median wall ms of one call waited for alone, mean ms of `repeats` calls in a row), after
-    two warm-up calls."""
-    wait(function())
-    wait(function())
+def times_ms(function, wait, repeats: int = 20, bursts: int = 5) -> tuple[float, float]:
+    """(median wall ms of one call waited for alone, median over `bursts` of the mean ms of
+    `repeats` calls in a row), after five warm-up calls (compilation, the allocator's growth)."""
+    for _ in range(5):
+        wait(function())
     alone = []
     for _ in range(repeats):
         start = time.perf_counter()
         wait(function())
         alone.append((time.perf_counter() - start) * 1e3)
-    start = time.perf_counter()
-    for _ in range(repeats - 1):
-        function()
-    wait(function())
-    return statistics.median(alone), (time.perf_counter() - start) * 1e3 / repeats
+    in_a_row = []
+    for _ in range(bursts):
+        start = time.perf_counter()
+        for _ in range(repeats - 1):
+            function()
+        wait(function())
+        in_a_row.append((time.perf_counter() - start) * 1e3 / repeats)
+    return statistics.median(alone), statistics.median(in_a_row)
 
 
 def print_rows(title: str, rows, wait) -> None:
@@ -124,14 +128,21 @@ def torch_rows(args):
         ("context_parallel_attention (1 rank), fwd + bwd", forward_backward(attend, *leaves),
          forward_backward(ring, *leaves)),
     ]
-    # A DTensor plus an aten op: DTensor's own dispatch cost, beside trinix's.
-    rows.append(("torch.add (an aten op, for scale)", lambda: q + k, lambda: by_heads[0] + by_heads[1]))
+    # DTensor's own dispatch beside trinix's: an aten op, and torch's rotation by tables.
+    tables = tuple(table[:, None] for table in rope(q, args.seq))  # (seq, 1, head_dim)
+    replicated = [distribute_tensor(table, mesh, [Replicate()]) for table in tables]
+    rotation, parallel_rotation = torch_rotation(*tables), torch_rotation(*replicated)
+    rows += [
+        ("torch.add (an aten op, for scale)", lambda: q + k, lambda: by_heads[0] + by_heads[1]),
+        ("torch's rotation (aten ops, for scale)", lambda: rotation(q, k), lambda: parallel_rotation(*by_heads[:2])),
+        ("torch's rotation, fwd + bwd", forward_backward(rotation, *leaves[:2]),
+         forward_backward(parallel_rotation, *sharded_leaves[:2])),
+    ]
     if device == "cuda":  # DTensor has no sharding strategy for the CPU's SDPA
         # The rotation inside a model: a block tensor-parallel over heads (DTensors throughout) beside it
-        # plain, with trinix's rotation and with torch's (DTensor's own cost in the block, for scale).
+        # plain, with trinix's rotation and with torch's (DTensor's own cost in the block, for scale), eager
+        # and compiled.
         x = torch.randn(batch, args.seq, heads * head_dim, device=device, dtype=dtype)
-        tables = tuple(table[:, None] for table in rope(x, args.seq))  # (seq, 1, head_dim)
-        replicated = [distribute_tensor(table, mesh, [Replicate()]) for table in tables]
         plan = {**{name: ColwiseParallel(use_local_output=False) for name in ("q", "k", "v")}, "o": RowwiseParallel()}
 
         def inference(block):
@@ -141,12 +152,19 @@ def torch_rows(args):
             return forward
 
         for name, rotate, parallel_rotate in (("rope.rotate", rope.rotate, rope.rotate),
-                                              ("torch's rotation", torch_rotation(*tables), torch_rotation(*replicated))):
+                                              ("torch's rotation", rotation, parallel_rotation)):
             block = attention_block(heads * head_dim, heads, rotate).to(device, dtype)
             parallel_block = attention_block(heads * head_dim, heads, parallel_rotate).to(device, dtype)
             parallel_block.load_state_dict(block.state_dict())
-            rows.append((f"block: q, k, v projections, {name}, causal SDPA, o projection", inference(block),
-                         inference(parallelize_module(parallel_block, mesh, plan))))
+            parallel_block = parallelize_module(parallel_block, mesh, plan)
+            title = f"block: q, k, v projections, {name}, causal SDPA, o projection"
+            rows += [(f"{title}, inference", inference(block), inference(parallel_block)),
+                     (f"{title}, fwd + bwd", forward_backward(block, x), forward_backward(parallel_block, x))]
+            if name == "rope.rotate":  # under torch.compile "auto" rotates by the compiler's own ops
+                compiled, parallel_compiled = torch.compile(block), torch.compile(parallel_block)
+                rows += [(f"{title}, torch.compile, inference", inference(compiled), inference(parallel_compiled)),
+                         (f"{title}, torch.compile, fwd + bwd", forward_backward(compiled, x),
+                          forward_backward(parallel_compiled, x))]
 
     def wait(out):
         if device == "cuda":
