@@ -12,7 +12,6 @@ from trinix import backend as backend_rule
 from trinix.kernels import triton_compat
 from trinix.kernels.call import KernelCall, Operand
 from trinix.rope import FLOAT_DTYPES
-from trinix.torch.sharding import is_dtensor
 
 DTYPES = {name: getattr(torch, name) for name in FLOAT_DTYPES}
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
@@ -70,7 +69,7 @@ def read(tensor: torch.Tensor | None, bounds: bool = False):
     positions or a plan by the longest one holds for every shard alike."""
     if tensor is None or not may_synchronize(tensor.device):
         return None
-    if is_dtensor(tensor):
+    if hasattr(tensor, "full_tensor"):  # a DTensor
         tensor = tensor.full_tensor()
     if bounds and tensor.numel():
         tensor = torch.stack(torch.aminmax(tensor))

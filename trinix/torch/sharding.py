@@ -29,6 +29,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from trinix.torch.launcher import cached
+
 if torch.distributed.is_available():
     from torch.distributed.tensor import DTensor, Replicate, Shard
     from torch.distributed.tensor.experimental import register_sharding
@@ -266,7 +268,7 @@ def sharding(names: tuple[str, ...], arrays: tuple, rule: Callable[..., Axes], l
         return None
     arguments = tuple(None if array is None else _Argument(tuple(array.shape), array.device_mesh, tuple(array.placements))
                       if is_dtensor(array) else _Argument(tuple(array.shape), None, None) for array in arrays)
-    return _plan(names, arguments, rule, layout, hint)
+    return cached(_plan)(names, arguments, rule, layout, hint)
 
 
 @functools.lru_cache(maxsize=1024)
