@@ -340,9 +340,10 @@ def test_one_device_mesh_runs_local(one_device_mesh, backend):
             torch.testing.assert_close(out.to_local(), want)
 
 
-def test_compiled_on_dtensors(one_device_mesh):
+def test_compiled_on_dtensors(one_device_mesh, recwarn):
     """torch.compile(fullgraph=True) of RoPE and ALiBi on DTensors: the plain calls' values, with and
-    without gradients (eager mode wraps DTensors by other means than Dynamo can trace)."""
+    without gradients (eager mode wraps DTensors by other means than Dynamo can trace), and no
+    warning from Dynamo at trinix's caches (it traces the functions they cache)."""
     torch.manual_seed(0)
     rope, alibi = FastRoPEPositionEmbedding(dim=16), FastALiBiPositionEmbedding(num_heads=4)
     q, k, scores = torch.randn(2, 8, 4, 16), torch.randn(2, 8, 2, 16), torch.randn(2, 4, 8, 8)
@@ -361,6 +362,8 @@ def test_compiled_on_dtensors(one_device_mesh):
             expected, got = (*expected, *(x.grad for x in plain)), (*got, *(x.grad for x in sharded))
         for out, want in zip(got, expected):
             torch.testing.assert_close(out.to_local(), want)
+    cache_warnings = [str(warning.message) for warning in recwarn if "lru_cache" in str(warning.message)]
+    assert not cache_warnings, cache_warnings
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
