@@ -10,10 +10,10 @@ block tensor-parallel over heads beside it plain, eager and under torch.compile;
 of one (nccl on a GPU, gloo on the CPU) is made here: run it without torchrun. Two times per
 call, after five warm-up calls: "one call", the median wall time of a call waited for alone
 (what the host adds shows here), and "in a row", the median over five bursts of the mean of 20
-calls dispatched back to back (what a model whose GPU is busy sees). JAX: jitted calls on arrays placed on one device
-beside the same arrays with a NamedSharding over a mesh of one device (heads split), the ring
-inside shard_map, timed alike. On the CPU "auto" is the framework's fallback;
-give --backend interpret for the kernels (slow).
+calls dispatched back to back (what a model whose GPU is busy sees). JAX: jitted calls on
+arrays placed on one device beside the same arrays with a NamedSharding over a mesh of one
+device (heads split), the ring inside shard_map, timed alike. On the CPU "auto" is the
+framework's fallback; give --backend interpret for the kernels (slow).
 """
 
 import argparse
