@@ -69,7 +69,9 @@ def read(tensor: torch.Tensor | None, bounds: bool = False):
     positions or a plan by the longest one holds for every shard alike."""
     if tensor is None or not may_synchronize(tensor.device):
         return None
-    if hasattr(tensor, "full_tensor"):  # a DTensor
+    from trinix.torch.sharding import is_dtensor  # here: sharding imports this module
+
+    if is_dtensor(tensor):
         tensor = tensor.full_tensor()
     if bounds and tensor.numel():
         tensor = torch.stack(torch.aminmax(tensor))
